@@ -1,0 +1,377 @@
+//! Users, roles, sessions and the privilege check. This is the one place that
+//! decides whether a principal may do something; `ops` asks it before acting.
+//!
+//! Passwords are stored as argon2id PHC strings; session and API tokens are
+//! stored as SHA-256 hashes, so a copy of the database grants no access.
+
+pub mod audit;
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::unix_now;
+use crate::store::{Store, StoreError, Table, Write};
+
+/// A session unused for this long ends.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// A session ends this long after login whatever its use.
+pub const SESSION_ABSOLUTE_SECS: u64 = 12 * 3600;
+/// Failed logins before a temporary lockout, per user and per source address.
+const MAX_FAILURES: u32 = 5;
+const LOCKOUT: Duration = Duration::from_secs(60);
+/// Verified HTTP Basic credentials are remembered this long, so scripts that
+/// send them on every request do not pay an argon2 verification each time.
+const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Administrator,
+    Operator,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn allows(self, privilege: Privilege) -> bool {
+        match self {
+            Role::Administrator => true,
+            Role::Operator => matches!(privilege, Privilege::View | Privilege::Power),
+            Role::Viewer => privilege == Privilege::View,
+        }
+    }
+}
+
+/// Named controller functions a role may grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    View,
+    Power,
+    ManageHosts,
+}
+
+impl Privilege {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privilege::View => "view",
+            Privilege::Power => "power",
+            Privilege::ManageHosts => "manage hosts/agents",
+        }
+    }
+}
+
+/// Who is acting, and from where; handed to every operation.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSession {
+    user: String,
+    csrf: String,
+    created_at: u64,
+}
+
+struct LiveSession {
+    stored: StoredSession,
+    last_used: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("invalid user name or password")]
+    InvalidCredentials,
+    #[error("too many failed logins; try again in {0} s")]
+    LockedOut(u64),
+    #[error("permission denied: {0} requires the '{1}' privilege")]
+    Forbidden(&'static str, &'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Access {
+    store: Store,
+    users: RwLock<HashMap<String, User>>,
+    sessions: RwLock<HashMap<String, LiveSession>>,
+    basic_cache: Mutex<HashMap<String, (String, Instant)>>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh random token: 32 bytes, URL-safe base64.
+pub fn random_token() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters")
+        .to_string()
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+impl Access {
+    pub fn load(store: Store) -> Result<Access, StoreError> {
+        let users = store.load::<User>(Table::Users)?.into_iter().collect();
+        let now = unix_now();
+        let sessions = store
+            .load::<StoredSession>(Table::Sessions)?
+            .into_iter()
+            .filter(|(_, s)| s.created_at + SESSION_ABSOLUTE_SECS > now)
+            .map(|(k, stored)| {
+                (
+                    k,
+                    LiveSession {
+                        stored,
+                        last_used: Instant::now(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Access {
+            store,
+            users: RwLock::new(users),
+            sessions: RwLock::new(sessions),
+            basic_cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Creates `admin` if no user exists yet. Returns the password when this
+    /// call made one up (so the caller can show it once).
+    pub fn ensure_admin(&self, password: Option<String>) -> Result<Option<String>, StoreError> {
+        if !self.users.read().expect("users lock").is_empty() {
+            return Ok(None);
+        }
+        let generated = password.is_none();
+        let password = password.unwrap_or_else(|| random_token()[..20].to_string());
+        let user = User {
+            name: "admin".into(),
+            password_hash: hash_password(&password),
+            role: Role::Administrator,
+            disabled: false,
+            created_at: unix_now(),
+        };
+        self.store
+            .commit_blocking(vec![Write::put(Table::Users, "admin", &user)])?;
+        self.users.write().expect("users lock").insert("admin".into(), user);
+        Ok(generated.then_some(password))
+    }
+
+
+    fn check_lockout(&self, keys: &[String]) -> Result<(), AccessError> {
+        let failures = self.failures.lock().expect("failures lock");
+        for key in keys {
+            if let Some((count, since)) = failures.get(key) {
+                if *count >= MAX_FAILURES && since.elapsed() < LOCKOUT {
+                    return Err(AccessError::LockedOut((LOCKOUT - since.elapsed()).as_secs() + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, keys: &[String]) {
+        let mut failures = self.failures.lock().expect("failures lock");
+        for key in keys {
+            let entry = failures.entry(key.clone()).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= LOCKOUT {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
+            entry.1 = Instant::now();
+        }
+    }
+
+    /// Checks a user name and password. Rate limited per user and per source.
+    pub async fn login(&self, user: &str, password: &str, source: &str) -> Result<Principal, AccessError> {
+        let keys = [format!("user:{user}"), format!("addr:{source}")];
+        self.check_lockout(&keys)?;
+        let record = self.users.read().expect("users lock").get(user).cloned();
+        let hash = record.as_ref().map(|u| u.password_hash.clone());
+        let password_owned = password.to_string();
+        // argon2 is deliberately slow: keep it off the async workers.
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => verify_password(&h, &password_owned),
+            None => {
+                // Spend the same time for unknown users, so timing does not tell.
+                let _ = hash_password(&password_owned);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        match record {
+            Some(u) if ok && !u.disabled => {
+                self.failures.lock().expect("failures lock").remove(&keys[0]);
+                Ok(Principal {
+                    user: u.name,
+                    role: u.role,
+                    source: source.to_string(),
+                })
+            }
+            _ => {
+                self.record_failure(&keys);
+                tracing::warn!(user, source, "failed login");
+                Err(AccessError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// HTTP Basic: like [`Access::login`] with a short cache of successes.
+    pub async fn basic(&self, user: &str, password: &str, source: &str) -> Result<Principal, AccessError> {
+        let cache_key = token_hash(&format!("{user}\0{password}"));
+        let cached = self
+            .basic_cache
+            .lock()
+            .expect("basic cache lock")
+            .get(&cache_key)
+            .filter(|(_, at)| at.elapsed() < BASIC_CACHE_TTL)
+            .map(|(u, _)| u.clone());
+        if let Some(name) = cached {
+            if let Some(principal) = self.principal_for(&name, source) {
+                return Ok(principal);
+            }
+        }
+        let principal = self.login(user, password, source).await?;
+        self.basic_cache
+            .lock()
+            .expect("basic cache lock")
+            .insert(cache_key, (principal.user.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    fn principal_for(&self, user: &str, source: &str) -> Option<Principal> {
+        let users = self.users.read().expect("users lock");
+        let u = users.get(user).filter(|u| !u.disabled)?;
+        Some(Principal {
+            user: u.name.clone(),
+            role: u.role,
+            source: source.to_string(),
+        })
+    }
+
+    /// Starts a session; returns (token, csrf token). Only the token's hash is kept.
+    pub async fn create_session(&self, principal: &Principal) -> Result<(String, String), AccessError> {
+        let token = random_token();
+        let stored = StoredSession {
+            user: principal.user.clone(),
+            csrf: random_token(),
+            created_at: unix_now(),
+        };
+        let key = token_hash(&token);
+        self.store
+            .commit(vec![Write::put(Table::Sessions, key.clone(), &stored)])
+            .await?;
+        let csrf = stored.csrf.clone();
+        self.sessions.write().expect("sessions lock").insert(
+            key,
+            LiveSession {
+                stored,
+                last_used: Instant::now(),
+            },
+        );
+        Ok((token, csrf))
+    }
+
+    /// Resolves a session token to its principal and CSRF token, refreshing its
+    /// idle timer. Expired sessions and disabled users resolve to `None`.
+    pub fn session(&self, token: &str, source: &str) -> Option<(Principal, String)> {
+        let key = token_hash(token);
+        let mut sessions = self.sessions.write().expect("sessions lock");
+        let live = sessions.get_mut(&key)?;
+        let expired = live.last_used.elapsed() > SESSION_IDLE
+            || live.stored.created_at + SESSION_ABSOLUTE_SECS <= unix_now();
+        let principal = if expired {
+            None
+        } else {
+            self.principal_for(&live.stored.user, source)
+        };
+        match principal {
+            Some(p) => {
+                live.last_used = Instant::now();
+                Some((p, live.stored.csrf.clone()))
+            }
+            None => {
+                sessions.remove(&key);
+                let _ = self.store.enqueue(vec![Write::delete(Table::Sessions, key)]);
+                None
+            }
+        }
+    }
+
+    pub async fn end_session(&self, token: &str) -> Result<(), AccessError> {
+        let key = token_hash(token);
+        self.sessions.write().expect("sessions lock").remove(&key);
+        self.store.commit(vec![Write::delete(Table::Sessions, key)]).await?;
+        Ok(())
+    }
+}
+
+/// The privilege check every operation starts with.
+pub fn require(principal: &Principal, privilege: Privilege, what: &'static str) -> Result<(), AccessError> {
+    if principal.role.allows(privilege) {
+        Ok(())
+    } else {
+        Err(AccessError::Forbidden(what, privilege.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_grant_what_they_say() {
+        assert!(Role::Administrator.allows(Privilege::ManageHosts));
+        assert!(Role::Operator.allows(Privilege::Power));
+        assert!(!Role::Operator.allows(Privilege::ManageHosts));
+        assert!(Role::Viewer.allows(Privilege::View));
+        assert!(!Role::Viewer.allows(Privilege::Power));
+    }
+
+    #[test]
+    fn password_hash_verifies_only_the_right_password() {
+        let h = hash_password("correct horse");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "wrong"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+}

@@ -1,0 +1,262 @@
+//! REST API (`/api/v1`, JSON): a thin adapter over `ops`. Authentication is
+//! HTTP Basic or a bearer token from `POST /api/v1/session`; errors are
+//! `{"error": "..."}` with the matching status code.
+
+mod views;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use hyper::{Method, Response, StatusCode};
+use lifeboat_proto::PowerAction;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::access::Principal;
+use crate::http::{json, json_error, Body, Req};
+use crate::ops::{Ops, OpsError, VmQuery, VmSort};
+pub use views::{host_json, job_json, vm_json};
+
+fn error_response(e: &OpsError) -> Response<Body> {
+    let status = match e {
+        OpsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
+        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpsError::Conflict(_) => StatusCode::CONFLICT,
+        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        OpsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut r = json_error(status, &e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"Lifeboat\""),
+        );
+    }
+    r
+}
+
+fn bad_request(msg: impl Into<String>) -> OpsError {
+    OpsError::BadRequest(msg.into())
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, OpsError> {
+    if req.body.is_empty() {
+        return Err(bad_request("a JSON request body is required"));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// The principal behind the request's credentials.
+async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
+    let source = req.source();
+    let unauthorized = || OpsError::Unauthorized("authentication required (HTTP Basic or bearer token)".into());
+    let Some(auth) = req.header("authorization") else {
+        return Err(unauthorized());
+    };
+    if let Some(b64) = auth.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|d| String::from_utf8(d).ok())
+            .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
+        return Ok(ops.access.basic(user, password, &source).await?);
+    }
+    if let Some(token) = auth.strip_prefix("Bearer ") {
+        return ops
+            .access
+            .session(token.trim(), &source)
+            .map(|(p, _)| p)
+            .ok_or_else(|| OpsError::Unauthorized("invalid or expired token".into()));
+    }
+    Err(unauthorized())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerBody {
+    action: String,
+    #[serde(default)]
+    timeout_secs: Option<u64>,
+}
+
+pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
+    match route(ops, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, OpsError::Internal(_)) {
+                tracing::error!(path = req.path, "API error: {e}");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+fn query_from(req: &Req) -> Result<VmQuery, OpsError> {
+    let number = |name: &str| -> Result<Option<usize>, OpsError> {
+        req.query_param(name)
+            .map(|v| v.parse().map_err(|_| bad_request(format!("{name} must be a positive number"))))
+            .transpose()
+    };
+    let sort = match req.query_param("sort") {
+        None => VmSort::Name,
+        Some(s) => VmSort::parse(&s).ok_or_else(|| bad_request(format!("unknown sort key {s:?}")))?,
+    };
+    let state = req.query_param("state");
+    if let Some(s) = &state {
+        if !["running", "paused", "stopped", "unknown"].contains(&s.as_str()) {
+            return Err(bad_request(format!("unknown state {s:?}")));
+        }
+    }
+    Ok(VmQuery {
+        name: req.query_param("name"),
+        host: req.query_param("host"),
+        state,
+        sort,
+        descending: req.query_param("order").as_deref() == Some("desc"),
+        page: number("page")?.unwrap_or(1),
+        per_page: number("per_page")?.unwrap_or(usize::MAX),
+    })
+}
+
+async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
+    let segments: Vec<&str> = req
+        .path
+        .trim_start_matches("/api/v1")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let m = &req.method;
+
+    // The one unauthenticated route: trading a password for a token.
+    if segments == ["session"] && m == Method::POST {
+        let body: LoginBody = parse_body(req)?;
+        let (principal, token, _) = ops.login(&body.username, &body.password, &req.source()).await?;
+        return Ok(json(
+            StatusCode::CREATED,
+            &json!({
+                "token": token,
+                "user": principal.user,
+                "role": principal.role.as_str(),
+                "idle_timeout_secs": crate::access::SESSION_IDLE.as_secs(),
+            }),
+        ));
+    }
+    if !req.path.starts_with("/api/v1/") && req.path != "/api/v1" {
+        return Err(OpsError::NotFound(format!("no such endpoint: {}", req.path)));
+    }
+
+    let who = authenticate(ops, req).await?;
+    let not_allowed = || {
+        Ok(json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {m} not allowed on {}", req.path),
+        ))
+    };
+    match segments.as_slice() {
+        ["session"] => match *m {
+            Method::DELETE => {
+                let token = req
+                    .header("authorization")
+                    .and_then(|a| a.strip_prefix("Bearer "))
+                    .ok_or_else(|| bad_request("DELETE /session needs the bearer token to end"))?;
+                ops.logout(&who, token.trim()).await?;
+                Ok(json(StatusCode::OK, &json!({"ended": true})))
+            }
+            _ => not_allowed(),
+        },
+        ["enrollment-tokens"] => match *m {
+            Method::POST => {
+                let issued = ops.issue_enrollment_token(&who).await?;
+                Ok(json(
+                    StatusCode::CREATED,
+                    &json!({
+                        "token": issued.token,
+                        "ca_fingerprint": issued.ca_fingerprint,
+                        "expires_at": crate::clock::rfc3339(issued.record.expires_at),
+                    }),
+                ))
+            }
+            _ => not_allowed(),
+        },
+        ["hosts"] => match *m {
+            Method::GET => {
+                let hosts = ops.hosts(&who)?;
+                Ok(json(StatusCode::OK, &hosts.iter().map(host_json).collect()))
+            }
+            _ => not_allowed(),
+        },
+        ["hosts", id] => match *m {
+            Method::GET => Ok(json(StatusCode::OK, &host_json(&ops.host(&who, id)?))),
+            _ => not_allowed(),
+        },
+        ["vms"] => match *m {
+            Method::GET => {
+                let page = ops.vms(&who, &query_from(req)?)?;
+                let items: Vec<_> = page
+                    .items
+                    .iter()
+                    .map(|v| vm_json(v, &ops.inventory.host_name(&v.host_id), false))
+                    .collect();
+                let mut r = json(StatusCode::OK, &serde_json::Value::Array(items));
+                if let Ok(v) = page.total.to_string().parse() {
+                    r.headers_mut().insert("x-total-count", v);
+                }
+                Ok(r)
+            }
+            _ => not_allowed(),
+        },
+        ["vms", id] => match *m {
+            Method::GET => {
+                let vm = ops.vm(&who, id)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &vm_json(&vm, &ops.inventory.host_name(&vm.host_id), true),
+                ))
+            }
+            _ => not_allowed(),
+        },
+        ["vms", id, "power"] => match *m {
+            Method::POST => {
+                let body: PowerBody = parse_body(req)?;
+                let action = PowerAction::parse(&body.action).ok_or_else(|| {
+                    bad_request(format!(
+                        "unknown action {:?}; expected one of start, shutdown, poweroff, pause, resume, reboot",
+                        body.action
+                    ))
+                })?;
+                let job = ops.power(&who, id, action, body.timeout_secs).await?;
+                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+            }
+            _ => not_allowed(),
+        },
+        ["jobs"] => match *m {
+            Method::GET => {
+                let vm = req.query_param("vm");
+                let jobs = ops.jobs(&who, vm.as_deref(), 200)?;
+                Ok(json(StatusCode::OK, &jobs.iter().map(job_json).collect()))
+            }
+            _ => not_allowed(),
+        },
+        ["jobs", id] => match *m {
+            Method::GET => {
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
+                Ok(json(StatusCode::OK, &job_json(&ops.job(&who, id)?)))
+            }
+            _ => not_allowed(),
+        },
+        _ => Err(OpsError::NotFound(format!("no such endpoint: {}", req.path))),
+    }
+}

@@ -1,0 +1,69 @@
+//! JSON shapes of hosts, VMs and jobs, shared by every API response.
+
+use serde_json::{json, Value};
+
+use crate::clock::rfc3339;
+use crate::inventory::{HostView, Vm};
+use crate::jobs::Job;
+
+pub fn host_json(h: &HostView) -> Value {
+    let f = &h.host.facts;
+    json!({
+        "id": h.host.id,
+        "name": h.host.name,
+        "status": h.status.as_str(),
+        "hostname": f.hostname,
+        "driver": f.driver,
+        "hypervisor_version": f.hypervisor_version,
+        "agent_version": h.host.agent_version,
+        "cpus": f.cpus,
+        "memory_total_bytes": f.memory_total_bytes,
+        "memory_free_bytes": f.memory_free_bytes,
+        "vm_count": h.vm_count,
+        "enrolled_at": rfc3339(h.host.enrolled_at),
+        "last_seen": rfc3339(h.host.last_seen),
+    })
+}
+
+pub fn vm_json(vm: &Vm, host_name: &str, detail: bool) -> Value {
+    let i = &vm.info;
+    let mut v = json!({
+        "id": i.uuid,
+        "name": i.name,
+        "host": vm.host_id,
+        "host_name": host_name,
+        "power_state": i.power_state.as_str(),
+        "vcpus": i.vcpus,
+        "memory_mib": i.memory_mib,
+        "updated_at": rfc3339(vm.updated_at),
+    });
+    if detail {
+        v["disks"] = json!(i.disks);
+        v["nics"] = json!(i.nics);
+        v["config"] = json!(i.config);
+    }
+    v
+}
+
+pub fn job_json(j: &Job) -> Value {
+    json!({
+        "id": j.id,
+        "kind": j.kind,
+        "description": j.description,
+        "vm": j.vm,
+        "host": j.host,
+        "user": j.user,
+        "state": j.state.as_str(),
+        "progress": {
+            "percent": j.percent,
+            "bytes_done": j.bytes_done,
+            "bytes_total": j.bytes_total,
+            "rate_bytes_per_sec": j.rate(),
+            "eta_secs": j.eta_secs(),
+        },
+        "error": j.error,
+        "created_at": rfc3339(j.created_at),
+        "started_at": j.started_at.map(rfc3339),
+        "finished_at": j.finished_at.map(rfc3339),
+    })
+}

@@ -1,0 +1,369 @@
+//! Agent connections: the agent port's TLS listener, enrollment, mutually
+//! authenticated sessions, heartbeats and request/response correlation.
+//!
+//! Every agent is identified by the fingerprint of the client certificate the
+//! controller issued it; a certificate the store does not know is refused even
+//! if our CA signed it. Anything an agent sends is treated as hostile input.
+
+pub mod enrollment;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_proto::{read_frame, write_frame, AgentMessage, Command, ControllerMessage, PROTOCOL_VERSION};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+
+use crate::clock::unix_now;
+use crate::inventory::{Host, Inventory};
+use crate::pki::{fingerprint, Pki};
+use enrollment::EnrollmentTokens;
+
+/// Time an agent has for the TLS handshake and its first message.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A session with no frame for this long is dead (heartbeats come every second).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("host {0} is offline")]
+    Offline(String),
+    #[error("the agent did not answer within {0} s")]
+    Timeout(u64),
+    #[error("the agent disconnected before answering")]
+    Disconnected,
+    #[error("agent: {0}")]
+    Agent(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
+
+struct AgentHandle {
+    connection: u64,
+    outbox: mpsc::Sender<ControllerMessage>,
+    pending: Pending,
+}
+
+pub struct Hub {
+    inventory: Arc<Inventory>,
+    pki: Arc<Pki>,
+    pub tokens: EnrollmentTokens,
+    agents: Mutex<HashMap<String, AgentHandle>>,
+    next_connection: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(inventory: Arc<Inventory>, pki: Arc<Pki>, tokens: EnrollmentTokens) -> Hub {
+        Hub {
+            inventory,
+            pki,
+            tokens,
+            agents: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    pub fn tls_acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.pki.ca_der.clone())?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()?;
+        let config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.pki.server_chain.clone(), self.pki.server_key())?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Accepts agent connections forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        let acceptor = self.tls_acceptor()?;
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("agent port accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let hub = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%addr, "agent port: TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%addr, "agent port: TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| fingerprint(c));
+                match peer {
+                    Some(fp) => hub.session(tls, addr, &fp).await,
+                    None => hub.enroll(tls, addr).await,
+                }
+            });
+        }
+    }
+
+    async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, addr: SocketAddr, reason: &str) {
+        tracing::warn!(%addr, "agent refused: {reason}");
+        let _ = write_frame(
+            stream,
+            &ControllerMessage::Rejected {
+                reason: reason.to_string(),
+            },
+        )
+        .await;
+    }
+
+    async fn enroll<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, addr: SocketAddr) {
+        let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, AgentMessage>(&mut stream)).await;
+        let (token, csr_pem, name, hostname) = match msg {
+            Ok(Ok(AgentMessage::Enroll {
+                token,
+                csr_pem,
+                name,
+                hostname,
+            })) => (token, csr_pem, name, hostname),
+            Ok(Ok(_)) => {
+                return Self::reject(&mut stream, addr, "no client certificate: only enrollment is allowed").await
+            }
+            Ok(Err(e)) => return Self::reject(&mut stream, addr, &format!("bad enrollment message: {e}")).await,
+            Err(_) => return Self::reject(&mut stream, addr, "enrollment timed out").await,
+        };
+        match self.tokens.consume(&token).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Self::reject(&mut stream, addr, "invalid, used or expired enrollment token").await;
+            }
+            Err(e) => return Self::reject(&mut stream, addr, &format!("controller store error: {e}")).await,
+        }
+        let host_id = uuid::Uuid::new_v4().to_string();
+        let cert_pem = match self.pki.sign_agent_csr(&csr_pem, &host_id) {
+            Ok(c) => c,
+            Err(e) => return Self::reject(&mut stream, addr, &e.to_string()).await,
+        };
+        let Ok(cert_der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+            return Self::reject(&mut stream, addr, "internal error: issued certificate unreadable").await;
+        };
+        let name = clean_name(if name.is_empty() { &hostname } else { &name }, &host_id);
+        let host = Host {
+            id: host_id.clone(),
+            name: name.clone(),
+            cert_fingerprint: fingerprint(&cert_der),
+            enrolled_at: unix_now(),
+            last_seen: unix_now(),
+            agent_version: String::new(),
+            facts: Default::default(),
+        };
+        if let Err(e) = self.inventory.add_host(host).await {
+            return Self::reject(&mut stream, addr, &format!("controller store error: {e}")).await;
+        }
+        tracing::info!(%addr, host_id, name, "agent enrolled");
+        let reply = ControllerMessage::Enrolled {
+            host_id,
+            cert_pem,
+            ca_pem: self.pki.ca_pem.clone(),
+        };
+        let _ = write_frame(&mut stream, &reply).await;
+    }
+
+    async fn session<S>(&self, stream: S, addr: SocketAddr, fingerprint: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let Some(host) = self.inventory.host_by_fingerprint(fingerprint) else {
+            return Self::reject(&mut writer, addr, "unknown client certificate").await;
+        };
+        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, AgentMessage>(&mut reader)).await;
+        let (agent_version, facts) = match hello {
+            Ok(Ok(AgentMessage::Hello {
+                protocol_version,
+                agent_version,
+                facts,
+            })) if protocol_version == PROTOCOL_VERSION => (agent_version, facts),
+            Ok(Ok(AgentMessage::Hello { protocol_version, .. })) => {
+                let reason = format!("protocol version {protocol_version} unsupported (controller speaks {PROTOCOL_VERSION})");
+                return Self::reject(&mut writer, addr, &reason).await;
+            }
+            Ok(Ok(_)) => return Self::reject(&mut writer, addr, "expected hello").await,
+            Ok(Err(e)) => return Self::reject(&mut writer, addr, &format!("bad hello: {e}")).await,
+            Err(_) => return Self::reject(&mut writer, addr, "hello timed out").await,
+        };
+
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (outbox, mut inbox) = mpsc::channel::<ControllerMessage>(64);
+        let pending: Pending = Arc::default();
+        // A newer connection replaces an older one; dropping the old outbox
+        // ends its writer, which closes it.
+        self.agents.lock().expect("agents lock").insert(
+            host.id.clone(),
+            AgentHandle {
+                connection,
+                outbox: outbox.clone(),
+                pending: pending.clone(),
+            },
+        );
+        if let Err(e) = self
+            .inventory
+            .host_connected(&host.id, connection, agent_version, facts)
+            .await
+        {
+            tracing::error!(host = host.name, "cannot record connection: {e}");
+        }
+        tracing::info!(%addr, host = host.name, connection, "agent connected");
+        let _ = outbox
+            .send(ControllerMessage::Welcome {
+                host_id: host.id.clone(),
+            })
+            .await;
+        drop(outbox);
+
+        let writer_task = tokio::spawn(async move {
+            while let Some(msg) = inbox.recv().await {
+                if write_frame(&mut writer, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let reason = self.read_loop(&mut reader, &host, connection, &pending).await;
+        tracing::info!(%addr, host = host.name, connection, "agent disconnected: {reason}");
+        writer_task.abort();
+        {
+            let mut agents = self.agents.lock().expect("agents lock");
+            if agents.get(&host.id).is_some_and(|a| a.connection == connection) {
+                agents.remove(&host.id);
+            }
+        }
+        for (_, tx) in pending.lock().expect("pending lock").drain() {
+            let _ = tx.send(Err("agent disconnected before answering".into()));
+        }
+        self.inventory.host_disconnected(&host.id, connection);
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        host: &Host,
+        connection: u64,
+        pending: &Pending,
+    ) -> String {
+        loop {
+            let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_frame::<_, AgentMessage>(reader)).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return e.to_string(),
+                Err(_) => return format!("no message for {} s", IDLE_TIMEOUT.as_secs()),
+            };
+            match msg {
+                AgentMessage::Heartbeat {
+                    memory_free_bytes, ..
+                } => self.inventory.heartbeat(&host.id, connection, memory_free_bytes),
+                AgentMessage::Inventory { vms } => {
+                    let count = vms.len();
+                    match self.inventory.replace_host_vms(&host.id, vms).await {
+                        Ok(changed) if changed > 0 => {
+                            tracing::debug!(host = host.name, count, changed, "inventory updated")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(host = host.name, "cannot store inventory: {e}"),
+                    }
+                    self.inventory.heartbeat(&host.id, connection, host.facts.memory_free_bytes);
+                }
+                AgentMessage::Reply { id, ok, error } => {
+                    if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
+                        let _ = tx.send(if ok {
+                            Ok(())
+                        } else {
+                            Err(error.unwrap_or_else(|| "failed".into()))
+                        });
+                    }
+                }
+                AgentMessage::Enroll { .. } | AgentMessage::Hello { .. } => {
+                    return "protocol violation: handshake message inside a session".into();
+                }
+            }
+        }
+    }
+
+    pub fn is_connected(&self, host_id: &str) -> bool {
+        self.agents.lock().expect("agents lock").contains_key(host_id)
+    }
+
+    /// Sends a command to a host's agent and waits for its reply.
+    pub async fn request(&self, host_id: &str, command: Command, timeout: Duration) -> Result<(), HubError> {
+        let (outbox, pending) = {
+            let agents = self.agents.lock().expect("agents lock");
+            let a = agents
+                .get(host_id)
+                .ok_or_else(|| HubError::Offline(self.inventory.host_name(host_id)))?;
+            (a.outbox.clone(), a.pending.clone())
+        };
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        pending.lock().expect("pending lock").insert(id, tx);
+        if outbox.send(ControllerMessage::Request { id, command }).await.is_err() {
+            pending.lock().expect("pending lock").remove(&id);
+            return Err(HubError::Offline(self.inventory.host_name(host_id)));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) if e.starts_with("agent disconnected") => Err(HubError::Disconnected),
+            Ok(Ok(Err(e))) => Err(HubError::Agent(e)),
+            Ok(Err(_)) => Err(HubError::Disconnected),
+            Err(_) => {
+                pending.lock().expect("pending lock").remove(&id);
+                Err(HubError::Timeout(timeout.as_secs()))
+            }
+        }
+    }
+}
+
+/// A host name shown in the console: printable, at most 64 characters.
+fn clean_name(name: &str, fallback: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .filter(|c| c.is_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        fallback.to_string()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_name;
+
+    #[test]
+    fn host_names_are_cleaned() {
+        assert_eq!(clean_name("kvm-01.lab", "x"), "kvm-01.lab");
+        assert_eq!(clean_name("<script>", "x"), "script");
+        assert_eq!(clean_name("", "fallback"), "fallback");
+        assert_eq!(clean_name(&"a".repeat(100), "x").len(), 64);
+    }
+}

@@ -1,0 +1,291 @@
+//! The operations layer: every action any interface offers is one function
+//! here that takes the acting [`Principal`], checks access, writes the audit
+//! record and does the work. Web, REST and CLI adapters only translate.
+
+mod vm_query;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_proto::{Command, PowerAction, PowerState};
+
+use crate::access::audit::AuditLog;
+use crate::access::{require, Access, AccessError, Principal, Privilege};
+use crate::hub::enrollment::EnrollmentToken;
+use crate::hub::Hub;
+use crate::inventory::{HostStatus, HostView, Inventory, Vm};
+use crate::jobs::{Job, Jobs, NewJob};
+use crate::pki::Pki;
+use crate::store::StoreError;
+pub use vm_query::{VmPage, VmQuery, VmSort};
+
+/// Guest ACPI shutdown waits this long before powering off, unless told otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 60;
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for OpsError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store: {e}");
+        OpsError::Internal(e.to_string())
+    }
+}
+
+impl From<AccessError> for OpsError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::InvalidCredentials | AccessError::LockedOut(_) => OpsError::Unauthorized(e.to_string()),
+            AccessError::Forbidden(..) => OpsError::Forbidden(e.to_string()),
+            AccessError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub struct Ops {
+    pub access: Access,
+    pub audit: AuditLog,
+    pub inventory: Arc<Inventory>,
+    pub hub: Arc<Hub>,
+    pub jobs: Arc<Jobs>,
+    pub pki: Arc<Pki>,
+    /// Port agents dial, shown in the enrollment command.
+    pub agent_port: u16,
+}
+
+/// What the dashboard shows.
+pub struct Summary {
+    pub hosts_online: usize,
+    pub hosts_offline: usize,
+    pub vm_states: std::collections::BTreeMap<&'static str, usize>,
+    pub recent_jobs: Vec<Job>,
+}
+
+/// A freshly issued enrollment token with what an operator needs to use it.
+pub struct IssuedToken {
+    pub token: String,
+    pub ca_fingerprint: String,
+    pub record: EnrollmentToken,
+}
+
+impl Ops {
+    async fn audited<T>(
+        &self,
+        who: &Principal,
+        action: &str,
+        object: &str,
+        result: Result<T, OpsError>,
+    ) -> Result<T, OpsError> {
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        self.audit.record(who, action, object, &outcome).await?;
+        result
+    }
+
+    pub async fn login(&self, user: &str, password: &str, source: &str) -> Result<(Principal, String, String), OpsError> {
+        let principal = self.access.login(user, password, source).await?;
+        let (token, csrf) = self.access.create_session(&principal).await?;
+        self.audit.record(&principal, "login", "session", &Ok(())).await?;
+        Ok((principal, token, csrf))
+    }
+
+    pub async fn logout(&self, who: &Principal, token: &str) -> Result<(), OpsError> {
+        self.access.end_session(token).await?;
+        self.audit.record(who, "logout", "session", &Ok(())).await?;
+        Ok(())
+    }
+
+    pub fn summary(&self, who: &Principal) -> Result<Summary, OpsError> {
+        require(who, Privilege::View, "viewing the dashboard")?;
+        let hosts = self.inventory.hosts();
+        let online = hosts.iter().filter(|h| h.status == HostStatus::Online).count();
+        Ok(Summary {
+            hosts_online: online,
+            hosts_offline: hosts.len() - online,
+            vm_states: self.inventory.power_state_counts(),
+            recent_jobs: self.jobs.recent(10, |_| true),
+        })
+    }
+
+    pub fn hosts(&self, who: &Principal) -> Result<Vec<HostView>, OpsError> {
+        require(who, Privilege::View, "listing hosts")?;
+        Ok(self.inventory.hosts())
+    }
+
+    pub fn host(&self, who: &Principal, id: &str) -> Result<HostView, OpsError> {
+        require(who, Privilege::View, "viewing a host")?;
+        self.inventory
+            .host(id)
+            .ok_or_else(|| OpsError::NotFound(format!("no host with id {id}")))
+    }
+
+    pub fn vms(&self, who: &Principal, query: &VmQuery) -> Result<VmPage, OpsError> {
+        require(who, Privilege::View, "listing VMs")?;
+        Ok(vm_query::run(&self.inventory, query))
+    }
+
+    pub fn vm(&self, who: &Principal, id: &str) -> Result<Vm, OpsError> {
+        require(who, Privilege::View, "viewing a VM")?;
+        self.inventory
+            .vm(id)
+            .ok_or_else(|| OpsError::NotFound(format!("no VM with id {id}")))
+    }
+
+    pub fn jobs(&self, who: &Principal, vm: Option<&str>, limit: usize) -> Result<Vec<Job>, OpsError> {
+        require(who, Privilege::View, "listing jobs")?;
+        Ok(self.jobs.recent(limit, |j| vm.is_none() || j.vm.as_deref() == vm))
+    }
+
+    pub fn job(&self, who: &Principal, id: u64) -> Result<Job, OpsError> {
+        require(who, Privilege::View, "viewing a job")?;
+        self.jobs
+            .get(id)
+            .ok_or_else(|| OpsError::NotFound(format!("no job with id {id}")))
+    }
+
+    pub async fn issue_enrollment_token(&self, who: &Principal) -> Result<IssuedToken, OpsError> {
+        let result = async {
+            require(who, Privilege::ManageHosts, "issuing enrollment tokens")?;
+            let (token, record) = self.hub.tokens.issue(&who.user).await?;
+            Ok(IssuedToken {
+                token,
+                ca_fingerprint: self.pki.ca_fingerprint(),
+                record,
+            })
+        }
+        .await;
+        self.audited(who, "issue enrollment token", "agents", result).await
+    }
+
+    pub fn pending_enrollment_tokens(&self, who: &Principal) -> Result<Vec<EnrollmentToken>, OpsError> {
+        require(who, Privilege::ManageHosts, "viewing enrollment tokens")?;
+        Ok(self.hub.tokens.pending())
+    }
+
+    /// Starts a power job. Refuses at once (changing nothing) when the VM is
+    /// unknown, its host is offline, or the action makes no sense in its state.
+    pub async fn power(
+        self: &Arc<Self>,
+        who: &Principal,
+        vm_id: &str,
+        action: PowerAction,
+        shutdown_timeout_secs: Option<u64>,
+    ) -> Result<Job, OpsError> {
+        require(who, Privilege::View, "viewing a VM")?;
+        let vm = self
+            .inventory
+            .vm(vm_id)
+            .ok_or_else(|| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
+        let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
+        let result = self.start_power_job(who, &vm, action, shutdown_timeout_secs).await;
+        self.audited(who, &format!("power {}", action.as_str()), &object, result)
+            .await
+    }
+
+    async fn start_power_job(
+        self: &Arc<Self>,
+        who: &Principal,
+        vm: &Vm,
+        action: PowerAction,
+        shutdown_timeout_secs: Option<u64>,
+    ) -> Result<Job, OpsError> {
+        require(who, Privilege::Power, "power operations")?;
+        let timeout_secs = shutdown_timeout_secs.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS);
+        if timeout_secs > MAX_SHUTDOWN_TIMEOUT_SECS {
+            return Err(OpsError::BadRequest(format!(
+                "timeout_secs must be at most {MAX_SHUTDOWN_TIMEOUT_SECS}"
+            )));
+        }
+        check_power_transition(vm.info.power_state, action)?;
+        if !self.hub.is_connected(&vm.host_id) || self.inventory.host_status(&vm.host_id) != HostStatus::Online {
+            return Err(OpsError::Conflict(format!(
+                "host {} of VM {} is offline",
+                self.inventory.host_name(&vm.host_id),
+                vm.info.name
+            )));
+        }
+        let job = self
+            .jobs
+            .create(NewJob {
+                kind: "power",
+                description: format!("{} {}", action.as_str(), vm.info.name),
+                vm: Some(vm.info.uuid.clone()),
+                host: Some(vm.host_id.clone()),
+                user: who.user.clone(),
+            })
+            .await?;
+        let ops = self.clone();
+        let (job_id, host_id) = (job.id, vm.host_id.clone());
+        let command = Command::Power {
+            vm: vm.info.uuid.clone(),
+            action,
+            timeout_secs,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = ops.jobs.start(job_id).await {
+                tracing::error!(job_id, "cannot record job start: {e}");
+            }
+            let deadline = Duration::from_secs(timeout_secs + 30);
+            let result = ops
+                .hub
+                .request(&host_id, command, deadline)
+                .await
+                .map_err(|e| e.to_string());
+            if let Err(e) = ops.jobs.finish(job_id, result).await {
+                tracing::error!(job_id, "cannot record job end: {e}");
+            }
+        });
+        Ok(job)
+    }
+}
+
+/// Whether `action` makes sense for a VM in `state`; a clear refusal if not.
+pub fn check_power_transition(state: PowerState, action: PowerAction) -> Result<(), OpsError> {
+    use PowerAction::*;
+    use PowerState::*;
+    let ok = match action {
+        Start => state == Stopped,
+        Pause => state == Running,
+        Resume => state == Paused,
+        Shutdown | Reboot => state == Running,
+        Poweroff => matches!(state, Running | Paused),
+    };
+    if ok || state == Unknown {
+        Ok(())
+    } else {
+        Err(OpsError::Conflict(format!(
+            "cannot {} a VM that is {}",
+            action.as_str(),
+            state.as_str()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_transitions() {
+        assert!(check_power_transition(PowerState::Stopped, PowerAction::Start).is_ok());
+        assert!(check_power_transition(PowerState::Running, PowerAction::Start).is_err());
+        assert!(check_power_transition(PowerState::Paused, PowerAction::Resume).is_ok());
+        assert!(check_power_transition(PowerState::Running, PowerAction::Resume).is_err());
+        assert!(check_power_transition(PowerState::Paused, PowerAction::Poweroff).is_ok());
+        assert!(check_power_transition(PowerState::Stopped, PowerAction::Shutdown).is_err());
+        assert!(check_power_transition(PowerState::Unknown, PowerAction::Start).is_ok());
+    }
+}

@@ -1,0 +1,332 @@
+//! The only code that opens redb transactions. Owns the database file, its
+//! schema version and the group-commit writer.
+//!
+//! Guarantee: when [`Store::commit`] returns `Ok`, the writes are durable
+//! (fsync'd by redb). Concurrent callers share one transaction per batch, so a
+//! burst of agent updates costs one fsync, not one each.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::oneshot;
+
+/// Schema version written into every new database; bump with a migration.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Most writes one group commit takes before it commits.
+const MAX_BATCH: usize = 4096;
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The typed tables. Every value is the JSON form of the owning module's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Users,
+    Sessions,
+    EnrollmentTokens,
+    Hosts,
+    Vms,
+    Jobs,
+    Audit,
+}
+
+impl Table {
+    const ALL: [Table; 7] = [
+        Table::Users,
+        Table::Sessions,
+        Table::EnrollmentTokens,
+        Table::Hosts,
+        Table::Vms,
+        Table::Jobs,
+        Table::Audit,
+    ];
+
+    fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(match self {
+            Table::Users => "users",
+            Table::Sessions => "sessions",
+            Table::EnrollmentTokens => "enrollment_tokens",
+            Table::Hosts => "hosts",
+            Table::Vms => "vms",
+            Table::Jobs => "jobs",
+            Table::Audit => "audit",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("record in table {table:?} under {key:?} is corrupt: {source}")]
+    Corrupt {
+        table: Table,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("database schema version {found} is newer than this controller's {SCHEMA_VERSION}")]
+    NewerSchema { found: u32 },
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    #[error("cannot start the store writer: {0}")]
+    Spawn(std::io::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One change to apply inside a group commit.
+#[derive(Debug)]
+pub enum Write {
+    Put {
+        table: Table,
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: Table,
+        key: String,
+    },
+}
+
+impl Write {
+    pub fn put<T: Serialize>(table: Table, key: impl Into<String>, value: &T) -> Write {
+        Write::Put {
+            table,
+            key: key.into(),
+            // Serialising our own plain records cannot fail.
+            value: serde_json::to_vec(value).expect("record serialises"),
+        }
+    }
+
+    pub fn delete(table: Table, key: impl Into<String>) -> Write {
+        Write::Delete {
+            table,
+            key: key.into(),
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<(Vec<Write>, Ack)>,
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Arc::new(Database::create(path)?);
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta
+                .get("schema_version")?
+                .map(|v| v.value().parse::<u32>().unwrap_or(u32::MAX));
+            match found {
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema { found: v }),
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION.to_string().as_str())?;
+                }
+            }
+            for table in Table::ALL {
+                txn.open_table(table.definition())?;
+            }
+        }
+        txn.commit()?;
+
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<Write>, Ack)>();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(&writer_db, rx))
+            .map_err(StoreError::Spawn)?;
+        Ok(Store { db, writer: tx })
+    }
+
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta
+            .get("schema_version")?
+            .and_then(|v| v.value().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Reads a whole table. Blocking: call at start-up or from `spawn_blocking`.
+    pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.definition())?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let key = k.value().to_string();
+            let value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                table,
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Queues writes for the next group commit and waits until they are durable.
+    pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let rx = self.enqueue(writes)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::CommitFailed(msg)),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Blocking form of [`Store::commit`], for start-up code outside the runtime.
+    pub fn commit_blocking(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let rx = self.enqueue(writes)?;
+        match rx.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::CommitFailed(msg)),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Queues writes and returns the receiver of their acknowledgement. Callers
+    /// that enqueue under their own lock keep the commit order equal to the
+    /// order of their in-memory updates.
+    pub fn enqueue(&self, writes: Vec<Write>) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.writer
+            .send((writes, ack))
+            .map_err(|_| StoreError::WriterGone)?;
+        Ok(rx)
+    }
+}
+
+fn run_writer(db: &Database, rx: std::sync::mpsc::Receiver<(Vec<Write>, Ack)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut count = batch[0].0.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => {
+                    count += next.0.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = apply_batch(db, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!("group commit of {count} writes failed: {e}");
+        }
+        for (_, ack) in batch {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+fn apply_batch(db: &Database, batch: &[(Vec<Write>, Ack)]) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    for (writes, _) in batch {
+        for w in writes {
+            match w {
+                Write::Put { table, key, value } => {
+                    txn.open_table(table.definition())?
+                        .insert(key.as_str(), value.as_slice())?;
+                }
+                Write::Delete { table, key } => {
+                    txn.open_table(table.definition())?.remove(key.as_str())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lifeboat-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("test.redb")
+    }
+
+    #[tokio::test]
+    async fn committed_writes_survive_reopen() {
+        let path = temp_path("reopen");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .commit(vec![Write::put(Table::Hosts, "h1", &serde_json::json!({"n": 1}))])
+                .await
+                .unwrap();
+            store
+                .commit(vec![
+                    Write::put(Table::Hosts, "h2", &serde_json::json!({"n": 2})),
+                    Write::delete(Table::Hosts, "h1"),
+                ])
+                .await
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let rows: Vec<(String, serde_json::Value)> = store.load(Table::Hosts).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, "h2");
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_are_all_acknowledged() {
+        let store = Store::open(&temp_path("concurrent")).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.commit(vec![Write::put(Table::Vms, format!("vm{i:03}"), &i)]).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let rows: Vec<(String, u32)> = store.load(Table::Vms).unwrap();
+        assert_eq!(rows.len(), 200);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_not_panicked() {
+        let store = Store::open(&temp_path("corrupt")).unwrap();
+        store
+            .commit_blocking(vec![Write::Put {
+                table: Table::Users,
+                key: "x".into(),
+                value: b"not json".to_vec(),
+            }])
+            .unwrap();
+        let err = store.load::<serde_json::Value>(Table::Users).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }));
+    }
+}

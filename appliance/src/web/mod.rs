@@ -1,0 +1,207 @@
+//! The web console: server-rendered maud pages over `ops`, usable without
+//! JavaScript. Sessions live in an HttpOnly, Secure, SameSite=Strict cookie;
+//! every form carries the session's CSRF token and is refused without it.
+
+pub mod assets;
+mod layout;
+mod pages;
+
+use std::sync::Arc;
+
+use hyper::header::{HeaderValue, SET_COOKIE};
+use hyper::{Method, Response, StatusCode};
+use lifeboat_proto::PowerAction;
+use maud::Markup;
+
+use crate::access::{random_token, Principal};
+use crate::http::{redirect, response, Body, Req};
+use crate::ops::{Ops, OpsError};
+use layout::PageCtx;
+
+const SESSION_COOKIE: &str = "lb_session";
+const LOGIN_CSRF_COOKIE: &str = "lb_login_csrf";
+
+fn html(status: StatusCode, markup: Markup) -> Response<Body> {
+    let mut r = response(status, "text/html; charset=utf-8", markup.into_string());
+    r.headers_mut()
+        .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn set_cookie(r: &mut Response<Body>, name: &str, value: &str, max_age: Option<u64>) {
+    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+    let cookie = format!("{name}={value}; Path=/; HttpOnly; Secure; SameSite=Strict{age}");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(SET_COOKIE, v);
+    }
+}
+
+fn form(req: &Req) -> Vec<(String, String)> {
+    serde_urlencoded::from_bytes(&req.body).unwrap_or_default()
+}
+
+fn field(form: &[(String, String)], name: &str) -> Option<String> {
+    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// Constant-time comparison for CSRF tokens.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_page(ctx: &PageCtx, e: &OpsError) -> Response<Body> {
+    let status = match e {
+        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
+        OpsError::Conflict(_) => StatusCode::CONFLICT,
+        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        OpsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        OpsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    html(status, pages::error(ctx, status, &e.to_string()))
+}
+
+pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
+    if req.path == "/login" {
+        return login(ops, &req).await;
+    }
+    let token = req.cookie(SESSION_COOKIE).map(str::to_string);
+    let session = token.as_deref().and_then(|t| ops.access.session(t, &req.source()));
+    let Some((who, csrf)) = session else {
+        return redirect("/login");
+    };
+    let ctx = PageCtx {
+        who: &who,
+        csrf: &csrf,
+        agent_port: ops.agent_port,
+    };
+    if req.method == Method::POST {
+        let form = form(&req);
+        let sent = field(&form, "csrf").unwrap_or_default();
+        if !same_token(&sent, &csrf) {
+            tracing::warn!(user = who.user, path = req.path, "form refused: bad CSRF token");
+            return html(
+                StatusCode::FORBIDDEN,
+                pages::error(&ctx, StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again."),
+            );
+        }
+        return match post(ops, &req, &who, &form, token.as_deref().unwrap_or_default(), &ctx).await {
+            Ok(r) => r,
+            Err(e) => error_page(&ctx, &e),
+        };
+    }
+    if req.method != Method::GET && req.method != Method::HEAD {
+        return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed");
+    }
+    match get(ops, &req, &ctx) {
+        Ok(m) => html(StatusCode::OK, m),
+        Err(e) => error_page(&ctx, &e),
+    }
+}
+
+fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx) -> Result<Markup, OpsError> {
+    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let who = ctx.who;
+    match segments.as_slice() {
+        [] => pages::dashboard(ctx, &ops.summary(who)?, &ops.hosts(who)?),
+        ["hosts"] => pages::hosts(ctx, &ops.hosts(who)?),
+        ["hosts", id] => {
+            let host = ops.host(who, id)?;
+            let vms = ops.vms(
+                who,
+                &crate::ops::VmQuery {
+                    host: Some(host.host.id.clone()),
+                    per_page: 1000,
+                    ..Default::default()
+                },
+            )?;
+            Ok(pages::host(ctx, &host, &vms.items))
+        }
+        ["vms"] => {
+            let q = pages::vm_query_from(req);
+            let page = ops.vms(who, &q)?;
+            let hosts = ops.hosts(who)?;
+            Ok(pages::vms(ctx, &q, &page, &hosts))
+        }
+        ["vms", id] => {
+            let vm = ops.vm(who, id)?;
+            let jobs = ops.jobs(who, Some(id), 20)?;
+            let host = ops.inventory.host(&vm.host_id);
+            Ok(pages::vm(ctx, &vm, host.as_ref(), &jobs, req.query_param("job")))
+        }
+        ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),
+        ["jobs", id] => {
+            let id = id.parse().map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
+            Ok(pages::job(ctx, &ops.job(who, id)?))
+        }
+        ["agents"] => Ok(pages::agents(ctx, &ops.pending_enrollment_tokens(who)?, None, req)),
+        _ => Err(OpsError::NotFound(format!("no page at {}", req.path))),
+    }
+}
+
+async fn post(
+    ops: &Arc<Ops>,
+    req: &Req,
+    who: &Principal,
+    form: &[(String, String)],
+    token: &str,
+    ctx: &PageCtx<'_>,
+) -> Result<Response<Body>, OpsError> {
+    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["logout"] => {
+            ops.logout(who, token).await?;
+            let mut r = redirect("/login");
+            set_cookie(&mut r, SESSION_COOKIE, "", Some(0));
+            Ok(r)
+        }
+        ["vms", id, "power"] => {
+            let action = field(form, "action")
+                .and_then(|a| PowerAction::parse(&a))
+                .ok_or_else(|| OpsError::BadRequest("unknown power action".into()))?;
+            let job = ops.power(who, id, action, None).await?;
+            Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+        }
+        ["agents", "tokens"] => {
+            let issued = ops.issue_enrollment_token(who).await?;
+            let pending = ops.pending_enrollment_tokens(who)?;
+            Ok(html(StatusCode::OK, pages::agents(ctx, &pending, Some(&issued), req)))
+        }
+        _ => Err(OpsError::NotFound(format!("no action at {}", req.path))),
+    }
+}
+
+async fn login(ops: &Arc<Ops>, req: &Req) -> Response<Body> {
+    if req.method == Method::GET {
+        let csrf = random_token();
+        let mut r = html(StatusCode::OK, pages::login(&csrf, None));
+        set_cookie(&mut r, LOGIN_CSRF_COOKIE, &csrf, Some(3600));
+        return r;
+    }
+    if req.method != Method::POST {
+        return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed");
+    }
+    let form = form(req);
+    let expected = req.cookie(LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let sent = field(&form, "csrf").unwrap_or_default();
+    let fresh = random_token();
+    let refuse = |msg: &str| {
+        let mut r = html(StatusCode::UNAUTHORIZED, pages::login(&fresh, Some(msg)));
+        set_cookie(&mut r, LOGIN_CSRF_COOKIE, &fresh, Some(3600));
+        r
+    };
+    if expected.is_empty() || !same_token(expected, &sent) {
+        return refuse("The login form expired. Please try again.");
+    }
+    let user = field(&form, "username").unwrap_or_default();
+    let password = field(&form, "password").unwrap_or_default();
+    match ops.login(&user, &password, &req.source()).await {
+        Ok((_, token, _)) => {
+            let mut r = redirect("/");
+            set_cookie(&mut r, SESSION_COOKIE, &token, None);
+            set_cookie(&mut r, LOGIN_CSRF_COOKIE, "", Some(0));
+            r
+        }
+        Err(e) => refuse(&e.to_string()),
+    }
+}

@@ -1,0 +1,341 @@
+//! Page bodies of the console. Pure rendering: data comes in from `ops`.
+
+use hyper::StatusCode;
+use maud::{html, Markup};
+
+use super::layout::{bare_page, bytes, jobs_table, page, progress, state_badge, PageCtx};
+use crate::clock::rfc3339;
+use crate::http::Req;
+use crate::inventory::{HostView, Vm};
+use crate::jobs::Job;
+use crate::ops::{IssuedToken, Summary, VmPage, VmQuery, VmSort};
+use crate::hub::enrollment::EnrollmentToken;
+use lifeboat_proto::PowerAction;
+
+pub const VMS_PER_PAGE: usize = 50;
+
+pub fn error(ctx: &PageCtx, status: StatusCode, message: &str) -> Markup {
+    page(
+        ctx,
+        status.canonical_reason().unwrap_or("Error"),
+        "",
+        None,
+        html! { p.flash.error { (message) } p { a href="/" { "Back to the dashboard" } } },
+    )
+}
+
+pub fn login(csrf: &str, error: Option<&str>) -> Markup {
+    bare_page(
+        "Log in",
+        html! {
+            form.login method="post" action="/login" {
+                h1 { img src="/assets/lifeboat.svg" alt="" width="32" height="32"; " Lifeboat" }
+                @if let Some(e) = error { p.flash.error { (e) } }
+                input type="hidden" name="csrf" value=(csrf);
+                label { "User name" input type="text" name="username" autocomplete="username" required autofocus; }
+                label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub fn dashboard(ctx: &PageCtx, s: &Summary, hosts: &[HostView]) -> Result<Markup, crate::ops::OpsError> {
+    let total_vms: usize = s.vm_states.values().sum();
+    Ok(page(
+        ctx,
+        "Dashboard",
+        "/",
+        None,
+        html! {
+            section.cards {
+                a.card href="/hosts" { span.big { (s.hosts_online + s.hosts_offline) } " hosts"
+                    span.sub { (s.hosts_online) " online · " (s.hosts_offline) " offline" } }
+                a.card href="/vms" { span.big { (total_vms) } " VMs"
+                    span.sub { @for (state, n) in &s.vm_states { (n) " " (state) " " } } }
+                @for (state, n) in &s.vm_states {
+                    a class={"card state-" (state)} href={"/vms?state=" (state)} { span.big { (n) } " " (state) }
+                }
+            }
+            h2 { "Hosts" }
+            (hosts_table(hosts))
+            h2 { "Recent jobs" }
+            (jobs_table(&s.recent_jobs))
+        },
+    ))
+}
+
+fn hosts_table(hosts: &[HostView]) -> Markup {
+    html! {
+        @if hosts.is_empty() {
+            p.muted { "No hosts yet. " a href="/agents" { "Add a host" } " by installing the agent on it." }
+        } @else {
+            table {
+                thead { tr { th { "Host" } th { "Status" } th { "Driver" } th { "CPUs" } th { "Memory free / total" } th { "VMs" } th { "Last seen" } } }
+                tbody {
+                    @for h in hosts {
+                        tr {
+                            td { a href={"/hosts/" (h.host.id)} { (h.host.name) } }
+                            td { (state_badge(h.status.as_str())) }
+                            td { (h.host.facts.driver) }
+                            td { (h.host.facts.cpus) }
+                            td { (bytes(h.host.facts.memory_free_bytes)) " / " (bytes(h.host.facts.memory_total_bytes)) }
+                            td { a href={"/vms?host=" (h.host.id)} { (h.vm_count) } }
+                            td { (rfc3339(h.host.last_seen)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn hosts(ctx: &PageCtx, hosts: &[HostView]) -> Result<Markup, crate::ops::OpsError> {
+    Ok(page(ctx, "Hosts", "/hosts", None, hosts_table(hosts)))
+}
+
+pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm]) -> Markup {
+    let f = &h.host.facts;
+    page(
+        ctx,
+        &format!("Host {}", h.host.name),
+        "/hosts",
+        None,
+        html! {
+            dl.facts {
+                dt { "Status" } dd { (state_badge(h.status.as_str())) }
+                dt { "ID" } dd { code { (h.host.id) } }
+                dt { "Hostname" } dd { (f.hostname) }
+                dt { "Hypervisor" } dd { (f.driver) " " (f.hypervisor_version) }
+                dt { "Agent" } dd { (h.host.agent_version) }
+                dt { "CPUs" } dd { (f.cpus) }
+                dt { "Memory" } dd { (bytes(f.memory_free_bytes)) " free of " (bytes(f.memory_total_bytes)) }
+                dt { "Enrolled" } dd { (rfc3339(h.host.enrolled_at)) }
+                dt { "Last seen" } dd { (rfc3339(h.host.last_seen)) }
+            }
+            h2 { "VMs on this host (" (vms.len()) ")" }
+            (vm_table(vms, None))
+        },
+    )
+}
+
+pub fn vm_query_from(req: &Req) -> VmQuery {
+    VmQuery {
+        name: req.query_param("name"),
+        host: req.query_param("host"),
+        state: req.query_param("state"),
+        sort: req.query_param("sort").and_then(|s| VmSort::parse(&s)).unwrap_or_default(),
+        descending: req.query_param("order").as_deref() == Some("desc"),
+        page: req.query_param("page").and_then(|p| p.parse().ok()).unwrap_or(1),
+        per_page: VMS_PER_PAGE,
+    }
+}
+
+fn vm_link(q: &VmQuery, sort: VmSort, descending: bool, page: usize) -> String {
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    for (k, v) in [("name", &q.name), ("host", &q.host), ("state", &q.state)] {
+        if let Some(v) = v {
+            pairs.push((k, v.clone()));
+        }
+    }
+    pairs.push(("sort", sort.as_str().to_string()));
+    if descending {
+        pairs.push(("order", "desc".into()));
+    }
+    if page > 1 {
+        pairs.push(("page", page.to_string()));
+    }
+    format!("/vms?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+}
+
+fn vm_table(vms: &[Vm], sorting: Option<&VmQuery>) -> Markup {
+    let header = |label: &str, key: VmSort| -> Markup {
+        match sorting {
+            None => html! { th { (label) } },
+            Some(q) => {
+                let active = q.sort == key;
+                let desc = active && !q.descending;
+                let arrow = match (active, q.descending) {
+                    (true, false) => " ▲",
+                    (true, true) => " ▼",
+                    _ => "",
+                };
+                html! { th { a href=(vm_link(q, key, desc, 1)) { (label) (arrow) } } }
+            }
+        }
+    };
+    html! {
+        @if vms.is_empty() { p.muted { "No VMs match." } } @else {
+            table.vms {
+                thead { tr {
+                    (header("Name", VmSort::Name)) (header("Host", VmSort::Host)) (header("State", VmSort::State))
+                    (header("vCPUs", VmSort::Vcpus)) (header("Memory", VmSort::Memory)) th { "Disks" }
+                } }
+                tbody {
+                    @for vm in vms {
+                        tr {
+                            td { a href={"/vms/" (vm.info.uuid)} { (vm.info.name) } }
+                            td { a href={"/hosts/" (vm.host_id)} { (short(&vm.host_id)) } }
+                            td { (state_badge(vm.info.power_state.as_str())) }
+                            td { (vm.info.vcpus) }
+                            td { (vm.info.memory_mib) " MiB" }
+                            td { (vm.info.disks.iter().filter(|d| d.device == "disk").count()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+pub fn vms(ctx: &PageCtx, q: &VmQuery, p: &VmPage, hosts: &[HostView]) -> Markup {
+    let pages = p.total.div_ceil(p.per_page).max(1);
+    page(
+        ctx,
+        "Virtual machines",
+        "/vms",
+        None,
+        html! {
+            form.filters method="get" action="/vms" {
+                input type="search" name="name" placeholder="Name contains…" value=[q.name.as_deref()];
+                select name="host" {
+                    option value="" { "All hosts" }
+                    @for h in hosts {
+                        option value=(h.host.id) selected[q.host.as_deref() == Some(h.host.id.as_str())] { (h.host.name) }
+                    }
+                }
+                select name="state" {
+                    option value="" { "Any state" }
+                    @for s in ["running", "paused", "stopped", "unknown"] {
+                        option value=(s) selected[q.state.as_deref() == Some(s)] { (s) }
+                    }
+                }
+                input type="hidden" name="sort" value=(q.sort.as_str());
+                button type="submit" { "Filter" }
+                span.muted { (p.total) " VMs" }
+            }
+            (vm_table(&p.items, Some(q)))
+            nav.pager {
+                @if p.page > 1 { a href=(vm_link(q, q.sort, q.descending, p.page - 1)) { "‹ Previous" } }
+                span { "Page " (p.page) " of " (pages) }
+                @if p.page < pages { a href=(vm_link(q, q.sort, q.descending, p.page + 1)) { "Next ›" } }
+            }
+        },
+    )
+}
+
+pub fn vm(ctx: &PageCtx, vm: &Vm, host: Option<&HostView>, jobs: &[Job], _job: Option<String>) -> Markup {
+    let i = &vm.info;
+    let active = jobs.iter().any(|j| !j.state.is_finished());
+    let host_name = host.map(|h| h.host.name.as_str()).unwrap_or("?");
+    let host_status = host.map(|h| h.status.as_str()).unwrap_or("offline");
+    page(
+        ctx,
+        &format!("VM {}", i.name),
+        "/vms",
+        active.then_some(2),
+        html! {
+            section.actions {
+                @for a in PowerAction::ALL {
+                    form method="post" action={"/vms/" (i.uuid) "/power"} {
+                        input type="hidden" name="csrf" value=(ctx.csrf);
+                        input type="hidden" name="action" value=(a.as_str());
+                        button type="submit" disabled[crate::ops::check_power_transition(i.power_state, a).is_err()] { (a.as_str()) }
+                    }
+                }
+            }
+            dl.facts {
+                dt { "Power state" } dd { (state_badge(i.power_state.as_str())) }
+                dt { "UUID" } dd { code { (i.uuid) } }
+                dt { "Host" } dd { a href={"/hosts/" (vm.host_id)} { (host_name) } " " (state_badge(host_status)) }
+                dt { "vCPUs" } dd { (i.vcpus) }
+                dt { "Memory" } dd { (i.memory_mib) " MiB" }
+                dt { "Updated" } dd { (rfc3339(vm.updated_at)) }
+            }
+            h2 { "Disks" }
+            table {
+                thead { tr { th { "Target" } th { "Device" } th { "Source" } th { "Format" } th { "Size" } } }
+                tbody { @for d in &i.disks { tr {
+                    td { (d.target) } td { (d.device) } td { code { (d.source.clone().unwrap_or_default()) } }
+                    td { (d.format.clone().unwrap_or_default()) } td { (d.capacity_bytes.map(bytes).unwrap_or_default()) }
+                } } }
+            }
+            h2 { "Network interfaces" }
+            table {
+                thead { tr { th { "MAC" } th { "Network" } th { "Model" } } }
+                tbody { @for n in &i.nics { tr {
+                    td { code { (n.mac) } } td { (n.network.clone().unwrap_or_default()) } td { (n.model.clone().unwrap_or_default()) }
+                } } }
+            }
+            h2 { "Jobs" }
+            (jobs_table(jobs))
+            details { summary { "Hypervisor configuration" } pre.config { (i.config) } }
+        },
+    )
+}
+
+pub fn jobs(ctx: &PageCtx, jobs: &[Job]) -> Markup {
+    let active = jobs.iter().any(|j| !j.state.is_finished());
+    page(ctx, "Jobs", "/jobs", active.then_some(2), jobs_table(jobs))
+}
+
+pub fn job(ctx: &PageCtx, j: &Job) -> Markup {
+    page(
+        ctx,
+        &format!("Job {}: {}", j.id, j.description),
+        "/jobs",
+        (!j.state.is_finished()).then_some(2),
+        html! {
+            dl.facts {
+                dt { "State" } dd { (state_badge(j.state.as_str())) }
+                dt { "Progress" } dd { (progress(j)) }
+                dt { "Kind" } dd { (j.kind) }
+                dt { "User" } dd { (j.user) }
+                @if let Some(vm) = &j.vm { dt { "VM" } dd { a href={"/vms/" (vm)} { (vm) } } }
+                dt { "Created" } dd { (rfc3339(j.created_at)) }
+                dt { "Started" } dd { (j.started_at.map(rfc3339).unwrap_or_default()) }
+                dt { "Finished" } dd { (j.finished_at.map(rfc3339).unwrap_or_default()) }
+                @if let Some(e) = &j.error { dt { "Error" } dd.error { (e) } }
+            }
+        },
+    )
+}
+
+pub fn agents(ctx: &PageCtx, pending: &[EnrollmentToken], issued: Option<&IssuedToken>, req: &Req) -> Markup {
+    let host = req
+        .header("host")
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
+        .unwrap_or_else(|| "CONTROLLER".into());
+    html_agents(ctx, pending, issued, &host, ctx.agent_port)
+}
+
+fn html_agents(ctx: &PageCtx, pending: &[EnrollmentToken], issued: Option<&IssuedToken>, host: &str, port: u16) -> Markup {
+    page(
+        ctx,
+        "Add a host",
+        "/agents",
+        None,
+        html! {
+            p { "Install " code { "lifeboat-agent" } " on the virtualization host, then run the command below on it as root. The token works once and expires after 24 hours." }
+            @if let Some(t) = issued {
+                p.flash.ok { "New enrollment token created. Copy the command now: the token is not shown again." }
+                pre.command { "lifeboat-agent --controller " (host) ":" (port) " --token " (t.token) " --ca-fingerprint " (t.ca_fingerprint) }
+            }
+            form method="post" action="/agents/tokens" {
+                input type="hidden" name="csrf" value=(ctx.csrf);
+                button type="submit" { "Create enrollment token" }
+            }
+            h2 { "Unused tokens" }
+            @if pending.is_empty() { p.muted { "None." } } @else {
+                table {
+                    thead { tr { th { "Created by" } th { "Created" } th { "Expires" } } }
+                    tbody { @for t in pending { tr { td { (t.created_by) } td { (rfc3339(t.created_at)) } td { (rfc3339(t.expires_at)) } } } }
+                }
+            }
+        },
+    )
+}
