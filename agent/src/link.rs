@@ -1,0 +1,256 @@
+//! The connection to the controller: enrollment once, then a mutually
+//! authenticated session that reconnects with back-off for as long as the
+//! agent runs. One connection carries heartbeats, inventory and commands.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lifeboat_proto::{
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, HEARTBEAT_INTERVAL_MS, PROTOCOL_VERSION,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio_rustls::TlsConnector;
+
+use crate::hypervisor::Hypervisor;
+use crate::{identity, tls};
+
+/// How often the agent looks for VM changes made outside Lifeboat.
+const INVENTORY_POLL: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the back-off.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+pub struct Enrollment<'a> {
+    pub controller: &'a str,
+    pub token: &'a str,
+    pub ca_fingerprint: &'a str,
+    pub name: &'a str,
+    pub hostname: &'a str,
+}
+
+async fn connect(controller: &str, config: rustls::ClientConfig) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(controller))
+        .await
+        .context("connection timed out")?
+        .with_context(|| format!("cannot connect to {controller}"))?;
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(Arc::new(config));
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::server_name(), tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake with the controller failed")?;
+    Ok(tls)
+}
+
+/// Trades the one-time token for a client certificate and saves the identity.
+pub async fn enroll(e: &Enrollment<'_>, state_dir: &Path) -> anyhow::Result<()> {
+    if !e.ca_fingerprint.starts_with("sha256:") || e.ca_fingerprint.len() != 7 + 64 {
+        bail!("--ca-fingerprint must look like sha256:<64 hex digits>");
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?;
+    let mut stream = connect(e.controller, tls::enrollment_config(e.ca_fingerprint)?).await?;
+    write_frame(
+        &mut stream,
+        &AgentMessage::Enroll {
+            token: e.token.to_string(),
+            csr_pem: csr,
+            name: e.name.to_string(),
+            hostname: e.hostname.to_string(),
+        },
+    )
+    .await?;
+    match read_frame::<_, ControllerMessage>(&mut stream).await? {
+        ControllerMessage::Enrolled {
+            host_id,
+            cert_pem,
+            ca_pem,
+        } => {
+            identity::save(state_dir, &host_id, &key.serialize_pem(), &cert_pem, &ca_pem)?;
+            tracing::info!(host_id, "enrolled with the controller");
+            Ok(())
+        }
+        ControllerMessage::Rejected { reason } => bail!("the controller refused enrollment: {reason}"),
+        other => bail!("unexpected answer to enrollment: {other:?}"),
+    }
+}
+
+/// Keeps a session with the controller up forever.
+pub async fn run(controller: String, state_dir: &Path, driver: Arc<dyn Hypervisor>) -> anyhow::Result<()> {
+    let id = identity::load(state_dir)?;
+    tracing::info!(host_id = id.host_id, controller, "starting the link to the controller");
+    let config = tls::session_config(id.ca, id.cert, id.key)?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        match session(&controller, config.clone(), driver.clone()).await {
+            Ok(()) => tracing::warn!("controller closed the connection"),
+            Err(e) => tracing::warn!("link to the controller lost: {e:#}"),
+        }
+        if started.elapsed() > STABLE_SESSION {
+            backoff = Duration::from_millis(500);
+        }
+        // Jitter keeps a fleet of agents from reconnecting in lock-step.
+        let jitter = Duration::from_millis(rand_ms(250));
+        tracing::info!("reconnecting in {:.1} s", (backoff + jitter).as_secs_f32());
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn rand_ms(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    nanos % max.max(1)
+}
+
+fn memory_free_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("driver task panicked")
+}
+
+async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn Hypervisor>) -> anyhow::Result<()> {
+    let stream = connect(controller, config).await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+
+    let d = driver.clone();
+    let facts = blocking(move || d.host_facts()).await??;
+    write_frame(
+        &mut writer,
+        &AgentMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            facts,
+        },
+    )
+    .await?;
+    match read_frame::<_, ControllerMessage>(&mut reader).await? {
+        ControllerMessage::Welcome { host_id } => tracing::info!(host_id, "connected to the controller"),
+        ControllerMessage::Rejected { reason } => bail!("the controller refused this agent: {reason}"),
+        other => bail!("unexpected greeting: {other:?}"),
+    }
+
+    let (outbox, mut inbox) = mpsc::channel::<AgentMessage>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(msg) = inbox.recv().await {
+            if let Err(e) = write_frame(&mut writer, &msg).await {
+                return Err::<(), _>(e);
+            }
+        }
+        Ok(())
+    });
+
+    let refresh = Arc::new(Notify::new());
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone()));
+    let inventory = tokio::spawn(inventory_reports(driver.clone(), outbox.clone(), refresh.clone()));
+
+    let result = async {
+        loop {
+            match read_frame::<_, ControllerMessage>(&mut reader).await? {
+                ControllerMessage::Request { id, command } => {
+                    let (driver, outbox, refresh) = (driver.clone(), outbox.clone(), refresh.clone());
+                    tokio::spawn(async move {
+                        let reply = run_command(driver, command).await;
+                        let _ = outbox.send(reply_message(id, reply)).await;
+                        refresh.notify_one();
+                    });
+                }
+                ControllerMessage::Rejected { reason } => bail!("the controller ended the session: {reason}"),
+                other => tracing::warn!("ignoring unexpected message {other:?}"),
+            }
+        }
+    }
+    .await;
+    heartbeat.abort();
+    inventory.abort();
+    writer_task.abort();
+    result
+}
+
+fn reply_message(id: u64, result: anyhow::Result<()>) -> AgentMessage {
+    match result {
+        Ok(()) => AgentMessage::Reply { id, ok: true, error: None },
+        Err(e) => AgentMessage::Reply {
+            id,
+            ok: false,
+            error: Some(format!("{e:#}")),
+        },
+    }
+}
+
+async fn run_command(driver: Arc<dyn Hypervisor>, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Power {
+            vm,
+            action,
+            timeout_secs,
+        } => {
+            tracing::info!(vm, action = action.as_str(), "power operation");
+            let timeout = Duration::from_secs(timeout_secs);
+            let result = blocking(move || driver.power(&vm, action, timeout)).await?;
+            if let Err(e) = &result {
+                tracing::warn!(action = action.as_str(), "power operation failed: {e}");
+            }
+            Ok(result?)
+        }
+    }
+}
+
+async fn heartbeats(outbox: mpsc::Sender<AgentMessage>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+    let mut seq = 0u64;
+    loop {
+        tick.tick().await;
+        seq += 1;
+        let msg = AgentMessage::Heartbeat {
+            seq,
+            memory_free_bytes: memory_free_bytes(),
+        };
+        if outbox.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the full VM list at connect, then whenever it changes (polled, or
+/// right after a command ran).
+async fn inventory_reports(driver: Arc<dyn Hypervisor>, outbox: mpsc::Sender<AgentMessage>, refresh: Arc<Notify>) {
+    let mut last = None;
+    loop {
+        let d = driver.clone();
+        match blocking(move || d.inventory()).await {
+            Ok(Ok(vms)) if last.as_ref() != Some(&vms) => {
+                if outbox.send(AgentMessage::Inventory { vms: vms.clone() }).await.is_err() {
+                    return;
+                }
+                last = Some(vms);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot read the VM inventory: {e}"),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(INVENTORY_POLL) => {}
+            _ = refresh.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `lifeboat-agent`: runs on each virtualization host, reports its VMs to the
+//! controller and carries out the controller's commands.
+
+mod hypervisor;
+mod identity;
+mod link;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "lifeboat-agent", version, about = "Lifeboat host agent")]
+struct Args {
+    /// The controller's agent address, HOST:PORT.
+    #[arg(long)]
+    controller: String,
+    /// One-time enrollment token (first start only).
+    #[arg(long, env = "LIFEBOAT_ENROLLMENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Fingerprint of the controller's CA, sha256:HEX (first start only).
+    #[arg(long)]
+    ca_fingerprint: Option<String>,
+    /// Where the agent keeps its identity.
+    #[arg(long, default_value = "/var/lib/lifeboat-agent")]
+    state_dir: PathBuf,
+    /// Libvirt connection URI (default: virsh's own default).
+    #[arg(long)]
+    libvirt_uri: Option<String>,
+    /// Name of this host in the controller (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if !identity::is_enrolled(&args.state_dir) {
+        let (Some(token), Some(fp)) = (&args.token, &args.ca_fingerprint) else {
+            bail!(
+                "this agent is not enrolled yet (no identity in {}): pass --token and --ca-fingerprint from the controller's \"Add host\" page",
+                args.state_dir.display()
+            );
+        };
+        let host = hostname();
+        let name = args.name.clone().unwrap_or_else(|| host.clone());
+        link::enroll(
+            &link::Enrollment {
+                controller: &args.controller,
+                token,
+                ca_fingerprint: fp,
+                name: &name,
+                hostname: &host,
+            },
+            &args.state_dir,
+        )
+        .await
+        .context("enrollment failed")?;
+    } else if args.token.is_some() {
+        tracing::info!("already enrolled; ignoring --token");
+    }
+    let driver: Arc<dyn hypervisor::Hypervisor> = Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri));
+    link::run(args.controller, &args.state_dir, driver).await
+}
