@@ -152,11 +152,9 @@ async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn
     let (outbox, mut inbox) = mpsc::channel::<AgentMessage>(64);
     let writer_task = tokio::spawn(async move {
         while let Some(msg) = inbox.recv().await {
-            if let Err(e) = write_frame(&mut writer, &msg).await {
-                return Err::<(), _>(e);
-            }
+            write_frame(&mut writer, &msg).await?;
         }
-        Ok(())
+        Ok::<(), lifeboat_proto::FrameError>(())
     });
 
     let refresh = Arc::new(Notify::new());
