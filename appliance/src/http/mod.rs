@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -103,8 +103,12 @@ fn security_headers(r: &mut Response<Body>) {
     );
 }
 
+/// Past this many bytes an oversized body is no longer drained: the
+/// connection is closed instead. Up to it, the client gets a clean 413.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
 async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, Response<Body>> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
@@ -116,25 +120,32 @@ async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, R
             &format!("request body exceeds {MAX_BODY_BYTES} bytes"),
         )
     };
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
         return Err(too_large());
     }
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(json_error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read request body: {e}"),
-            ))
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen > DRAIN_LIMIT {
+                return Err(too_large());
+            }
+            if seen <= MAX_BODY_BYTES {
+                buf.extend_from_slice(data);
+            }
         }
-    };
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
     Ok(Req {
         method: parts.method,
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or("").to_string(),
         headers: parts.headers,
-        body,
+        body: Bytes::from(buf),
         peer,
     })
 }
