@@ -30,7 +30,8 @@ pub fn is_enrolled(dir: &Path) -> bool {
 
 pub fn load(dir: &Path) -> anyhow::Result<Identity> {
     let read = |name: &str| {
-        fs::read(path(dir, name)).with_context(|| format!("cannot read {}", path(dir, name).display()))
+        fs::read(path(dir, name))
+            .with_context(|| format!("cannot read {}", path(dir, name).display()))
     };
     let host_id = String::from_utf8(read("host-id")?)
         .context("host-id is not text")?
@@ -41,9 +42,12 @@ pub fn load(dir: &Path) -> anyhow::Result<Identity> {
     }
     Ok(Identity {
         host_id,
-        ca: CertificateDer::from_pem_slice(&read("ca.pem")?).context("ca.pem is not a PEM certificate")?,
-        cert: CertificateDer::from_pem_slice(&read("agent.pem")?).context("agent.pem is not a PEM certificate")?,
-        key: PrivateKeyDer::from_pem_slice(&read("agent.key")?).context("agent.key is not a PEM private key")?,
+        ca: CertificateDer::from_pem_slice(&read("ca.pem")?)
+            .context("ca.pem is not a PEM certificate")?,
+        cert: CertificateDer::from_pem_slice(&read("agent.pem")?)
+            .context("agent.pem is not a PEM certificate")?,
+        key: PrivateKeyDer::from_pem_slice(&read("agent.key")?)
+            .context("agent.key is not a PEM private key")?,
     })
 }
 
@@ -63,8 +67,15 @@ fn write_file(dir: &Path, name: &str, contents: &str, mode: u32) -> anyhow::Resu
 }
 
 /// Saves a new identity; `host-id` is written last and marks it complete.
-pub fn save(dir: &Path, host_id: &str, key_pem: &str, cert_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+pub fn save(
+    dir: &Path,
+    host_id: &str,
+    key_pem: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create state dir {}", dir.display()))?;
     write_file(dir, "agent.key", key_pem, 0o600)?;
     write_file(dir, "agent.pem", cert_pem, 0o644)?;
     write_file(dir, "ca.pem", ca_pem, 0o644)?;

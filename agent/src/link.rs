@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lifeboat_proto::{
-    read_frame, write_frame, AgentMessage, Command, ControllerMessage, HEARTBEAT_INTERVAL_MS, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, HEARTBEAT_INTERVAL_MS,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -32,7 +33,10 @@ pub struct Enrollment<'a> {
     pub hostname: &'a str,
 }
 
-async fn connect(controller: &str, config: rustls::ClientConfig) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn connect(
+    controller: &str,
+    config: rustls::ClientConfig,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(controller))
         .await
         .context("connection timed out")?
@@ -72,19 +76,35 @@ pub async fn enroll(e: &Enrollment<'_>, state_dir: &Path) -> anyhow::Result<()> 
             cert_pem,
             ca_pem,
         } => {
-            identity::save(state_dir, &host_id, &key.serialize_pem(), &cert_pem, &ca_pem)?;
+            identity::save(
+                state_dir,
+                &host_id,
+                &key.serialize_pem(),
+                &cert_pem,
+                &ca_pem,
+            )?;
             tracing::info!(host_id, "enrolled with the controller");
             Ok(())
         }
-        ControllerMessage::Rejected { reason } => bail!("the controller refused enrollment: {reason}"),
+        ControllerMessage::Rejected { reason } => {
+            bail!("the controller refused enrollment: {reason}")
+        }
         other => bail!("unexpected answer to enrollment: {other:?}"),
     }
 }
 
 /// Keeps a session with the controller up forever.
-pub async fn run(controller: String, state_dir: &Path, driver: Arc<dyn Hypervisor>) -> anyhow::Result<()> {
+pub async fn run(
+    controller: String,
+    state_dir: &Path,
+    driver: Arc<dyn Hypervisor>,
+) -> anyhow::Result<()> {
     let id = identity::load(state_dir)?;
-    tracing::info!(host_id = id.host_id, controller, "starting the link to the controller");
+    tracing::info!(
+        host_id = id.host_id,
+        controller,
+        "starting the link to the controller"
+    );
     let config = tls::session_config(id.ca, id.cert, id.key)?;
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -125,10 +145,16 @@ fn memory_free_bytes() -> u64 {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await.context("driver task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("driver task panicked")
 }
 
-async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn Hypervisor>) -> anyhow::Result<()> {
+async fn session(
+    controller: &str,
+    config: rustls::ClientConfig,
+    driver: Arc<dyn Hypervisor>,
+) -> anyhow::Result<()> {
     let stream = connect(controller, config).await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
 
@@ -144,8 +170,12 @@ async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn
     )
     .await?;
     match read_frame::<_, ControllerMessage>(&mut reader).await? {
-        ControllerMessage::Welcome { host_id } => tracing::info!(host_id, "connected to the controller"),
-        ControllerMessage::Rejected { reason } => bail!("the controller refused this agent: {reason}"),
+        ControllerMessage::Welcome { host_id } => {
+            tracing::info!(host_id, "connected to the controller")
+        }
+        ControllerMessage::Rejected { reason } => {
+            bail!("the controller refused this agent: {reason}")
+        }
         other => bail!("unexpected greeting: {other:?}"),
     }
 
@@ -159,20 +189,27 @@ async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn
 
     let refresh = Arc::new(Notify::new());
     let heartbeat = tokio::spawn(heartbeats(outbox.clone()));
-    let inventory = tokio::spawn(inventory_reports(driver.clone(), outbox.clone(), refresh.clone()));
+    let inventory = tokio::spawn(inventory_reports(
+        driver.clone(),
+        outbox.clone(),
+        refresh.clone(),
+    ));
 
     let result = async {
         loop {
             match read_frame::<_, ControllerMessage>(&mut reader).await? {
                 ControllerMessage::Request { id, command } => {
-                    let (driver, outbox, refresh) = (driver.clone(), outbox.clone(), refresh.clone());
+                    let (driver, outbox, refresh) =
+                        (driver.clone(), outbox.clone(), refresh.clone());
                     tokio::spawn(async move {
                         let reply = run_command(driver, command).await;
                         let _ = outbox.send(reply_message(id, reply)).await;
                         refresh.notify_one();
                     });
                 }
-                ControllerMessage::Rejected { reason } => bail!("the controller ended the session: {reason}"),
+                ControllerMessage::Rejected { reason } => {
+                    bail!("the controller ended the session: {reason}")
+                }
                 other => tracing::warn!("ignoring unexpected message {other:?}"),
             }
         }
@@ -186,7 +223,11 @@ async fn session(controller: &str, config: rustls::ClientConfig, driver: Arc<dyn
 
 fn reply_message(id: u64, result: anyhow::Result<()>) -> AgentMessage {
     match result {
-        Ok(()) => AgentMessage::Reply { id, ok: true, error: None },
+        Ok(()) => AgentMessage::Reply {
+            id,
+            ok: true,
+            error: None,
+        },
         Err(e) => AgentMessage::Reply {
             id,
             ok: false,
@@ -231,13 +272,21 @@ async fn heartbeats(outbox: mpsc::Sender<AgentMessage>) {
 
 /// Sends the full VM list at connect, then whenever it changes (polled, or
 /// right after a command ran).
-async fn inventory_reports(driver: Arc<dyn Hypervisor>, outbox: mpsc::Sender<AgentMessage>, refresh: Arc<Notify>) {
+async fn inventory_reports(
+    driver: Arc<dyn Hypervisor>,
+    outbox: mpsc::Sender<AgentMessage>,
+    refresh: Arc<Notify>,
+) {
     let mut last = None;
     loop {
         let d = driver.clone();
         match blocking(move || d.inventory()).await {
             Ok(Ok(vms)) if last.as_ref() != Some(&vms) => {
-                if outbox.send(AgentMessage::Inventory { vms: vms.clone() }).await.is_err() {
+                if outbox
+                    .send(AgentMessage::Inventory { vms: vms.clone() })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 last = Some(vms);

@@ -83,6 +83,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else if args.token.is_some() {
         tracing::info!("already enrolled; ignoring --token");
     }
-    let driver: Arc<dyn hypervisor::Hypervisor> = Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri));
+    let driver: Arc<dyn hypervisor::Hypervisor> =
+        Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri));
     link::run(args.controller, &args.state_dir, driver).await
 }

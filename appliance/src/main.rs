@@ -21,7 +21,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lifeboat", version, about = "Lifeboat: backup and failover controller for virtual machines")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Lifeboat: backup and failover controller for virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -79,15 +83,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let pki = Arc::new(pki::Pki::load_or_create(&args.data_dir.join("tls"))?);
-    let store = store::Store::open(&args.data_dir.join("lifeboat.redb")).context("cannot open the store")?;
+    let store = store::Store::open(&args.data_dir.join("lifeboat.redb"))
+        .context("cannot open the store")?;
     tracing::info!("store schema version {}", store.schema_version()?);
 
     let access = access::Access::load(store.clone())?;
-    let env_password = std::env::var("LIFEBOAT_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+    let env_password = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
     if let Some(generated) = access.ensure_admin(env_password)? {
         let path = write_initial_password(&args.data_dir, &generated)?;
         println!("Created user 'admin' with password: {generated}");
-        println!("(also written to {}; change it after first login)", path.display());
+        println!(
+            "(also written to {}; change it after first login)",
+            path.display()
+        );
     }
     let inventory = Arc::new(inventory::Inventory::load(store.clone())?);
     let tokens = hub::enrollment::EnrollmentTokens::load(store.clone())?;
@@ -102,7 +112,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         agent_port: args.agent_listen.port(),
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let web = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -169,7 +169,9 @@ pub enum AgentMessage {
         memory_free_bytes: u64,
     },
     /// The complete list of VMs on the host; replaces what the controller had.
-    Inventory { vms: Vec<VmInfo> },
+    Inventory {
+        vms: Vec<VmInfo>,
+    },
     /// Answer to [`ControllerMessage::Request`] with the same `id`.
     Reply {
         id: u64,
@@ -189,9 +191,16 @@ pub enum ControllerMessage {
         ca_pem: String,
     },
     /// The controller refused the connection; the reason is meant for the log.
-    Rejected { reason: String },
-    Welcome { host_id: String },
-    Request { id: u64, command: Command },
+    Rejected {
+        reason: String,
+    },
+    Welcome {
+        host_id: String,
+    },
+    Request {
+        id: u64,
+        command: Command,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

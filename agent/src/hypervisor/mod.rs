@@ -30,5 +30,10 @@ pub trait Hypervisor: Send + Sync {
     fn inventory(&self) -> Result<Vec<VmInfo>, HypervisorError>;
     /// Runs one power action and returns once the hypervisor has done it.
     /// `shutdown` asks the guest (ACPI) and powers off after `timeout`.
-    fn power(&self, uuid: &str, action: PowerAction, timeout: Duration) -> Result<(), HypervisorError>;
+    fn power(
+        &self,
+        uuid: &str,
+        action: PowerAction,
+        timeout: Duration,
+    ) -> Result<(), HypervisorError>;
 }

@@ -61,7 +61,11 @@ impl AuditLog {
             },
         };
         self.store
-            .commit(vec![Write::put(Table::Audit, format!("{seq:020}"), &record)])
+            .commit(vec![Write::put(
+                Table::Audit,
+                format!("{seq:020}"),
+                &record,
+            )])
             .await
     }
 }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -142,7 +144,11 @@ pub fn hash_password(password: &str) -> String {
 
 fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -190,17 +196,21 @@ impl Access {
         };
         self.store
             .commit_blocking(vec![Write::put(Table::Users, "admin", &user)])?;
-        self.users.write().expect("users lock").insert("admin".into(), user);
+        self.users
+            .write()
+            .expect("users lock")
+            .insert("admin".into(), user);
         Ok(generated.then_some(password))
     }
-
 
     fn check_lockout(&self, keys: &[String]) -> Result<(), AccessError> {
         let failures = self.failures.lock().expect("failures lock");
         for key in keys {
             if let Some((count, since)) = failures.get(key) {
                 if *count >= MAX_FAILURES && since.elapsed() < LOCKOUT {
-                    return Err(AccessError::LockedOut((LOCKOUT - since.elapsed()).as_secs() + 1));
+                    return Err(AccessError::LockedOut(
+                        (LOCKOUT - since.elapsed()).as_secs() + 1,
+                    ));
                 }
             }
         }
@@ -220,7 +230,12 @@ impl Access {
     }
 
     /// Checks a user name and password. Rate limited per user and per source.
-    pub async fn login(&self, user: &str, password: &str, source: &str) -> Result<Principal, AccessError> {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<Principal, AccessError> {
         let keys = [format!("user:{user}"), format!("addr:{source}")];
         self.check_lockout(&keys)?;
         let record = self.users.read().expect("users lock").get(user).cloned();
@@ -239,7 +254,10 @@ impl Access {
         .unwrap_or(false);
         match record {
             Some(u) if ok && !u.disabled => {
-                self.failures.lock().expect("failures lock").remove(&keys[0]);
+                self.failures
+                    .lock()
+                    .expect("failures lock")
+                    .remove(&keys[0]);
                 Ok(Principal {
                     user: u.name,
                     role: u.role,
@@ -255,7 +273,12 @@ impl Access {
     }
 
     /// HTTP Basic: like [`Access::login`] with a short cache of successes.
-    pub async fn basic(&self, user: &str, password: &str, source: &str) -> Result<Principal, AccessError> {
+    pub async fn basic(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<Principal, AccessError> {
         let cache_key = token_hash(&format!("{user}\0{password}"));
         let cached = self
             .basic_cache
@@ -288,7 +311,10 @@ impl Access {
     }
 
     /// Starts a session; returns (token, csrf token). Only the token's hash is kept.
-    pub async fn create_session(&self, principal: &Principal) -> Result<(String, String), AccessError> {
+    pub async fn create_session(
+        &self,
+        principal: &Principal,
+    ) -> Result<(String, String), AccessError> {
         let token = random_token();
         let stored = StoredSession {
             user: principal.user.clone(),
@@ -330,7 +356,9 @@ impl Access {
             }
             None => {
                 sessions.remove(&key);
-                let _ = self.store.enqueue(vec![Write::delete(Table::Sessions, key)]);
+                let _ = self
+                    .store
+                    .enqueue(vec![Write::delete(Table::Sessions, key)]);
                 None
             }
         }
@@ -339,13 +367,19 @@ impl Access {
     pub async fn end_session(&self, token: &str) -> Result<(), AccessError> {
         let key = token_hash(token);
         self.sessions.write().expect("sessions lock").remove(&key);
-        self.store.commit(vec![Write::delete(Table::Sessions, key)]).await?;
+        self.store
+            .commit(vec![Write::delete(Table::Sessions, key)])
+            .await?;
         Ok(())
     }
 }
 
 /// The privilege check every operation starts with.
-pub fn require(principal: &Principal, privilege: Privilege, what: &'static str) -> Result<(), AccessError> {
+pub fn require(
+    principal: &Principal,
+    privilege: Privilege,
+    what: &'static str,
+) -> Result<(), AccessError> {
     if principal.role.allows(privilege) {
         Ok(())
     } else {
@@ -364,6 +398,75 @@ mod tests {
         assert!(!Role::Operator.allows(Privilege::ManageHosts));
         assert!(Role::Viewer.allows(Privilege::View));
         assert!(!Role::Viewer.allows(Privilege::Power));
+    }
+
+    fn access() -> Access {
+        let dir = std::env::temp_dir().join(format!(
+            "lifeboat-access-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let access = Access::load(Store::open(&dir.join("a.redb")).unwrap()).unwrap();
+        assert!(access.ensure_admin(Some("pw".into())).unwrap().is_none());
+        access
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn sessions_expire_when_idle_and_end_on_logout() {
+        let access = access();
+        block_on(async {
+            let who = access.login("admin", "pw", "test").await.unwrap();
+            let (token, csrf) = access.create_session(&who).await.unwrap();
+            let (p, c) = access.session(&token, "test").unwrap();
+            assert_eq!((p.user.as_str(), c.as_str()), ("admin", csrf.as_str()));
+            assert!(access.session("forged", "test").is_none());
+
+            // Idle past the limit: gone, and stays gone.
+            access
+                .sessions
+                .write()
+                .unwrap()
+                .get_mut(&token_hash(&token))
+                .unwrap()
+                .last_used = Instant::now() - SESSION_IDLE - Duration::from_secs(1);
+            assert!(access.session(&token, "test").is_none());
+            assert!(access.session(&token, "test").is_none());
+
+            let (token, _) = access.create_session(&who).await.unwrap();
+            access.end_session(&token).await.unwrap();
+            assert!(access.session(&token, "test").is_none());
+        });
+    }
+
+    #[test]
+    fn repeated_failures_lock_out_even_the_right_password() {
+        let access = access();
+        block_on(async {
+            for _ in 0..MAX_FAILURES {
+                assert!(matches!(
+                    access.login("admin", "nope", "1.2.3.4").await,
+                    Err(AccessError::InvalidCredentials)
+                ));
+            }
+            assert!(matches!(
+                access.login("admin", "pw", "5.6.7.8").await,
+                Err(AccessError::LockedOut(_))
+            ));
+            assert!(matches!(
+                access.login("nobody", "pw", "1.2.3.4").await,
+                Err(AccessError::LockedOut(_))
+            ));
+        });
     }
 
     #[test]

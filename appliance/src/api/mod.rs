@@ -50,7 +50,8 @@ fn parse_body<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, OpsError> {
 /// The principal behind the request's credentials.
 async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
     let source = req.source();
-    let unauthorized = || OpsError::Unauthorized("authentication required (HTTP Basic or bearer token)".into());
+    let unauthorized =
+        || OpsError::Unauthorized("authentication required (HTTP Basic or bearer token)".into());
     let Some(auth) = req.header("authorization") else {
         return Err(unauthorized());
     };
@@ -105,12 +106,17 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
 fn query_from(req: &Req) -> Result<VmQuery, OpsError> {
     let number = |name: &str| -> Result<Option<usize>, OpsError> {
         req.query_param(name)
-            .map(|v| v.parse().map_err(|_| bad_request(format!("{name} must be a positive number"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad_request(format!("{name} must be a positive number")))
+            })
             .transpose()
     };
     let sort = match req.query_param("sort") {
         None => VmSort::Name,
-        Some(s) => VmSort::parse(&s).ok_or_else(|| bad_request(format!("unknown sort key {s:?}")))?,
+        Some(s) => {
+            VmSort::parse(&s).ok_or_else(|| bad_request(format!("unknown sort key {s:?}")))?
+        }
     };
     let state = req.query_param("state");
     if let Some(s) = &state {
@@ -141,7 +147,9 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
     // The one unauthenticated route: trading a password for a token.
     if segments == ["session"] && m == Method::POST {
         let body: LoginBody = parse_body(req)?;
-        let (principal, token, _) = ops.login(&body.username, &body.password, &req.source()).await?;
+        let (principal, token, _) = ops
+            .login(&body.username, &body.password, &req.source())
+            .await?;
         return Ok(json(
             StatusCode::CREATED,
             &json!({
@@ -153,7 +161,10 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
         ));
     }
     if !req.path.starts_with("/api/v1/") && req.path != "/api/v1" {
-        return Err(OpsError::NotFound(format!("no such endpoint: {}", req.path)));
+        return Err(OpsError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path
+        )));
     }
 
     let who = authenticate(ops, req).await?;
@@ -257,6 +268,9 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             }
             _ => not_allowed(),
         },
-        _ => Err(OpsError::NotFound(format!("no such endpoint: {}", req.path))),
+        _ => Err(OpsError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path
+        ))),
     }
 }

@@ -67,7 +67,11 @@ impl Req {
     }
 }
 
-pub fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -93,13 +97,21 @@ pub fn redirect(location: &str) -> Response<Body> {
 
 fn security_headers(r: &mut Response<Body>) {
     let h = r.headers_mut();
-    h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        ),
     );
 }
 
@@ -126,7 +138,12 @@ async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, R
     let mut buf = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("cannot read request body: {e}")))?;
+        let frame = frame.map_err(|e| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read request body: {e}"),
+            )
+        })?;
         if let Some(data) = frame.data_ref() {
             seen += data.len();
             if seen > DRAIN_LIMIT {
@@ -150,7 +167,11 @@ async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, R
     })
 }
 
-async fn handle(ops: Arc<Ops>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    ops: Arc<Ops>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let mut resp = match read_request(req, peer).await {
         Err(r) => r,
         Ok(req) if req.path.starts_with("/api/") => crate::api::handle(&ops, req).await,
@@ -184,14 +205,15 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener) -> anyhow::Result<()> {
         let acceptor = acceptor.clone();
         let ops = ops.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "web TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "web TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let service = hyper::service::service_fn(move |req| handle(ops.clone(), req, peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

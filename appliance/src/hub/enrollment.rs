@@ -46,9 +46,16 @@ impl EnrollmentTokens {
         };
         let key = token_hash(&token);
         self.store
-            .commit(vec![Write::put(Table::EnrollmentTokens, key.clone(), &record)])
+            .commit(vec![Write::put(
+                Table::EnrollmentTokens,
+                key.clone(),
+                &record,
+            )])
             .await?;
-        self.tokens.lock().expect("tokens lock").insert(key, record.clone());
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .insert(key, record.clone());
         Ok((token, record))
     }
 
@@ -78,5 +85,47 @@ impl EnrollmentTokens {
             .collect();
         v.sort_by_key(|t| std::cmp::Reverse(t.created_at));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> EnrollmentTokens {
+        let dir = std::env::temp_dir().join(format!(
+            "lifeboat-tokens-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        EnrollmentTokens::load(Store::open(&dir.join("t.redb")).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_works_once() {
+        let t = tokens();
+        let (token, _) = t.issue("admin").await.unwrap();
+        assert_eq!(t.pending().len(), 1);
+        assert!(t.consume(&token).await.unwrap());
+        assert!(!t.consume(&token).await.unwrap());
+        assert!(!t.consume("made-up").await.unwrap());
+        assert!(t.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_refused_and_spent() {
+        let t = tokens();
+        let (token, _) = t.issue("admin").await.unwrap();
+        t.tokens
+            .lock()
+            .unwrap()
+            .get_mut(&token_hash(&token))
+            .unwrap()
+            .expires_at = unix_now() - 1;
+        assert!(t.pending().is_empty());
+        assert!(!t.consume(&token).await.unwrap());
+        assert!(!t.consume(&token).await.unwrap());
     }
 }

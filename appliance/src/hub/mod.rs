@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lifeboat_proto::{read_frame, write_frame, AgentMessage, Command, ControllerMessage, PROTOCOL_VERSION};
+use lifeboat_proto::{
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, PROTOCOL_VERSION,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
@@ -101,7 +103,8 @@ impl Hub {
             let hub = self.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::warn!(%addr, "agent port: TLS handshake failed: {e}");
@@ -138,7 +141,11 @@ impl Hub {
     }
 
     async fn enroll<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, addr: SocketAddr) {
-        let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, AgentMessage>(&mut stream)).await;
+        let msg = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_frame::<_, AgentMessage>(&mut stream),
+        )
+        .await;
         let (token, csr_pem, name, hostname) = match msg {
             Ok(Ok(AgentMessage::Enroll {
                 token,
@@ -147,17 +154,33 @@ impl Hub {
                 hostname,
             })) => (token, csr_pem, name, hostname),
             Ok(Ok(_)) => {
-                return Self::reject(&mut stream, addr, "no client certificate: only enrollment is allowed").await
+                return Self::reject(
+                    &mut stream,
+                    addr,
+                    "no client certificate: only enrollment is allowed",
+                )
+                .await
             }
-            Ok(Err(e)) => return Self::reject(&mut stream, addr, &format!("bad enrollment message: {e}")).await,
+            Ok(Err(e)) => {
+                return Self::reject(&mut stream, addr, &format!("bad enrollment message: {e}"))
+                    .await
+            }
             Err(_) => return Self::reject(&mut stream, addr, "enrollment timed out").await,
         };
         match self.tokens.consume(&token).await {
             Ok(true) => {}
             Ok(false) => {
-                return Self::reject(&mut stream, addr, "invalid, used or expired enrollment token").await;
+                return Self::reject(
+                    &mut stream,
+                    addr,
+                    "invalid, used or expired enrollment token",
+                )
+                .await;
             }
-            Err(e) => return Self::reject(&mut stream, addr, &format!("controller store error: {e}")).await,
+            Err(e) => {
+                return Self::reject(&mut stream, addr, &format!("controller store error: {e}"))
+                    .await
+            }
         }
         let host_id = uuid::Uuid::new_v4().to_string();
         let cert_pem = match self.pki.sign_agent_csr(&csr_pem, &host_id) {
@@ -165,7 +188,12 @@ impl Hub {
             Err(e) => return Self::reject(&mut stream, addr, &e.to_string()).await,
         };
         let Ok(cert_der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
-            return Self::reject(&mut stream, addr, "internal error: issued certificate unreadable").await;
+            return Self::reject(
+                &mut stream,
+                addr,
+                "internal error: issued certificate unreadable",
+            )
+            .await;
         };
         let name = clean_name(if name.is_empty() { &hostname } else { &name }, &host_id);
         let host = Host {
@@ -197,14 +225,20 @@ impl Hub {
         let Some(host) = self.inventory.host_by_fingerprint(fingerprint) else {
             return Self::reject(&mut writer, addr, "unknown client certificate").await;
         };
-        let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame::<_, AgentMessage>(&mut reader)).await;
+        let hello = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_frame::<_, AgentMessage>(&mut reader),
+        )
+        .await;
         let (agent_version, facts) = match hello {
             Ok(Ok(AgentMessage::Hello {
                 protocol_version,
                 agent_version,
                 facts,
             })) if protocol_version == PROTOCOL_VERSION => (agent_version, facts),
-            Ok(Ok(AgentMessage::Hello { protocol_version, .. })) => {
+            Ok(Ok(AgentMessage::Hello {
+                protocol_version, ..
+            })) => {
                 let reason = format!("protocol version {protocol_version} unsupported (controller speaks {PROTOCOL_VERSION})");
                 return Self::reject(&mut writer, addr, &reason).await;
             }
@@ -249,12 +283,17 @@ impl Hub {
             }
         });
 
-        let reason = self.read_loop(&mut reader, &host, connection, &pending).await;
+        let reason = self
+            .read_loop(&mut reader, &host, connection, &pending)
+            .await;
         tracing::info!(%addr, host = host.name, connection, "agent disconnected: {reason}");
         writer_task.abort();
         {
             let mut agents = self.agents.lock().expect("agents lock");
-            if agents.get(&host.id).is_some_and(|a| a.connection == connection) {
+            if agents
+                .get(&host.id)
+                .is_some_and(|a| a.connection == connection)
+            {
                 agents.remove(&host.id);
             }
         }
@@ -272,15 +311,20 @@ impl Hub {
         pending: &Pending,
     ) -> String {
         loop {
-            let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_frame::<_, AgentMessage>(reader)).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => return e.to_string(),
-                Err(_) => return format!("no message for {} s", IDLE_TIMEOUT.as_secs()),
-            };
+            let msg =
+                match tokio::time::timeout(IDLE_TIMEOUT, read_frame::<_, AgentMessage>(reader))
+                    .await
+                {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(e)) => return e.to_string(),
+                    Err(_) => return format!("no message for {} s", IDLE_TIMEOUT.as_secs()),
+                };
             match msg {
                 AgentMessage::Heartbeat {
                     memory_free_bytes, ..
-                } => self.inventory.heartbeat(&host.id, connection, memory_free_bytes),
+                } => self
+                    .inventory
+                    .heartbeat(&host.id, connection, memory_free_bytes),
                 AgentMessage::Inventory { vms } => {
                     let count = vms.len();
                     match self.inventory.replace_host_vms(&host.id, vms).await {
@@ -290,7 +334,8 @@ impl Hub {
                         Ok(_) => {}
                         Err(e) => tracing::error!(host = host.name, "cannot store inventory: {e}"),
                     }
-                    self.inventory.heartbeat(&host.id, connection, host.facts.memory_free_bytes);
+                    self.inventory
+                        .heartbeat(&host.id, connection, host.facts.memory_free_bytes);
                 }
                 AgentMessage::Reply { id, ok, error } => {
                     if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
@@ -309,11 +354,19 @@ impl Hub {
     }
 
     pub fn is_connected(&self, host_id: &str) -> bool {
-        self.agents.lock().expect("agents lock").contains_key(host_id)
+        self.agents
+            .lock()
+            .expect("agents lock")
+            .contains_key(host_id)
     }
 
     /// Sends a command to a host's agent and waits for its reply.
-    pub async fn request(&self, host_id: &str, command: Command, timeout: Duration) -> Result<(), HubError> {
+    pub async fn request(
+        &self,
+        host_id: &str,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<(), HubError> {
         let (outbox, pending) = {
             let agents = self.agents.lock().expect("agents lock");
             let a = agents
@@ -324,7 +377,11 @@ impl Hub {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         pending.lock().expect("pending lock").insert(id, tx);
-        if outbox.send(ControllerMessage::Request { id, command }).await.is_err() {
+        if outbox
+            .send(ControllerMessage::Request { id, command })
+            .await
+            .is_err()
+        {
             pending.lock().expect("pending lock").remove(&id);
             return Err(HubError::Offline(self.inventory.host_name(host_id)));
         }

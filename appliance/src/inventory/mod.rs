@@ -226,12 +226,17 @@ impl Inventory {
 
     /// Replaces everything known about a host's VMs with its agent's report.
     /// Returns how many records changed.
-    pub async fn replace_host_vms(&self, host_id: &str, vms: Vec<VmInfo>) -> Result<usize, StoreError> {
+    pub async fn replace_host_vms(
+        &self,
+        host_id: &str,
+        vms: Vec<VmInfo>,
+    ) -> Result<usize, StoreError> {
         let now = unix_now();
         let ack = {
             let mut d = self.write();
             let mut writes = Vec::new();
-            let reported: std::collections::HashSet<&str> = vms.iter().map(|v| v.uuid.as_str()).collect();
+            let reported: std::collections::HashSet<&str> =
+                vms.iter().map(|v| v.uuid.as_str()).collect();
             let gone: Vec<String> = d
                 .vms
                 .iter()
@@ -283,14 +288,22 @@ impl Inventory {
         f(&mut it)
     }
 
-    /// VM counts per power state, for the dashboard.
-    pub fn power_state_counts(&self) -> BTreeMap<&'static str, usize> {
+    /// VM counts per power state, in [`PowerState::ALL`] order, for the dashboard.
+    pub fn power_state_counts(&self) -> Vec<(&'static str, usize)> {
         let d = self.read();
-        let mut counts: BTreeMap<&'static str, usize> =
-            PowerState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut counts = [0usize; PowerState::ALL.len()];
         for vm in d.vms.values() {
-            *counts.entry(vm.info.power_state.as_str()).or_default() += 1;
+            if let Some(i) = PowerState::ALL
+                .iter()
+                .position(|s| *s == vm.info.power_state)
+            {
+                counts[i] += 1;
+            }
         }
-        counts
+        PowerState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .zip(counts)
+            .collect()
     }
 }

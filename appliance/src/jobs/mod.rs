@@ -145,7 +145,11 @@ impl Jobs {
         Ok(job)
     }
 
-    async fn save(&self, job: Job, apply: impl FnOnce(&mut BTreeMap<u64, Job>, Job)) -> Result<(), StoreError> {
+    async fn save(
+        &self,
+        job: Job,
+        apply: impl FnOnce(&mut BTreeMap<u64, Job>, Job),
+    ) -> Result<(), StoreError> {
         let ack = {
             let mut jobs = self.jobs.write().expect("jobs lock");
             let ack = self

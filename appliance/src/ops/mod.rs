@@ -49,7 +49,9 @@ impl From<StoreError> for OpsError {
 impl From<AccessError> for OpsError {
     fn from(e: AccessError) -> Self {
         match e {
-            AccessError::InvalidCredentials | AccessError::LockedOut(_) => OpsError::Unauthorized(e.to_string()),
+            AccessError::InvalidCredentials | AccessError::LockedOut(_) => {
+                OpsError::Unauthorized(e.to_string())
+            }
             AccessError::Forbidden(..) => OpsError::Forbidden(e.to_string()),
             AccessError::Store(e) => e.into(),
         }
@@ -71,7 +73,7 @@ pub struct Ops {
 pub struct Summary {
     pub hosts_online: usize,
     pub hosts_offline: usize,
-    pub vm_states: std::collections::BTreeMap<&'static str, usize>,
+    pub vm_states: Vec<(&'static str, usize)>,
     pub recent_jobs: Vec<Job>,
 }
 
@@ -95,10 +97,17 @@ impl Ops {
         result
     }
 
-    pub async fn login(&self, user: &str, password: &str, source: &str) -> Result<(Principal, String, String), OpsError> {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<(Principal, String, String), OpsError> {
         let principal = self.access.login(user, password, source).await?;
         let (token, csrf) = self.access.create_session(&principal).await?;
-        self.audit.record(&principal, "login", "session", &Ok(())).await?;
+        self.audit
+            .record(&principal, "login", "session", &Ok(()))
+            .await?;
         Ok((principal, token, csrf))
     }
 
@@ -111,7 +120,10 @@ impl Ops {
     pub fn summary(&self, who: &Principal) -> Result<Summary, OpsError> {
         require(who, Privilege::View, "viewing the dashboard")?;
         let hosts = self.inventory.hosts();
-        let online = hosts.iter().filter(|h| h.status == HostStatus::Online).count();
+        let online = hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Online)
+            .count();
         Ok(Summary {
             hosts_online: online,
             hosts_offline: hosts.len() - online,
@@ -144,9 +156,16 @@ impl Ops {
             .ok_or_else(|| OpsError::NotFound(format!("no VM with id {id}")))
     }
 
-    pub fn jobs(&self, who: &Principal, vm: Option<&str>, limit: usize) -> Result<Vec<Job>, OpsError> {
+    pub fn jobs(
+        &self,
+        who: &Principal,
+        vm: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, OpsError> {
         require(who, Privilege::View, "listing jobs")?;
-        Ok(self.jobs.recent(limit, |j| vm.is_none() || j.vm.as_deref() == vm))
+        Ok(self
+            .jobs
+            .recent(limit, |j| vm.is_none() || j.vm.as_deref() == vm))
     }
 
     pub fn job(&self, who: &Principal, id: u64) -> Result<Job, OpsError> {
@@ -167,10 +186,14 @@ impl Ops {
             })
         }
         .await;
-        self.audited(who, "issue enrollment token", "agents", result).await
+        self.audited(who, "issue enrollment token", "agents", result)
+            .await
     }
 
-    pub fn pending_enrollment_tokens(&self, who: &Principal) -> Result<Vec<EnrollmentToken>, OpsError> {
+    pub fn pending_enrollment_tokens(
+        &self,
+        who: &Principal,
+    ) -> Result<Vec<EnrollmentToken>, OpsError> {
         require(who, Privilege::ManageHosts, "viewing enrollment tokens")?;
         Ok(self.hub.tokens.pending())
     }
@@ -190,7 +213,9 @@ impl Ops {
             .vm(vm_id)
             .ok_or_else(|| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
         let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
-        let result = self.start_power_job(who, &vm, action, shutdown_timeout_secs).await;
+        let result = self
+            .start_power_job(who, &vm, action, shutdown_timeout_secs)
+            .await;
         self.audited(who, &format!("power {}", action.as_str()), &object, result)
             .await
     }
@@ -210,7 +235,9 @@ impl Ops {
             )));
         }
         check_power_transition(vm.info.power_state, action)?;
-        if !self.hub.is_connected(&vm.host_id) || self.inventory.host_status(&vm.host_id) != HostStatus::Online {
+        if !self.hub.is_connected(&vm.host_id)
+            || self.inventory.host_status(&vm.host_id) != HostStatus::Online
+        {
             return Err(OpsError::Conflict(format!(
                 "host {} of VM {} is offline",
                 self.inventory.host_name(&vm.host_id),

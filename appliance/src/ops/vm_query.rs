@@ -50,7 +50,6 @@ pub struct VmQuery {
     pub per_page: usize,
 }
 
-
 pub struct VmPage {
     pub total: usize,
     pub page: usize,
@@ -103,14 +102,14 @@ pub fn run(inventory: &Inventory, q: &VmQuery) -> VmPage {
                 matched.sort_by_cached_key(|v| (host_name(&v.host_id), v.info.name.clone()))
             }
             VmSort::State => matched.sort_by(|a, b| {
-                (a.info.power_state.as_str(), &a.info.name).cmp(&(b.info.power_state.as_str(), &b.info.name))
+                (a.info.power_state.as_str(), &a.info.name)
+                    .cmp(&(b.info.power_state.as_str(), &b.info.name))
             }),
             VmSort::Memory => matched.sort_by(|a, b| {
                 (a.info.memory_mib, &a.info.name).cmp(&(b.info.memory_mib, &b.info.name))
             }),
-            VmSort::Vcpus => {
-                matched.sort_by(|a, b| (a.info.vcpus, &a.info.name).cmp(&(b.info.vcpus, &b.info.name)))
-            }
+            VmSort::Vcpus => matched
+                .sort_by(|a, b| (a.info.vcpus, &a.info.name).cmp(&(b.info.vcpus, &b.info.name))),
         }
         if q.descending {
             matched.reverse();
@@ -127,4 +126,147 @@ pub fn run(inventory: &Inventory, q: &VmQuery) -> VmPage {
                 .collect(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Host;
+    use crate::store::Store;
+    use lifeboat_proto::{PowerState, VmInfo};
+
+    fn vm(i: usize, state: PowerState) -> VmInfo {
+        VmInfo {
+            uuid: format!("00000000-0000-0000-0000-{i:012}"),
+            name: format!("vm-{i:05}"),
+            power_state: state,
+            vcpus: (i % 4) as u32 + 1,
+            memory_mib: 1024 * ((i % 3) as u64 + 1),
+            disks: vec![],
+            nics: vec![],
+            config: String::new(),
+        }
+    }
+
+    async fn inventory(n: usize) -> Inventory {
+        let dir = std::env::temp_dir().join(format!("lifeboat-query-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let inv = Inventory::load(Store::open(&dir.join("q.redb")).unwrap()).unwrap();
+        for h in ["h1", "h2"] {
+            inv.add_host(Host {
+                id: h.into(),
+                name: format!("host-{h}"),
+                cert_fingerprint: h.into(),
+                enrolled_at: 0,
+                last_seen: 0,
+                agent_version: String::new(),
+                facts: Default::default(),
+            })
+            .await
+            .unwrap();
+        }
+        let states = [PowerState::Running, PowerState::Stopped, PowerState::Paused];
+        let (a, b): (Vec<_>, Vec<_>) = (0..n)
+            .map(|i| vm(i, states[i % 3]))
+            .partition(|v| v.vcpus % 2 == 0);
+        inv.replace_host_vms("h1", a).await.unwrap();
+        inv.replace_host_vms("h2", b).await.unwrap();
+        inv
+    }
+
+    #[tokio::test]
+    async fn filters_sorts_and_pages() {
+        let inv = inventory(100).await;
+        let all = run(
+            &inv,
+            &VmQuery {
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(all.total, 100);
+        assert!(all
+            .items
+            .windows(2)
+            .all(|w| w[0].info.name < w[1].info.name));
+
+        let page = run(
+            &inv,
+            &VmQuery {
+                per_page: 30,
+                page: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!((page.total, page.items.len()), (100, 10));
+        assert_eq!(page.items[0].info.name, "vm-00090");
+
+        let running = run(
+            &inv,
+            &VmQuery {
+                state: Some("running".into()),
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(running.total, 34);
+        assert!(running
+            .items
+            .iter()
+            .all(|v| v.info.power_state == PowerState::Running));
+
+        let named = run(
+            &inv,
+            &VmQuery {
+                name: Some("VM-0004".into()),
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(named.total, 10, "case-insensitive substring");
+
+        let by_host_name = run(
+            &inv,
+            &VmQuery {
+                host: Some("host-h1".into()),
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        let by_host_id = run(
+            &inv,
+            &VmQuery {
+                host: Some("h1".into()),
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        assert_eq!(by_host_name.total, by_host_id.total);
+        assert!(by_host_id.items.iter().all(|v| v.host_id == "h1"));
+
+        let mem = run(
+            &inv,
+            &VmQuery {
+                sort: VmSort::Memory,
+                descending: true,
+                per_page: 1000,
+                ..Default::default()
+            },
+        );
+        assert!(mem
+            .items
+            .windows(2)
+            .all(|w| w[0].info.memory_mib >= w[1].info.memory_mib));
+
+        let beyond = run(
+            &inv,
+            &VmQuery {
+                page: 99,
+                per_page: 50,
+                ..Default::default()
+            },
+        );
+        assert!(beyond.items.is_empty());
+    }
 }

@@ -88,7 +88,11 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn leaf_params(common_name: &str, sans: Vec<SanType>, eku: ExtendedKeyUsagePurpose) -> CertificateParams {
+fn leaf_params(
+    common_name: &str,
+    sans: Vec<SanType>,
+    eku: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -151,8 +155,12 @@ impl Pki {
                     sans.push(SanType::DnsName(name));
                 }
             }
-            let cert = leaf_params("Lifeboat controller", sans, ExtendedKeyUsagePurpose::ServerAuth)
-                .signed_by(&key, &pki.issuer())?;
+            let cert = leaf_params(
+                "Lifeboat controller",
+                sans,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            )
+            .signed_by(&key, &pki.issuer())?;
             write(&server_key_path, &key.serialize_pem(), 0o600)?;
             write(&server_pem_path, &cert.pem(), 0o644)?;
         }
@@ -170,7 +178,8 @@ impl Pki {
 
     pub fn server_key(&self) -> PrivateKeyDer<'static> {
         // Written by us from a valid key; checked again by rustls on use.
-        PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).expect("server key PEM we wrote")
+        PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .expect("server key PEM we wrote")
     }
 
     /// `sha256:<hex>` of the CA certificate, what agents pin.
@@ -209,7 +218,10 @@ mod tests {
         assert_eq!(a.ca_fingerprint(), b.ca_fingerprint());
         assert_eq!(a.server_chain, b.server_chain);
         let mode = fs::metadata(dir.join("ca.key")).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -218,9 +230,14 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let pki = Pki::load_or_create(&dir).unwrap();
         let key = KeyPair::generate().unwrap();
-        let csr = CertificateParams::default().serialize_request(&key).unwrap();
+        let csr = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
         let pem = pki.sign_agent_csr(&csr.pem().unwrap(), "h1").unwrap();
         assert!(pem.contains("BEGIN CERTIFICATE"));
-        assert!(matches!(pki.sign_agent_csr("junk", "h1"), Err(PkiError::BadCsr(_))));
+        assert!(matches!(
+            pki.sign_agent_csr("junk", "h1"),
+            Err(PkiError::BadCsr(_))
+        ));
     }
 }

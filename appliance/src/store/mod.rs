@@ -125,10 +125,28 @@ impl Write {
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
+type Queue = std::sync::mpsc::Sender<(Vec<Write>, Ack)>;
+
+/// Cheap to clone; the last clone to go closes the queue and waits for the
+/// writer to finish, so every queued write is committed before the file closes.
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Arc<Database>,
-    writer: std::sync::mpsc::Sender<(Vec<Write>, Ack)>,
+    writer: Option<Queue>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Store {
@@ -156,15 +174,21 @@ impl Store {
 
         let (tx, rx) = std::sync::mpsc::channel::<(Vec<Write>, Ack)>();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(&writer_db, rx))
             .map_err(StoreError::Spawn)?;
-        Ok(Store { db, writer: tx })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                writer: Some(tx),
+                thread: Some(thread),
+            }),
+        })
     }
 
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.inner.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta
             .get("schema_version")?
@@ -174,17 +198,18 @@ impl Store {
 
     /// Reads a whole table. Blocking: call at start-up or from `spawn_blocking`.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<(String, T)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.inner.db.begin_read()?;
         let t = txn.open_table(table.definition())?;
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
             let key = k.value().to_string();
-            let value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-                table,
-                key: key.clone(),
-                source,
-            })?;
+            let value =
+                serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
+                    table,
+                    key: key.clone(),
+                    source,
+                })?;
             out.push((key, value));
         }
         Ok(out)
@@ -213,9 +238,15 @@ impl Store {
     /// Queues writes and returns the receiver of their acknowledgement. Callers
     /// that enqueue under their own lock keep the commit order equal to the
     /// order of their in-memory updates.
-    pub fn enqueue(&self, writes: Vec<Write>) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
+    pub fn enqueue(
+        &self,
+        writes: Vec<Write>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
         let (ack, rx) = oneshot::channel();
-        self.writer
+        self.inner
+            .writer
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
             .send((writes, ack))
             .map_err(|_| StoreError::WriterGone)?;
         Ok(rx)
@@ -269,7 +300,8 @@ mod tests {
     use super::*;
 
     fn temp_path(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("lifeboat-store-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("lifeboat-store-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("test.redb")
@@ -281,7 +313,11 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store
-                .commit(vec![Write::put(Table::Hosts, "h1", &serde_json::json!({"n": 1}))])
+                .commit(vec![Write::put(
+                    Table::Hosts,
+                    "h1",
+                    &serde_json::json!({"n": 1}),
+                )])
                 .await
                 .unwrap();
             store
@@ -306,7 +342,8 @@ mod tests {
         for i in 0..200 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                s.commit(vec![Write::put(Table::Vms, format!("vm{i:03}"), &i)]).await
+                s.commit(vec![Write::put(Table::Vms, format!("vm{i:03}"), &i)])
+                    .await
             }));
         }
         for t in tasks {

@@ -22,7 +22,13 @@ const NAV: [(&str, &str); 5] = [
     ("/agents", "Add host"),
 ];
 
-pub fn page(ctx: &PageCtx, title: &str, current: &str, refresh_secs: Option<u32>, body: Markup) -> Markup {
+pub fn page(
+    ctx: &PageCtx,
+    title: &str,
+    current: &str,
+    refresh_secs: Option<u32>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {

@@ -23,13 +23,17 @@ const LOGIN_CSRF_COOKIE: &str = "lb_login_csrf";
 
 fn html(status: StatusCode, markup: Markup) -> Response<Body> {
     let mut r = response(status, "text/html; charset=utf-8", markup.into_string());
-    r.headers_mut()
-        .insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
     r
 }
 
 fn set_cookie(r: &mut Response<Body>, name: &str, value: &str, max_age: Option<u64>) {
-    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+    let age = max_age
+        .map(|a| format!("; Max-Age={a}"))
+        .unwrap_or_default();
     let cookie = format!("{name}={value}; Path=/; HttpOnly; Secure; SameSite=Strict{age}");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().append(SET_COOKIE, v);
@@ -46,7 +50,11 @@ fn field(form: &[(String, String)], name: &str) -> Option<String> {
 
 /// Constant-time comparison for CSRF tokens.
 fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn error_page(ctx: &PageCtx, e: &OpsError) -> Response<Body> {
@@ -65,8 +73,13 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     if req.path == "/login" {
         return login(ops, &req).await;
     }
+    if req.path == "/favicon.ico" {
+        return assets::serve("/assets/lifeboat.svg");
+    }
     let token = req.cookie(SESSION_COOKIE).map(str::to_string);
-    let session = token.as_deref().and_then(|t| ops.access.session(t, &req.source()));
+    let session = token
+        .as_deref()
+        .and_then(|t| ops.access.session(t, &req.source()));
     let Some((who, csrf)) = session else {
         return redirect("/login");
     };
@@ -79,19 +92,36 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
         let form = form(&req);
         let sent = field(&form, "csrf").unwrap_or_default();
         if !same_token(&sent, &csrf) {
-            tracing::warn!(user = who.user, path = req.path, "form refused: bad CSRF token");
+            tracing::warn!(
+                user = who.user,
+                path = req.path,
+                "form refused: bad CSRF token"
+            );
             return html(
                 StatusCode::FORBIDDEN,
                 pages::error(&ctx, StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again."),
             );
         }
-        return match post(ops, &req, &who, &form, token.as_deref().unwrap_or_default(), &ctx).await {
+        return match post(
+            ops,
+            &req,
+            &who,
+            &form,
+            token.as_deref().unwrap_or_default(),
+            &ctx,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => error_page(&ctx, &e),
         };
     }
     if req.method != Method::GET && req.method != Method::HEAD {
-        return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed");
+        return response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed",
+        );
     }
     match get(ops, &req, &ctx) {
         Ok(m) => html(StatusCode::OK, m),
@@ -127,14 +157,27 @@ fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx) -> Result<Markup, OpsError> {
             let vm = ops.vm(who, id)?;
             let jobs = ops.jobs(who, Some(id), 20)?;
             let host = ops.inventory.host(&vm.host_id);
-            Ok(pages::vm(ctx, &vm, host.as_ref(), &jobs, req.query_param("job")))
+            Ok(pages::vm(
+                ctx,
+                &vm,
+                host.as_ref(),
+                &jobs,
+                req.query_param("job"),
+            ))
         }
         ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),
         ["jobs", id] => {
-            let id = id.parse().map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
+            let id = id
+                .parse()
+                .map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
             Ok(pages::job(ctx, &ops.job(who, id)?))
         }
-        ["agents"] => Ok(pages::agents(ctx, &ops.pending_enrollment_tokens(who)?, None, req)),
+        ["agents"] => Ok(pages::agents(
+            ctx,
+            &ops.pending_enrollment_tokens(who)?,
+            None,
+            req,
+        )),
         _ => Err(OpsError::NotFound(format!("no page at {}", req.path))),
     }
 }
@@ -165,7 +208,10 @@ async fn post(
         ["agents", "tokens"] => {
             let issued = ops.issue_enrollment_token(who).await?;
             let pending = ops.pending_enrollment_tokens(who)?;
-            Ok(html(StatusCode::OK, pages::agents(ctx, &pending, Some(&issued), req)))
+            Ok(html(
+                StatusCode::OK,
+                pages::agents(ctx, &pending, Some(&issued), req),
+            ))
         }
         _ => Err(OpsError::NotFound(format!("no action at {}", req.path))),
     }
@@ -173,13 +219,27 @@ async fn post(
 
 async fn login(ops: &Arc<Ops>, req: &Req) -> Response<Body> {
     if req.method == Method::GET {
-        let csrf = random_token();
+        // Keep a login token the browser already has: a second tab, or a
+        // sub-request that landed here, must not invalidate the open form.
+        let csrf = req
+            .cookie(LOGIN_CSRF_COOKIE)
+            .filter(|c| {
+                c.len() == 43
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+            .map(str::to_string)
+            .unwrap_or_else(random_token);
         let mut r = html(StatusCode::OK, pages::login(&csrf, None));
         set_cookie(&mut r, LOGIN_CSRF_COOKIE, &csrf, Some(3600));
         return r;
     }
     if req.method != Method::POST {
-        return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed");
+        return response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed",
+        );
     }
     let form = form(req);
     let expected = req.cookie(LOGIN_CSRF_COOKIE).unwrap_or_default();

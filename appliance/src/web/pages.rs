@@ -6,13 +6,14 @@ use maud::{html, Markup};
 use super::layout::{bare_page, bytes, jobs_table, page, progress, state_badge, PageCtx};
 use crate::clock::rfc3339;
 use crate::http::Req;
+use crate::hub::enrollment::EnrollmentToken;
 use crate::inventory::{HostView, Vm};
 use crate::jobs::Job;
 use crate::ops::{IssuedToken, Summary, VmPage, VmQuery, VmSort};
-use crate::hub::enrollment::EnrollmentToken;
 use lifeboat_proto::PowerAction;
 
 pub const VMS_PER_PAGE: usize = 50;
+const MAX_VMS_PER_PAGE: usize = 500;
 
 pub fn error(ctx: &PageCtx, status: StatusCode, message: &str) -> Markup {
     page(
@@ -40,8 +41,12 @@ pub fn login(csrf: &str, error: Option<&str>) -> Markup {
     )
 }
 
-pub fn dashboard(ctx: &PageCtx, s: &Summary, hosts: &[HostView]) -> Result<Markup, crate::ops::OpsError> {
-    let total_vms: usize = s.vm_states.values().sum();
+pub fn dashboard(
+    ctx: &PageCtx,
+    s: &Summary,
+    hosts: &[HostView],
+) -> Result<Markup, crate::ops::OpsError> {
+    let total_vms: usize = s.vm_states.iter().map(|(_, n)| n).sum();
     Ok(page(
         ctx,
         "Dashboard",
@@ -124,10 +129,20 @@ pub fn vm_query_from(req: &Req) -> VmQuery {
         name: req.query_param("name"),
         host: req.query_param("host"),
         state: req.query_param("state"),
-        sort: req.query_param("sort").and_then(|s| VmSort::parse(&s)).unwrap_or_default(),
+        sort: req
+            .query_param("sort")
+            .and_then(|s| VmSort::parse(&s))
+            .unwrap_or_default(),
         descending: req.query_param("order").as_deref() == Some("desc"),
-        page: req.query_param("page").and_then(|p| p.parse().ok()).unwrap_or(1),
-        per_page: VMS_PER_PAGE,
+        page: req
+            .query_param("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1),
+        per_page: req
+            .query_param("per_page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(VMS_PER_PAGE)
+            .clamp(1, MAX_VMS_PER_PAGE),
     }
 }
 
@@ -145,7 +160,13 @@ fn vm_link(q: &VmQuery, sort: VmSort, descending: bool, page: usize) -> String {
     if page > 1 {
         pairs.push(("page", page.to_string()));
     }
-    format!("/vms?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+    if q.per_page != VMS_PER_PAGE {
+        pairs.push(("per_page", q.per_page.to_string()));
+    }
+    format!(
+        "/vms?{}",
+        serde_urlencoded::to_string(&pairs).unwrap_or_default()
+    )
 }
 
 fn vm_table(vms: &[Vm], sorting: Option<&VmQuery>) -> Markup {
@@ -215,6 +236,7 @@ pub fn vms(ctx: &PageCtx, q: &VmQuery, p: &VmPage, hosts: &[HostView]) -> Markup
                     }
                 }
                 input type="hidden" name="sort" value=(q.sort.as_str());
+                @if q.per_page != VMS_PER_PAGE { input type="hidden" name="per_page" value=(q.per_page); }
                 button type="submit" { "Filter" }
                 span.muted { (p.total) " VMs" }
             }
@@ -228,7 +250,13 @@ pub fn vms(ctx: &PageCtx, q: &VmQuery, p: &VmPage, hosts: &[HostView]) -> Markup
     )
 }
 
-pub fn vm(ctx: &PageCtx, vm: &Vm, host: Option<&HostView>, jobs: &[Job], _job: Option<String>) -> Markup {
+pub fn vm(
+    ctx: &PageCtx,
+    vm: &Vm,
+    host: Option<&HostView>,
+    jobs: &[Job],
+    _job: Option<String>,
+) -> Markup {
     let i = &vm.info;
     let active = jobs.iter().any(|j| !j.state.is_finished());
     let host_name = host.map(|h| h.host.name.as_str()).unwrap_or("?");
@@ -305,7 +333,12 @@ pub fn job(ctx: &PageCtx, j: &Job) -> Markup {
     )
 }
 
-pub fn agents(ctx: &PageCtx, pending: &[EnrollmentToken], issued: Option<&IssuedToken>, req: &Req) -> Markup {
+pub fn agents(
+    ctx: &PageCtx,
+    pending: &[EnrollmentToken],
+    issued: Option<&IssuedToken>,
+    req: &Req,
+) -> Markup {
     let host = req
         .header("host")
         .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
@@ -313,7 +346,13 @@ pub fn agents(ctx: &PageCtx, pending: &[EnrollmentToken], issued: Option<&Issued
     html_agents(ctx, pending, issued, &host, ctx.agent_port)
 }
 
-fn html_agents(ctx: &PageCtx, pending: &[EnrollmentToken], issued: Option<&IssuedToken>, host: &str, port: u16) -> Markup {
+fn html_agents(
+    ctx: &PageCtx,
+    pending: &[EnrollmentToken],
+    issued: Option<&IssuedToken>,
+    host: &str,
+    port: u16,
+) -> Markup {
     page(
         ctx,
         "Add a host",
