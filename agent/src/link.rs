@@ -202,7 +202,14 @@ async fn session(
                     let (driver, outbox, refresh) =
                         (driver.clone(), outbox.clone(), refresh.clone());
                     tokio::spawn(async move {
-                        let reply = run_command(driver, command).await;
+                        let reply = run_command(driver.clone(), command).await;
+                        // The new state goes out before the reply, on the same
+                        // ordered connection: once the controller sees the job
+                        // finish, its inventory already shows the result.
+                        let d = driver.clone();
+                        if let Ok(Ok(vms)) = blocking(move || d.inventory()).await {
+                            let _ = outbox.send(AgentMessage::Inventory { vms }).await;
+                        }
                         let _ = outbox.send(reply_message(id, reply)).await;
                         refresh.notify_one();
                     });

@@ -19,7 +19,12 @@ struct Args {
     #[arg(long)]
     controller: String,
     /// One-time enrollment token (first start only).
-    #[arg(long, env = "LIFEBOAT_ENROLLMENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LIFEBOAT_ENROLLMENT_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: Option<String>,
     /// Fingerprint of the controller's CA, sha256:HEX (first start only).
     #[arg(long)]
@@ -86,4 +91,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let driver: Arc<dyn hypervisor::Hypervisor> =
         Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri));
     link::run(args.controller, &args.state_dir, driver).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_that_starts_with_a_dash_is_a_value_not_a_flag() {
+        let args = Args::try_parse_from([
+            "lifeboat-agent",
+            "--controller",
+            "c:8444",
+            "--token",
+            "-d4f",
+            "--ca-fingerprint",
+            "sha256:00",
+        ])
+        .expect("parses");
+        assert_eq!(args.token.as_deref(), Some("-d4f"));
+    }
 }

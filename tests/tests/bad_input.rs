@@ -13,7 +13,12 @@ use lifeboat_e2e::*;
 
 /// Runs `lifeboat-agent` with `args` until it exits (or `timeout`, then kills
 /// it). Returns whether it exited by itself, its success, and its stderr.
-fn run_agent(controller: &Controller, state: &ScratchDir, args: &[&str], timeout: Duration) -> (bool, bool, String) {
+fn run_agent(
+    controller: &Controller,
+    state: &ScratchDir,
+    args: &[&str],
+    timeout: Duration,
+) -> (bool, bool, String) {
     let log = state.path().join("agent-once.log");
     let file = std::fs::File::create(&log).expect("agent log");
     let mut child = Command::new(agent_binary())
@@ -39,7 +44,11 @@ fn run_agent(controller: &Controller, state: &ScratchDir, args: &[&str], timeout
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    (exited, success, std::fs::read_to_string(&log).unwrap_or_default())
+    (
+        exited,
+        success,
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
 }
 
 fn host_count(api: &Api) -> usize {
@@ -68,7 +77,10 @@ fn wrong_reused_and_unpinned_enrollments_are_refused() {
         Duration::from_secs(20),
     );
     assert!(exited && !ok, "{log}");
-    assert!(log.contains("invalid, used or expired enrollment token"), "{log}");
+    assert!(
+        log.contains("invalid, used or expired enrollment token"),
+        "{log}"
+    );
     assert_eq!(host_count(&api), 0);
 
     // A wrong CA fingerprint: the agent refuses the controller before it
@@ -81,7 +93,10 @@ fn wrong_reused_and_unpinned_enrollments_are_refused() {
         Duration::from_secs(20),
     );
     assert!(exited && !ok, "{log}");
-    assert!(log.contains("does not match the pinned fingerprint"), "{log}");
+    assert!(
+        log.contains("does not match the pinned fingerprint"),
+        "{log}"
+    );
     let (exited, ok, log) = run_agent(
         &controller,
         &scratch,
@@ -95,7 +110,14 @@ fn wrong_reused_and_unpinned_enrollments_are_refused() {
     let (exited, _, log) = run_agent(
         &controller,
         &scratch,
-        &["--token", &token, "--ca-fingerprint", &fingerprint, "--name", "first"],
+        &[
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            &fingerprint,
+            "--name",
+            "first",
+        ],
         Duration::from_secs(5),
     );
     assert!(!exited, "the enrolled agent should keep running: {log}");
@@ -107,13 +129,27 @@ fn wrong_reused_and_unpinned_enrollments_are_refused() {
     let (exited, ok, log) = run_agent(
         &controller,
         &other,
-        &["--token", &token, "--ca-fingerprint", &fingerprint, "--name", "second"],
+        &[
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            &fingerprint,
+            "--name",
+            "second",
+        ],
         Duration::from_secs(20),
     );
     assert!(exited && !ok, "{log}");
-    assert!(log.contains("invalid, used or expired enrollment token"), "{log}");
+    assert!(
+        log.contains("invalid, used or expired enrollment token"),
+        "{log}"
+    );
     assert_eq!(host_count(&api), 1);
-    assert!(controller.log().contains("agent refused"), "{}", controller.log());
+    assert!(
+        controller.log().contains("agent refused"),
+        "{}",
+        controller.log()
+    );
 }
 
 #[test]
@@ -121,7 +157,9 @@ fn unknown_client_certificates_are_refused() {
     let libvirt = Libvirt::ensure();
     let mut controller = Controller::start();
     let mut agent = Agent::start(&controller, "kvm-forgotten", Some(libvirt.uri()));
-    controller.api().wait_host_status("kvm-forgotten", "online", READY_TIMEOUT);
+    controller
+        .api()
+        .wait_host_status("kvm-forgotten", "online", READY_TIMEOUT);
     agent.kill_9();
 
     // Same CA, but a store that never heard of this agent (as after restoring
@@ -130,15 +168,22 @@ fn unknown_client_certificates_are_refused() {
     std::fs::remove_file(controller.data_dir().join("lifeboat.redb")).expect("remove store");
     controller.restart();
     agent.restart_without_token();
-    poll_until("the controller to refuse the forgotten agent", READY_TIMEOUT, || {
-        if controller.log().contains("unknown client certificate") {
-            Ok(())
-        } else {
-            Err(controller.log())
-        }
-    });
+    poll_until(
+        "the controller to refuse the forgotten agent",
+        READY_TIMEOUT,
+        || {
+            if controller.log().contains("unknown client certificate") {
+                Ok(())
+            } else {
+                Err(controller.log())
+            }
+        },
+    );
     poll_until("the agent to report the refusal", READY_TIMEOUT, || {
-        if agent.log().contains("refused this agent: unknown client certificate") {
+        if agent
+            .log()
+            .contains("refused this agent: unknown client certificate")
+        {
             Ok(())
         } else {
             Err(agent.log())
@@ -149,7 +194,9 @@ fn unknown_client_certificates_are_refused() {
     // A certificate from another CA does not get past the TLS handshake.
     let other = Controller::start();
     let stranger = Agent::start(&other, "stranger", Some(libvirt.uri()));
-    other.api().wait_host_status("stranger", "online", READY_TIMEOUT);
+    other
+        .api()
+        .wait_host_status("stranger", "online", READY_TIMEOUT);
     let (status, _) = other.api().get("/api/v1/hosts");
     assert_eq!(status, 200);
     // Make the stranger trust our controller, so it is our side that refuses.
@@ -160,7 +207,11 @@ fn unknown_client_certificates_are_refused() {
     let (exited, _, log) = run_agent(&controller, &scratch, &[], Duration::from_secs(4));
     assert!(!exited, "agents keep retrying: {log}");
     assert!(log.contains("link to the controller lost"), "{log}");
-    assert!(controller.log().contains("TLS handshake failed"), "{}", controller.log());
+    assert!(
+        controller.log().contains("TLS handshake failed"),
+        "{}",
+        controller.log()
+    );
     assert_eq!(host_count(&controller.api()), 0);
 }
 
@@ -173,7 +224,9 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// A TLS client without a client certificate that trusts the controller's CA.
-fn tls_to_agent_port(controller: &Controller) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+fn tls_to_agent_port(
+    controller: &Controller,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -187,7 +240,8 @@ fn tls_to_agent_port(controller: &Controller) -> rustls::StreamOwned<rustls::Cli
     let name = "lifeboat-controller".try_into().expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
     let tcp = TcpStream::connect(controller.agent_addr()).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
     rustls::StreamOwned::new(conn, tcp)
 }
 
@@ -209,11 +263,17 @@ fn garbage_on_the_agent_port_is_refused_and_harmless() {
 
     // Not TLS at all.
     let mut tcp = TcpStream::connect(controller.agent_addr()).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13garbage").expect("write");
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\x13garbage")
+        .expect("write");
     let mut buf = [0u8; 64];
     let n = tcp.read(&mut buf).unwrap_or(0);
-    assert!(n == 0 || buf[0] == 0x15, "expected a TLS alert or a close, got {:?}", &buf[..n]);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "expected a TLS alert or a close, got {:?}",
+        &buf[..n]
+    );
 
     // TLS without a client certificate, but not an enrollment.
     let mut s = tls_to_agent_port(&controller);
@@ -230,7 +290,8 @@ fn garbage_on_the_agent_port_is_refused_and_harmless() {
 
     // Malformed JSON in a well-formed frame.
     let mut s = tls_to_agent_port(&controller);
-    s.write_all(&frame("{\"type\": \"enroll\", ")).expect("write");
+    s.write_all(&frame("{\"type\": \"enroll\", "))
+        .expect("write");
     let reply = read_reply(&mut s);
     assert!(reply.contains("bad enrollment message"), "{reply}");
 
@@ -255,7 +316,12 @@ fn bad_api_requests_get_clear_errors() {
     assert_eq!(status, 401, "{body}");
     let (status, _) = api.with_bearer("forged-token").get("/api/v1/vms");
     assert_eq!(status, 401);
-    let r = anon.raw_request("GET", "/api/v1/vms", &[("authorization", "Basic !!!notbase64")], b"");
+    let r = anon.raw_request(
+        "GET",
+        "/api/v1/vms",
+        &[("authorization", "Basic !!!notbase64")],
+        b"",
+    );
     assert_eq!(r.status, 401);
 
     let (status, body) = api.get("/api/v1/vms/00000000-0000-0000-0000-000000000000");
@@ -278,9 +344,17 @@ fn bad_api_requests_get_clear_errors() {
     assert_eq!(status, 400);
 
     let power = "/api/v1/vms/00000000-0000-0000-0000-000000000000/power";
-    let r = api.raw_request("POST", power, &[("content-type", "application/json")], b"{not json");
+    let r = api.raw_request(
+        "POST",
+        power,
+        &[("content-type", "application/json")],
+        b"{not json",
+    );
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.json()["error"].as_str().unwrap_or_default().contains("malformed JSON"));
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("malformed JSON"));
     let r = api.raw_request("POST", power, &[], b"");
     assert_eq!(r.status, 400);
     let (status, body) = api.post(power, &json!({"action": "explode"}));
@@ -300,7 +374,10 @@ fn bad_api_requests_get_clear_errors() {
 
     // Repeated wrong passwords lock the account out, even for the right one.
     for _ in 0..5 {
-        let (status, _) = anon.post("/api/v1/session", &json!({"username": "admin", "password": "guess"}));
+        let (status, _) = anon.post(
+            "/api/v1/session",
+            &json!({"username": "admin", "password": "guess"}),
+        );
         assert_eq!(status, 401);
     }
     let (status, body) = anon.post(
@@ -308,5 +385,11 @@ fn bad_api_requests_get_clear_errors() {
         &json!({"username": ADMIN_USER, "password": controller.admin_password()}),
     );
     assert_eq!(status, 401, "{body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("too many failed logins"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many failed logins"),
+        "{body}"
+    );
 }

@@ -19,14 +19,18 @@ fn vm_field(api: &Api, id: &str, field: &str) -> String {
 
 /// Polls the API until the VM reports `state`, within `timeout`.
 fn wait_power_state(api: &Api, id: &str, state: &str, timeout: Duration) {
-    poll_until(&format!("VM {id} to be {state} in the API"), timeout, || {
-        let (status, vm) = api.try_get(&format!("/api/v1/vms/{id}"))?;
-        if status == 200 && vm["power_state"] == state {
-            Ok(())
-        } else {
-            Err(format!("{status} {}", vm["power_state"]))
-        }
-    });
+    poll_until(
+        &format!("VM {id} to be {state} in the API"),
+        timeout,
+        || {
+            let (status, vm) = api.try_get(&format!("/api/v1/vms/{id}"))?;
+            if status == 200 && vm["power_state"] == state {
+                Ok(())
+            } else {
+                Err(format!("{status} {}", vm["power_state"]))
+            }
+        },
+    );
 }
 
 fn power(api: &Api, id: &str, body: Value) -> Value {
@@ -42,7 +46,10 @@ fn discovers_vms_and_runs_every_power_operation() {
     let api = controller.api();
     let host = api.wait_host_status("kvm-power", "online", READY_TIMEOUT);
     assert_eq!(host["driver"], "libvirt");
-    assert!(host["memory_total_bytes"].as_u64().unwrap_or(0) > 0, "{host}");
+    assert!(
+        host["memory_total_bytes"].as_u64().unwrap_or(0) > 0,
+        "{host}"
+    );
 
     let listed = api.wait_vm(vm.name(), READY_TIMEOUT);
     let id = vm.uuid();
@@ -61,7 +68,10 @@ fn discovers_vms_and_runs_every_power_operation() {
     assert_eq!(disk["capacity_bytes"], 64 * 1024 * 1024);
     assert_eq!(detail["nics"][0]["mac"], vm.mac());
     let config = detail["config"].as_str().unwrap_or_default();
-    assert!(config.contains("<domain") && config.contains(id), "config: {config}");
+    assert!(
+        config.contains("<domain") && config.contains(id),
+        "config: {config}"
+    );
 
     // Each step: the job succeeds, libvirt agrees, and so does the API.
     let steps: [(&str, Value, &str, &str); 7] = [
@@ -70,13 +80,33 @@ fn discovers_vms_and_runs_every_power_operation() {
         ("resume", json!({"action": "resume"}), "running", "running"),
         ("reboot", json!({"action": "reboot"}), "running", "running"),
         // No guest OS answers ACPI: the timeout must end in a power-off.
-        ("shutdown", json!({"action": "shutdown", "timeout_secs": 2}), "shut off", "stopped"),
-        ("start again", json!({"action": "start"}), "running", "running"),
-        ("poweroff", json!({"action": "poweroff"}), "shut off", "stopped"),
+        (
+            "shutdown",
+            json!({"action": "shutdown", "timeout_secs": 2}),
+            "shut off",
+            "stopped",
+        ),
+        (
+            "start again",
+            json!({"action": "start"}),
+            "running",
+            "running",
+        ),
+        (
+            "poweroff",
+            json!({"action": "poweroff"}),
+            "shut off",
+            "stopped",
+        ),
     ];
     for (label, body, virsh_state, api_state) in steps {
         let job = power(&api, id, body);
-        assert_eq!(job["state"], "succeeded", "{label}: {job}\n{}", controller.log());
+        assert_eq!(
+            job["state"],
+            "succeeded",
+            "{label}: {job}\n{}",
+            controller.log()
+        );
         assert_eq!(job["user"], "admin");
         assert_eq!(libvirt.domstate(vm.name()), virsh_state, "{label}");
         wait_power_state(&api, id, api_state, CHANGE_VISIBLE);
@@ -84,11 +114,23 @@ fn discovers_vms_and_runs_every_power_operation() {
 
     // A nonsense transition is refused up front, and makes no job.
     let (_, before) = api.get("/api/v1/jobs");
-    let (status, body) = api.post(&format!("/api/v1/vms/{id}/power"), &json!({"action": "resume"}));
+    let (status, body) = api.post(
+        &format!("/api/v1/vms/{id}/power"),
+        &json!({"action": "resume"}),
+    );
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("stopped"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped"),
+        "{body}"
+    );
     let (_, after) = api.get("/api/v1/jobs");
-    assert_eq!(before.as_array().map(Vec::len), after.as_array().map(Vec::len));
+    assert_eq!(
+        before.as_array().map(Vec::len),
+        after.as_array().map(Vec::len)
+    );
 }
 
 #[test]
@@ -119,12 +161,14 @@ fn changes_made_with_virsh_reach_the_controller_quickly() {
     let uuid = vm.uuid().to_string();
     drop(vm); // undefines the domain
     let t = Instant::now();
-    poll_until("the undefined VM to leave the inventory", CHANGE_VISIBLE, || {
-        match api.get(&format!("/api/v1/vms/{uuid}")) {
+    poll_until(
+        "the undefined VM to leave the inventory",
+        CHANGE_VISIBLE,
+        || match api.get(&format!("/api/v1/vms/{uuid}")) {
             (404, _) => Ok(()),
             (status, body) => Err(format!("{status} {body}")),
-        }
-    });
+        },
+    );
     eprintln!("undefine visible after {:?}", t.elapsed());
 }
 
@@ -141,13 +185,25 @@ fn agent_restarts_without_token_and_keeps_its_identity() {
     agent.kill_9();
     api.wait_host_status("kvm-restart", "offline", Duration::from_secs(20));
     // While the host is offline its VMs are still listed, but cannot be driven.
-    let (status, body) = api.post(&format!("/api/v1/vms/{}/power", vm.uuid()), &json!({"action": "start"}));
+    let (status, body) = api.post(
+        &format!("/api/v1/vms/{}/power", vm.uuid()),
+        &json!({"action": "start"}),
+    );
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("offline"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("offline"),
+        "{body}"
+    );
 
     agent.restart_without_token();
     let again = api.wait_host_status("kvm-restart", "online", READY_TIMEOUT);
-    assert_eq!(first["id"], again["id"], "the agent must come back as the same host");
+    assert_eq!(
+        first["id"], again["id"],
+        "the agent must come back as the same host"
+    );
     let (_, hosts) = api.get("/api/v1/hosts");
     assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
     let job = power(&api, vm.uuid(), json!({"action": "start"}));
@@ -181,7 +237,10 @@ fn controller_kill_9_loses_nothing_acknowledged() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("login thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("login thread"))
+            .collect()
     });
     // A job that is still running when the controller dies: its outcome is
     // unknown, and the controller must say so after the restart.
@@ -193,7 +252,11 @@ fn controller_kill_9_loses_nothing_acknowledged() {
     let running_job = answer["job"].clone();
     poll_until("the shutdown job to run", Duration::from_secs(10), || {
         let (_, job) = api.get(&format!("/api/v1/jobs/{running_job}"));
-        if job["state"] == "running" { Ok(()) } else { Err(job.to_string()) }
+        if job["state"] == "running" {
+            Ok(())
+        } else {
+            Err(job.to_string())
+        }
     });
     controller.kill_9();
 
@@ -207,7 +270,13 @@ fn controller_kill_9_loses_nothing_acknowledged() {
     assert_eq!(job["state"], "succeeded", "{job}");
     let (_, job) = api.get(&format!("/api/v1/jobs/{running_job}"));
     assert_eq!(job["state"], "failed", "{job}");
-    assert!(job["error"].as_str().unwrap_or_default().contains("interrupted"), "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("interrupted"),
+        "{job}"
+    );
 
     // The agent finds the restarted controller on its own, as the same host.
     let again = api.wait_host_status("kvm-crash", "online", Duration::from_secs(40));

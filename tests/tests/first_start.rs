@@ -2,9 +2,9 @@
 //! CA, and an `admin` account whose random password is printed once and kept
 //! in `initial-admin-password` (mode 0600) — and not made up again later.
 
+use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
-use lifeboat_e2e::*;
 
 struct Killed(Child);
 
@@ -18,7 +18,13 @@ impl Drop for Killed {
 fn serve(cwd: &std::path::Path, web: u16, agents: u16, out: &std::path::Path) -> Killed {
     let stdout = std::fs::File::create(out).expect("stdout file");
     let child = Command::new(controller_binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{web}"), "--agent-listen", &format!("127.0.0.1:{agents}")])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{web}"),
+            "--agent-listen",
+            &format!("127.0.0.1:{agents}"),
+        ])
         .current_dir(cwd)
         .env_remove("LIFEBOAT_ADMIN_PASSWORD")
         .stdin(Stdio::null())
@@ -52,17 +58,31 @@ fn first_start_makes_a_data_dir_and_a_one_time_admin_password() {
         }
         std::fs::read_to_string(&password_file).map_err(|e| e.to_string())
     });
-    let password = std::fs::read_to_string(&password_file).expect("password").trim().to_string();
+    let password = std::fs::read_to_string(&password_file)
+        .expect("password")
+        .trim()
+        .to_string();
     assert!(password.len() >= 16, "weak generated password {password:?}");
-    let mode = std::fs::metadata(&password_file).expect("stat").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&password_file)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "initial-admin-password must be private");
-    let key_mode = std::fs::metadata(data.join("tls/ca.key")).expect("stat").permissions().mode() & 0o777;
+    let key_mode = std::fs::metadata(data.join("tls/ca.key"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(key_mode, 0o600);
     assert!(data.join("lifeboat.redb").is_file());
 
     assert_eq!(wait_api(&url, &data.join("tls/ca.pem"), &password), 200);
     let printed = std::fs::read_to_string(&out).expect("stdout");
-    assert!(printed.contains(&password), "the password must be printed once: {printed}");
+    assert!(
+        printed.contains(&password),
+        "the password must be printed once: {printed}"
+    );
     let (status, _) = Api::new(&url, &data.join("tls/ca.pem"))
         .expect("api")
         .with_basic(ADMIN_USER, "guess")
@@ -75,6 +95,14 @@ fn first_start_makes_a_data_dir_and_a_one_time_admin_password() {
     let _second = serve(scratch.path(), web, agents, &out2);
     assert_eq!(wait_api(&url, &data.join("tls/ca.pem"), &password), 200);
     let printed = std::fs::read_to_string(&out2).expect("stdout");
-    assert!(!printed.contains("password"), "no second password: {printed}");
-    assert_eq!(std::fs::read_to_string(&password_file).expect("file").trim(), password);
+    assert!(
+        !printed.contains("password"),
+        "no second password: {printed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&password_file)
+            .expect("file")
+            .trim(),
+        password
+    );
 }

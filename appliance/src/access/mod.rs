@@ -128,10 +128,10 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A fresh random token: 32 bytes, URL-safe base64.
+/// A fresh random token: 32 random bytes as 64 hex digits. Hex, so a token
+/// never starts with `-` and pastes safely into any command line.
 pub fn random_token() -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    hex::encode(rand::random::<[u8; 32]>())
 }
 
 pub fn hash_password(password: &str) -> String {

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need on a fresh Debian 12 (bookworm),
+# as root. Idempotent: steps whose result is already there are skipped.
+#
+#   bash tests/install-deps.sh           install what is missing
+#   bash tests/install-deps.sh --check   only tell; exit 1 if something is missing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# qemu-utils and qemu-block-extra are pinned to bookworm: a machine may carry
+# a newer qemu-utils from backports, which conflicts with bookworm's
+# qemu-system-x86. Both come from the one qemu source package, so their
+# versions must match.
+APT_PACKAGES=(
+    qemu-system-x86 qemu-utils/bookworm qemu-block-extra/bookworm
+    libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+    chromium
+    musl-tools
+    dnsmasq-base iptables
+)
+BROWSER_DIR=tests/browser
+
+# The installed version of a package; empty if it is not installed.
+installed_version() {
+    { dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null || true; } \
+        | awk '$3 == "installed" { print $4 }'
+}
+
+missing_apt_packages() {
+    local qemu_version
+    qemu_version=$(installed_version qemu-system-x86)
+    for spec in "${APT_PACKAGES[@]}"; do
+        local package=${spec%%/*}
+        local version
+        version=$(installed_version "$package")
+        if [ -z "$version" ]; then
+            echo "$spec"
+        elif [ "$spec" != "$package" ] && [ "$version" != "$qemu_version" ]; then
+            echo "$spec" # from another qemu build than qemu-system-x86
+        fi
+    done
+    # Node.js 20 is on every machine of this project's kind; Debian's 18 is
+    # the fallback (playwright-core asks for 20 but has run on 18).
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        echo nodejs
+        echo npm
+    fi
+}
+
+node_modules_current() {
+    # npm ci writes node_modules/.package-lock.json; older than the lock
+    # file means the lock changed since.
+    local installed=$BROWSER_DIR/node_modules/.package-lock.json
+    [ -f "$installed" ] && [ ! "$installed" -ot "$BROWSER_DIR/package-lock.json" ]
+}
+
+missing_list=$(missing_apt_packages)
+missing=()
+if [ -n "$missing_list" ]; then
+    mapfile -t missing <<<"$missing_list"
+fi
+
+if [ "${1:-}" = "--check" ]; then
+    status=0
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "missing packages: ${missing[*]}"
+        status=1
+    fi
+    if ! node_modules_current; then
+        echo "missing: $BROWSER_DIR/node_modules (npm ci)"
+        status=1
+    fi
+    exit $status
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        --allow-downgrades "${missing[@]}"
+else
+    echo "== system packages: all installed"
+fi
+
+if node_modules_current; then
+    echo "== $BROWSER_DIR/node_modules: up to date"
+else
+    echo "== npm ci in $BROWSER_DIR"
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund)
+fi

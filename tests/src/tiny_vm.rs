@@ -1,0 +1,178 @@
+//! A tiny real VM for tests: 64 MiB RAM, one vCPU, no OS, an empty 64 MiB
+//! qcow2 disk `vda` and one user-mode NIC (needs no libvirt network). Its
+//! guard destroys and undefines it and deletes its disk on drop.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::libvirt::{virt_type, Libvirt, IMAGE_DIR, NAME_PREFIX};
+use crate::scratch::{safe_label, unique_suffix};
+
+const MEMORY_MIB: u32 = 64;
+const DISK_SIZE: &str = "64M";
+/// QEMU's path to the `vda` virtio block device, as libvirt names it; the
+/// device path, not the node name, or `qemu-io` refuses to write.
+const VDA_DEVICE: &str = "/machine/peripheral/virtio-disk0/virtio-backend";
+
+pub struct TinyVm {
+    libvirt: Libvirt,
+    name: String,
+    uuid: String,
+    disk: PathBuf,
+    mac: String,
+}
+
+impl TinyVm {
+    pub(crate) fn define(libvirt: Libvirt, label: &str) -> TinyVm {
+        // The pid right after the prefix: see `Libvirt::sweep_leftovers`.
+        let name = format!("{NAME_PREFIX}{}-{}", unique_suffix(), safe_label(label));
+        let disk = Path::new(IMAGE_DIR).join(format!("{name}.qcow2"));
+        let mut vm = TinyVm {
+            libvirt,
+            mac: mac_for(&name),
+            uuid: String::new(),
+            disk,
+            name,
+        };
+        create_image_dir();
+        let output = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&vm.disk)
+            .arg(DISK_SIZE)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run qemu-img (is qemu-utils installed?): {e}"));
+        assert!(
+            output.status.success(),
+            "qemu-img create {}: {}",
+            vm.disk.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let xml_path = vm.disk.with_extension("xml");
+        std::fs::write(&xml_path, vm.domain_xml())
+            .unwrap_or_else(|e| panic!("write {}: {e}", xml_path.display()));
+        let defined = vm
+            .libvirt
+            .try_virsh(&["define", &xml_path.to_string_lossy()]);
+        let _ = std::fs::remove_file(&xml_path);
+        defined.unwrap_or_else(|e| panic!("{e}"));
+        vm.uuid = vm.libvirt.virsh(&["domuuid", &vm.name]).trim().to_string();
+        vm
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The qcow2 disk behind `vda`.
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    pub fn mac(&self) -> &str {
+        &self.mac
+    }
+
+    pub fn start(&self) {
+        self.libvirt.virsh(&["start", &self.name]);
+    }
+
+    /// Hard power-off.
+    pub fn destroy(&self) {
+        self.libvirt.virsh(&["destroy", &self.name]);
+    }
+
+    /// `running`, `shut off`, ...
+    pub fn state(&self) -> String {
+        self.libvirt.domstate(&self.name)
+    }
+
+    /// Writes `len` bytes of `pattern` at `offset` of `vda` while the VM
+    /// runs, as a guest would (through QEMU's block layer, so a backup in
+    /// progress sees it as a guest write). `len` takes qemu-io units: `1M`.
+    pub fn write_pattern(&self, pattern: u8, offset: u64, len: &str) {
+        let command = format!("qemu-io -d {VDA_DEVICE} \"write -P {pattern:#04x} {offset} {len}\"");
+        let output = self
+            .libvirt
+            .virsh(&["qemu-monitor-command", &self.name, "--hmp", &command]);
+        // HMP answers nothing on success (qemu-io's report goes to QEMU's
+        // log) and reports errors as text, with a zero exit status.
+        assert!(
+            output.trim().is_empty(),
+            "{command} on {}: {}",
+            self.name,
+            output.trim()
+        );
+    }
+
+    fn domain_xml(&self) -> String {
+        format!(
+            "<domain type='{virt_type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{MEMORY_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='user'>
+      <mac address='{mac}'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+",
+            virt_type = virt_type(),
+            name = self.name,
+            disk = self.disk.display(),
+            mac = self.mac,
+        )
+    }
+}
+
+impl Drop for TinyVm {
+    fn drop(&mut self) {
+        self.libvirt.remove_domain(&self.name);
+        let _ = std::fs::remove_file(&self.disk);
+    }
+}
+
+/// A locally administered MAC in QEMU's 52:54:00 range, fixed per name.
+fn mac_for(name: &str) -> String {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    let [a, b, c, ..] = hasher.finish().to_le_bytes();
+    format!("52:54:00:{a:02x}:{b:02x}:{c:02x}")
+}
+
+fn create_image_dir() {
+    std::fs::create_dir_all(IMAGE_DIR).unwrap_or_else(|e| panic!("create {IMAGE_DIR}: {e}"));
+    std::fs::set_permissions(IMAGE_DIR, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {IMAGE_DIR}: {e}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_stable_and_in_the_qemu_range() {
+        let mac = mac_for("lbe2e-1-a");
+        assert_eq!(mac, mac_for("lbe2e-1-a"));
+        assert!(mac.starts_with("52:54:00:") && mac.len() == 17, "{mac}");
+    }
+}
