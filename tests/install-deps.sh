@@ -19,6 +19,8 @@ APT_PACKAGES=(
     dnsmasq-base iptables
 )
 BROWSER_DIR=tests/browser
+# The agent ships as a static binary; the end-to-end tests run that build.
+MUSL_TARGET=x86_64-unknown-linux-musl
 
 # The installed version of a package; empty if it is not installed.
 installed_version() {
@@ -54,6 +56,10 @@ node_modules_current() {
     [ -f "$installed" ] && [ ! "$installed" -ot "$BROWSER_DIR/package-lock.json" ]
 }
 
+musl_target_installed() {
+    rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"
+}
+
 missing_list=$(missing_apt_packages)
 missing=()
 if [ -n "$missing_list" ]; then
@@ -68,6 +74,10 @@ if [ "${1:-}" = "--check" ]; then
     fi
     if ! node_modules_current; then
         echo "missing: $BROWSER_DIR/node_modules (npm ci)"
+        status=1
+    fi
+    if ! musl_target_installed; then
+        echo "missing: rust target $MUSL_TARGET"
         status=1
     fi
     exit $status
@@ -87,4 +97,11 @@ if node_modules_current; then
 else
     echo "== npm ci in $BROWSER_DIR"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund)
+fi
+
+if musl_target_installed; then
+    echo "== rust target $MUSL_TARGET: installed"
+else
+    echo "== rustup target add $MUSL_TARGET"
+    rustup target add "$MUSL_TARGET"
 fi
