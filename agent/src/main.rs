@@ -4,6 +4,8 @@
 mod hypervisor;
 mod identity;
 mod link;
+#[allow(dead_code)] // wired into backup in a later step
+mod nbd;
 mod tls;
 
 use std::path::PathBuf;
@@ -38,6 +40,19 @@ struct Args {
     /// Name of this host in the controller (default: the hostname).
     #[arg(long)]
     name: Option<String>,
+    /// Hypervisor driver. `sim` is an in-memory simulated host for demos and
+    /// load tests; it manages no real VM.
+    #[arg(long, value_enum, default_value_t = Driver::Libvirt)]
+    driver: Driver,
+    /// Number of VMs the `sim` driver makes up.
+    #[arg(long, default_value_t = 100)]
+    sim_vms: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Driver {
+    Libvirt,
+    Sim,
 }
 
 fn hostname() -> String {
@@ -88,8 +103,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else if args.token.is_some() {
         tracing::info!("already enrolled; ignoring --token");
     }
-    let driver: Arc<dyn hypervisor::Hypervisor> =
-        Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri));
+    let driver: Arc<dyn hypervisor::Hypervisor> = match args.driver {
+        Driver::Libvirt => Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri)),
+        Driver::Sim => {
+            let name = args.name.clone().unwrap_or_else(hostname);
+            tracing::warn!(
+                vms = args.sim_vms,
+                "SIMULATED host: no real VM is managed (demo/load-test driver)"
+            );
+            Arc::new(hypervisor::sim::SimDriver::new(&name, args.sim_vms))
+        }
+    };
     link::run(args.controller, &args.state_dir, driver).await
 }
 

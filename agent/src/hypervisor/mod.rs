@@ -8,6 +8,7 @@ use std::time::Duration;
 use lifeboat_proto::{HostFacts, PowerAction, VmInfo};
 
 pub mod libvirt;
+pub mod sim;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {

@@ -255,7 +255,7 @@ pub fn vm(
     vm: &Vm,
     host: Option<&HostView>,
     jobs: &[Job],
-    _job: Option<String>,
+    started_job: Option<String>,
 ) -> Markup {
     let i = &vm.info;
     let active = jobs.iter().any(|j| !j.state.is_finished());
@@ -267,6 +267,9 @@ pub fn vm(
         "/vms",
         active.then_some(2),
         html! {
+            @if let Some(id) = started_job.and_then(|j| j.parse::<u64>().ok()) {
+                p.flash.ok { "Job " a href={"/jobs/" (id)} { "#" (id) } " started. It is listed below; this page refreshes until it ends." }
+            }
             section.actions {
                 @for a in PowerAction::ALL {
                     form method="post" action={"/vms/" (i.uuid) "/power"} {

@@ -1,0 +1,163 @@
+//! The backup datastore's on-disk formats: chunk blobs, the chunk store, fixed
+//! indexes, manifests and the directory layout (byte by byte in
+//! `docs/formats.md`). Pure building blocks, no policy: every file is written
+//! temp + fsync + rename, and every byte read back is validated before use.
+
+// Wired into `ops` (backup jobs, GC, verify) in a later step; until then nothing
+// outside this module calls it.
+#![allow(dead_code)]
+
+pub mod backup_id;
+pub mod chunk;
+pub mod chunk_store;
+pub mod datastore;
+pub mod digest;
+pub mod fixed_index;
+pub mod manifest;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use backup_id::{BackupId, VmUuid};
+pub use chunk_store::{sweep_cutoff, ChunkStore, SweepStats, GC_SAFETY_MARGIN};
+pub use datastore::Datastore;
+pub use digest::ChunkDigest;
+pub use fixed_index::{FixedIndexReader, FixedIndexWriter};
+pub use manifest::{BackupInfo, BackupMode, DiskEntry, Manifest, Nic, VmInfo};
+
+/// Fixed chunk size of format version 1: disks are cut into 4 MiB pieces and no
+/// chunk blob may decode to more than this.
+pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("chunk blob truncated: need {need} bytes, have {have}")]
+    ChunkTruncated { need: usize, have: usize },
+    #[error("not a chunk blob (bad magic)")]
+    ChunkBadMagic,
+    #[error("chunk blob header invalid: {0}")]
+    ChunkBadHeader(String),
+    #[error("chunk payload CRC mismatch: stored {stored:08x}, computed {computed:08x}")]
+    ChunkCrcMismatch { stored: u32, computed: u32 },
+    #[error("chunk payload does not decompress to its declared {declared} bytes: {reason}")]
+    ChunkDecompress { declared: usize, reason: String },
+    #[error("chunk data is {len} bytes, over the {CHUNK_SIZE}-byte chunk size")]
+    ChunkTooLarge { len: usize },
+    #[error("chunk data does not match digest {expected} (it hashes to {actual})")]
+    DigestMismatch {
+        expected: ChunkDigest,
+        actual: ChunkDigest,
+    },
+    #[error("chunk {digest} is damaged: {source}")]
+    ChunkDamaged {
+        digest: ChunkDigest,
+        source: Box<BackupError>,
+    },
+    #[error("chunk {0} is not in the chunk store")]
+    ChunkMissing(ChunkDigest),
+    #[error("invalid {kind} {value:?}")]
+    InvalidName { kind: &'static str, value: String },
+    #[error("index {}: {reason}", path.display())]
+    CorruptIndex { path: PathBuf, reason: String },
+    #[error("index writer: {0}")]
+    IndexWriter(String),
+    #[error("manifest {}: {reason}", path.display())]
+    CorruptManifest { path: PathBuf, reason: String },
+    #[error("{what} has format version {found}; this controller reads up to {supported}")]
+    NewerFormat {
+        what: &'static str,
+        found: u32,
+        supported: u32,
+    },
+    #[error("backup {vm}/{id} does not match its manifest: {reason}")]
+    BackupMismatch {
+        vm: VmUuid,
+        id: BackupId,
+        reason: String,
+    },
+    #[error("no free backup id for VM {0} near the requested time")]
+    NoFreeBackupId(VmUuid),
+}
+
+pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// `map_err` helper that attaches the path an I/O error is about.
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes a rename or unlink inside `dir` durable. Some network filesystems
+/// refuse fsync on a directory (EINVAL); there the server orders metadata
+/// itself, so that refusal is not an error.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    let result = File::open(dir).and_then(|d| d.sync_all());
+    match result {
+        Err(e) if matches!(
+            e.kind(),
+            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+        ) =>
+        {
+            Ok(())
+        }
+        other => other.map_err(io_at(dir)),
+    }
+}
+
+/// A name for a temp file next to `final_name` that no concurrent writer
+/// shares. It starts with `.` so listings of finished files skip it.
+pub(crate) fn temp_name(final_name: &str) -> String {
+    format!(".{final_name}.tmp-{:016x}", rand::random::<u64>())
+}
+
+/// Writes `data` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+pub(crate) fn write_file_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(temp_name(name));
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
+        file.write_all(data).map_err(io_at(&tmp))?;
+        file.sync_all().map_err(io_at(&tmp))?;
+        let target = dir.join(name);
+        std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A scratch directory for tests, removed when dropped.
+#[cfg(test)]
+pub(crate) struct TestDir(PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("lifeboat-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        TestDir(dir)
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,192 @@
+//! Benchmarks that need a running controller. Run with
+//! `cargo run --release -p lifeboat-e2e --bin lifeboat-bench -- console`
+//! after `cargo build --release -p lifeboat -p lifeboat-agent`.
+//!
+//! `console`: a controller with 25,000 VMs on simulated hosts (the `sim`
+//! driver: load generation only), then latency of console pages and API
+//! lists, each compared with a static asset served by the same stack in the
+//! same run, and the controller's resident memory.
+
+use std::time::{Duration, Instant};
+
+use lifeboat_e2e::*;
+
+struct Args {
+    vms: usize,
+    agents: usize,
+    requests: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        vms: 25_000,
+        agents: 10,
+        requests: 300,
+    };
+    let mut it = std::env::args().skip(1);
+    match it.next().as_deref() {
+        Some("console") => {}
+        _ => {
+            eprintln!("usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]");
+            std::process::exit(2);
+        }
+    }
+    while let Some(flag) = it.next() {
+        let value: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            eprintln!("{flag} needs a number");
+            std::process::exit(2)
+        });
+        match flag.as_str() {
+            "--vms" => args.vms = value,
+            "--agents" => args.agents = value,
+            "--requests" => args.requests = value,
+            _ => {
+                eprintln!("unknown flag {flag}");
+                std::process::exit(2)
+            }
+        }
+    }
+    args
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn measure(api: &Api, cookie: &str, requests: usize, path: impl Fn(usize) -> String) -> Stats {
+    let mut ms: Vec<f64> = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let p = path(i);
+        let t = Instant::now();
+        let r = api.raw_request("GET", &p, &[("cookie", cookie)], b"");
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.status, 200, "GET {p}: {}", r.status);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let controller = Controller::start();
+    let api = controller.api();
+    let per_agent = args.vms.div_ceil(args.agents);
+    let started = Instant::now();
+    let _agents: Vec<Agent> = (0..args.agents)
+        .map(|i| {
+            Agent::options(&format!("simhost{i:02}"))
+                .arg("--driver")
+                .arg("sim")
+                .arg("--sim-vms")
+                .arg(&per_agent.to_string())
+                .start(&controller)
+        })
+        .collect();
+    let total = per_agent * args.agents;
+    poll_until(
+        &format!("{total} VMs in the inventory"),
+        Duration::from_secs(300),
+        || {
+            let r = api.raw_request("GET", "/api/v1/vms?per_page=1", &[], b"");
+            let n: usize = r
+                .header("x-total-count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n == total {
+                Ok(())
+            } else {
+                Err(format!("{n} so far"))
+            }
+        },
+    );
+    let ingest = started.elapsed();
+    let (status, session) = api.anonymous().post(
+        "/api/v1/session",
+        &json!({"username": ADMIN_USER, "password": controller.admin_password()}),
+    );
+    assert_eq!(status, 201, "{session}");
+    let cookie = format!(
+        "lb_session={}",
+        session["token"].as_str().unwrap_or_default()
+    );
+    let pages = total.div_ceil(50);
+    let n = args.requests;
+    // A fixed pseudo-random page sequence, the same in every run.
+    let page = |i: usize| (i * 7919) % pages + 1;
+
+    let rows: Vec<(&str, Stats)> = vec![
+        (
+            "static asset (baseline)",
+            measure(&api, &cookie, n, |_| "/assets/style.css".into()),
+        ),
+        (
+            "console: VM list page",
+            measure(&api, &cookie, n, |i| format!("/vms?page={}", page(i))),
+        ),
+        (
+            "console: VM list sorted by memory, desc",
+            measure(&api, &cookie, n, |i| {
+                format!("/vms?sort=memory&order=desc&page={}", page(i))
+            }),
+        ),
+        (
+            "console: VM list filtered by name",
+            measure(&api, &cookie, n, |i| {
+                format!("/vms?name=sim-simhost0{}-00{}", i % 10, i % 100)
+            }),
+        ),
+        (
+            "console: dashboard",
+            measure(&api, &cookie, n, |_| "/".into()),
+        ),
+        (
+            "API: GET /api/v1/vms?per_page=50",
+            measure(&api, &cookie, n, |i| {
+                format!("/api/v1/vms?per_page=50&page={}", page(i))
+            }),
+        ),
+    ];
+    let pid = controller.pid().unwrap_or(0);
+    let baseline = rows[0].1.p99.max(0.001);
+    println!(
+        "VMs: {total} on {} simulated hosts; inventory ingested in {:.1} s",
+        args.agents,
+        ingest.as_secs_f64()
+    );
+    println!(
+        "controller RSS: {} MiB now, {} MiB peak",
+        rss_kib(pid, "VmRSS:") / 1024,
+        rss_kib(pid, "VmHWM:") / 1024
+    );
+    println!();
+    println!("| request ({n} each, sequential, keep-alive) | p50 ms | p99 ms | max ms | p99 / baseline p99 |");
+    println!("|---|---|---|---|---|");
+    for (name, s) in &rows {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.1}× |",
+            s.p50,
+            s.p99,
+            s.max,
+            s.p99 / baseline
+        );
+    }
+}
