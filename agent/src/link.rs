@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lifeboat_proto::{
-    read_frame, write_frame, AgentMessage, Command, ControllerMessage, HEARTBEAT_INTERVAL_MS,
-    PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, Outcome,
+    HEARTBEAT_INTERVAL_MS, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -150,11 +150,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .context("driver task panicked")
 }
 
+/// What a job needs to dial its own data channel to the controller.
+#[derive(Clone)]
+struct Dialer {
+    controller: String,
+    config: rustls::ClientConfig,
+}
+
 async fn session(
     controller: &str,
     config: rustls::ClientConfig,
     driver: Arc<dyn Hypervisor>,
 ) -> anyhow::Result<()> {
+    let dialer = Dialer {
+        controller: controller.to_string(),
+        config: config.clone(),
+    };
     let stream = connect(controller, config).await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
 
@@ -201,8 +212,10 @@ async fn session(
                 ControllerMessage::Request { id, command } => {
                     let (driver, outbox, refresh) =
                         (driver.clone(), outbox.clone(), refresh.clone());
+                    let dialer = dialer.clone();
                     tokio::spawn(async move {
-                        let reply = run_command(driver.clone(), command).await;
+                        let reply =
+                            run_command(driver.clone(), command, id, &dialer, &outbox).await;
                         // The new state goes out before the reply, on the same
                         // ordered connection: once the controller sees the job
                         // finish, its inventory already shows the result.
@@ -228,22 +241,30 @@ async fn session(
     result
 }
 
-fn reply_message(id: u64, result: anyhow::Result<()>) -> AgentMessage {
+fn reply_message(id: u64, result: anyhow::Result<Option<Outcome>>) -> AgentMessage {
     match result {
-        Ok(()) => AgentMessage::Reply {
+        Ok(outcome) => AgentMessage::Reply {
             id,
             ok: true,
             error: None,
+            outcome,
         },
         Err(e) => AgentMessage::Reply {
             id,
             ok: false,
             error: Some(format!("{e:#}")),
+            outcome: None,
         },
     }
 }
 
-async fn run_command(driver: Arc<dyn Hypervisor>, command: Command) -> anyhow::Result<()> {
+async fn run_command(
+    driver: Arc<dyn Hypervisor>,
+    command: Command,
+    id: u64,
+    dialer: &Dialer,
+    outbox: &mpsc::Sender<AgentMessage>,
+) -> anyhow::Result<Option<Outcome>> {
     match command {
         Command::Power {
             vm,
@@ -256,7 +277,62 @@ async fn run_command(driver: Arc<dyn Hypervisor>, command: Command) -> anyhow::R
             if let Err(e) = &result {
                 tracing::warn!(action = action.as_str(), "power operation failed: {e}");
             }
-            Ok(result?)
+            result?;
+            Ok(None)
+        }
+        Command::Backup(request) => {
+            tracing::info!(vm = request.vm, mode = ?request.mode, "backup");
+            let channel = open_data_channel(dialer, &request.job_token).await?;
+            let progress = throttled_progress(id, outbox.clone());
+            let report = crate::backup::run(driver, request, channel, progress).await;
+            match &report {
+                Ok(r) => tracing::info!(bytes_read = r.bytes_read, mode = ?r.mode, "backup sent"),
+                Err(e) => tracing::warn!("backup failed: {e:#}"),
+            }
+            Ok(Some(Outcome::Backup(report?)))
+        }
+        Command::Restore(request) => {
+            tracing::info!(vm = request.uuid, name = request.name, "restore");
+            let channel = open_data_channel(dialer, &request.job_token).await?;
+            let progress = throttled_progress(id, outbox.clone());
+            let report = crate::restore::run(driver, request, channel, progress).await;
+            match &report {
+                Ok(r) => tracing::info!(bytes = r.bytes_written, name = r.name, "restore complete"),
+                Err(e) => tracing::warn!("restore failed: {e:#}"),
+            }
+            Ok(Some(Outcome::Restore(report?)))
+        }
+    }
+}
+
+/// A job's own connection to the controller, for its bulk data.
+async fn open_data_channel(
+    dialer: &Dialer,
+    job_token: &str,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut channel = connect(&dialer.controller, dialer.config.clone()).await?;
+    let open = AgentMessage::OpenDataChannel {
+        job_token: job_token.to_string(),
+    };
+    write_frame(&mut channel, &open).await?;
+    Ok(channel)
+}
+
+/// Progress reports for request `id`, at most two a second, never blocking.
+fn throttled_progress(
+    id: u64,
+    outbox: mpsc::Sender<AgentMessage>,
+) -> impl Fn(u64, u64) + Send + Sync {
+    let last = std::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
+    move |bytes_done, bytes_total| {
+        let Ok(mut last) = last.lock() else { return };
+        if last.elapsed() >= Duration::from_millis(500) || bytes_done == bytes_total {
+            *last = Instant::now();
+            let _ = outbox.try_send(AgentMessage::Progress {
+                id,
+                bytes_done,
+                bytes_total,
+            });
         }
     }
 }

@@ -1,11 +1,12 @@
 //! `lifeboat-agent`: runs on each virtualization host, reports its VMs to the
 //! controller and carries out the controller's commands.
 
+mod backup;
 mod hypervisor;
 mod identity;
 mod link;
-#[allow(dead_code)] // wired into backup in a later step
 mod nbd;
+mod restore;
 mod tls;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ struct Args {
     /// load tests; it manages no real VM.
     #[arg(long, value_enum, default_value_t = Driver::Libvirt)]
     driver: Driver,
+    /// Limit how fast backups read this host's disks, in MiB/s (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    backup_read_limit_mib: u64,
     /// Number of VMs the `sim` driver makes up.
     #[arg(long, default_value_t = 100)]
     sim_vms: usize,
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = backup::send::READ_LIMIT.set(args.backup_read_limit_mib * 1024 * 1024);
     if !identity::is_enrolled(&args.state_dir) {
         let (Some(token), Some(fp)) = (&args.token, &args.ca_fingerprint) else {
             bail!(

@@ -1,8 +1,10 @@
-//! Blocking NBD client: reads a disk exported by qemu (qemu-nbd, or a libvirt
-//! pull-mode backup) over a Unix or TCP socket, without libnbd.
-//! Every length and offset from the server is bounded before use; a read returns
-//! exactly the bytes the server covered (holes as zeros) or an error; a protocol
-//! violation poisons the connection rather than letting it desynchronise.
+//! Blocking NBD client for qemu's exports (qemu-nbd, libvirt pull-mode backup), without libnbd.
+//! Guarantees: server lengths and offsets are bounded before use; a read returns exactly the
+//! server's bytes (holes as zeros) or an error; a write returns only once the server acknowledged
+//! every byte; a protocol violation poisons the connection.
+
+// Tests use the whole API; the agent build uses only what backup needs so far.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -33,6 +35,7 @@ const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 const FLAG_FIXED_NEWSTYLE: u16 = 1;
 const FLAG_NO_ZEROES: u16 = 2;
+const OPT_ABORT: u32 = 2;
 const OPT_GO: u32 = 7;
 const OPT_STRUCTURED_REPLY: u32 = 8;
 const OPT_SET_META_CONTEXT: u32 = 10;
@@ -45,9 +48,14 @@ const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
 const TRANSMISSION_HAS_FLAGS: u16 = 1;
 const TRANSMISSION_READ_ONLY: u16 = 2;
+const TRANSMISSION_SEND_FLUSH: u16 = 1 << 2;
+const TRANSMISSION_SEND_WRITE_ZEROES: u16 = 1 << 6;
 
 const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_BLOCK_STATUS: u16 = 7;
 const REPLY_FLAG_DONE: u16 = 1;
 const REPLY_NONE: u16 = 0;
@@ -63,10 +71,18 @@ const MAX_STRING: usize = 4096;
 const DEFAULT_MAX_REQUEST: u32 = 32 << 20;
 /// Largest block-status request: a multiple of every legal minimum block size.
 const MAX_STATUS_REQUEST: u32 = 1 << 30;
+/// Largest NBD_CMD_WRITE_ZEROES: it carries no payload, so the maximum block
+/// size does not bound it (qemu checks it only for reads and writes); like
+/// [`MAX_STATUS_REQUEST`], a multiple of every legal minimum block size.
+const MAX_ZEROES_REQUEST: u32 = 1 << 30;
+/// Largest zero buffer written when the server lacks NBD_CMD_WRITE_ZEROES.
+const MAX_ZERO_BUFFER: u32 = 4 << 20;
 /// Bounds on what the server may make us buffer or loop over.
 const MAX_OPTION_PAYLOAD: u32 = 64 << 10;
 const MAX_OPTION_REPLIES: usize = 1024;
 const MAX_STATUS_CHUNKS: usize = 1024;
+/// Error chunks a reply without data (write, flush) may carry before its end.
+const MAX_ERROR_CHUNKS: usize = 1024;
 const MAX_ERROR_PAYLOAD: u32 = 6 + 0xffff + 8;
 const MAX_STATUS_PAYLOAD: u32 = 4 + (16 << 20);
 /// A 32 MiB read in 512-byte extents alternating data and hole, plus slack.
@@ -75,8 +91,9 @@ const MAX_CHUNKS_PER_REPLY: usize = (1 << 16) + 64;
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
     #[error("NBD connection failed: {0}")]
-    Io(#[source] io::Error),
-    #[error("NBD server closed the connection in the middle of a message")]
+    Io(io::Error),
+    /// Also what ending the libvirt backup job does to a connected client.
+    #[error("NBD server closed the connection")]
     Closed,
     #[error("NBD server did not answer within the I/O timeout")]
     Timeout,
@@ -90,7 +107,11 @@ pub enum NbdError {
         reason: &'static str,
         message: String,
     },
-    #[error("NBD {command} failed on the server: {} (errno {errno}){}", errno_name(*errno), detail(message))]
+    #[error(
+        "NBD {command} failed on the server: {} (errno {errno}){}",
+        errno_name(*errno),
+        detail(message)
+    )]
     Server {
         command: &'static str,
         errno: u32,
@@ -98,6 +119,9 @@ pub enum NbdError {
     },
     #[error("invalid NBD request: {0}")]
     InvalidRequest(String),
+    /// Refused before sending: the server would only fail the write.
+    #[error("NBD export is read-only: writes are refused")]
+    ReadOnly,
     #[error("NBD meta context {0:?} was not granted by the server")]
     UnknownContext(String),
     #[error("NBD connection is unusable after an earlier protocol or I/O error")]
@@ -158,7 +182,9 @@ fn protocol(message: impl Into<String>) -> NbdError {
 
 fn io_error(error: io::Error) -> NbdError {
     match error.kind() {
-        io::ErrorKind::UnexpectedEof => NbdError::Closed,
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset => NbdError::Closed,
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => NbdError::Timeout,
         _ => NbdError::Io(error),
     }
@@ -686,6 +712,31 @@ impl NbdClient {
         stream.set_timeout(io_timeout).map_err(NbdError::Io)?;
         let mut handshake = Handshake { stream };
         handshake.greet()?;
+        match Self::negotiate(&mut handshake, export, meta_contexts) {
+            Ok((structured, contexts, export)) => Ok(NbdClient {
+                stream: handshake.stream,
+                export,
+                structured,
+                contexts,
+                next_cookie: 1,
+                broken: false,
+            }),
+            Err(error) => {
+                // The server is still in step after a refusal: say goodbye
+                // properly rather than leave it an EOF to log.
+                if !error.desynchronises() {
+                    let _ = handshake.send_option(OPT_ABORT, &[]);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn negotiate(
+        handshake: &mut Handshake,
+        export: &str,
+        meta_contexts: &[&str],
+    ) -> Result<(bool, Vec<MetaContext>, ExportInfo), NbdError> {
         let structured = handshake.structured_replies()?;
         let contexts = match (meta_contexts.is_empty(), structured) {
             (true, _) => Vec::new(),
@@ -696,15 +747,7 @@ impl NbdClient {
                 ))
             }
         };
-        let export = handshake.go(export)?;
-        Ok(NbdClient {
-            stream: handshake.stream,
-            export,
-            structured,
-            contexts,
-            next_cookie: 1,
-            broken: false,
-        })
+        Ok((structured, contexts, handshake.go(export)?))
     }
 
     /// Replaces the per-syscall read and write timeout.
@@ -787,6 +830,86 @@ impl NbdClient {
         })
     }
 
+    /// Writes `data` to the export at `offset`, in requests no larger than
+    /// the server allows; returns once the server acknowledged all of them.
+    /// Durable only after [`NbdClient::flush`].
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        self.check_writable()?;
+        self.check_range(offset, data.len() as u64)?;
+        let piece = self.export.max_request as usize;
+        self.guarded(|client| {
+            let mut position = offset;
+            for part in data.chunks(piece) {
+                client.write_request(position, part)?;
+                position += part.len() as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes `[offset, offset + length)` read as zeros: NBD_CMD_WRITE_ZEROES
+    /// (the server may leave holes) if offered, else writes of zero buffers.
+    pub fn write_zeroes(&mut self, offset: u64, length: u64) -> Result<(), NbdError> {
+        self.check_writable()?;
+        self.check_range(offset, length)?;
+        let end = offset + length;
+        if self.export.flags & TRANSMISSION_SEND_WRITE_ZEROES == 0 {
+            // max_request and MAX_ZERO_BUFFER are multiples of the minimum
+            // block size, so every piece but the aligned tail is too.
+            let piece = u64::from(self.export.max_request.min(MAX_ZERO_BUFFER));
+            let zeros = vec![0u8; piece.min(length) as usize];
+            return self.guarded(|client| {
+                let mut position = offset;
+                while position < end {
+                    let part = (end - position).min(piece) as usize;
+                    client.write_request(position, &zeros[..part])?;
+                    position += part as u64;
+                }
+                Ok(())
+            });
+        }
+        self.guarded(|client| {
+            let mut position = offset;
+            while position < end {
+                let span = Span {
+                    offset: position,
+                    length: (end - position).min(u64::from(MAX_ZEROES_REQUEST)),
+                };
+                // Command flags 0: NBD_CMD_FLAG_NO_HOLE unset, holes are fine.
+                let cookie = client.send_request(CMD_WRITE_ZEROES, span)?;
+                client.empty_reply(cookie, "write zeroes", span)?;
+                position += span.length;
+            }
+            Ok(())
+        })
+    }
+
+    /// Asks the server to make every acknowledged write durable; a no-op if
+    /// it does not offer NBD_CMD_FLUSH (nothing more can be asked of it then).
+    pub fn flush(&mut self) -> Result<(), NbdError> {
+        let offered = self.export.flags & TRANSMISSION_SEND_FLUSH != 0;
+        // Even the no-op reports a broken connection: its writes are in doubt.
+        self.guarded(|client| {
+            if !offered {
+                return Ok(());
+            }
+            let span = Span {
+                offset: 0,
+                length: 0,
+            };
+            let cookie = client.send_request(CMD_FLUSH, span)?;
+            client.empty_reply(cookie, "flush", span)
+        })
+    }
+
+    fn check_writable(&self) -> Result<(), NbdError> {
+        if self.is_read_only() {
+            Err(NbdError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
     fn check_range(&self, offset: u64, length: u64) -> Result<(), NbdError> {
         let end = offset.checked_add(length);
         if end.is_none_or(|end| end > self.export.size) {
@@ -796,7 +919,8 @@ impl NbdClient {
             )));
         }
         let min = u64::from(self.export.min_block);
-        if offset % min != 0 || length % min != 0 {
+        // min is a power of two (checked in the handshake).
+        if (offset | length) & (min - 1) != 0 {
             return Err(NbdError::InvalidRequest(format!(
                 "[{offset}, +{length}) is not aligned to the server's {min}-byte blocks"
             )));
@@ -821,6 +945,17 @@ impl NbdClient {
     }
 
     fn send_request(&mut self, command: u16, span: Span) -> Result<u64, NbdError> {
+        self.send_request_with(command, span, &[])
+    }
+
+    /// Sends one request header followed by `payload` (NBD_CMD_WRITE's data,
+    /// `span.length` bytes; empty for every other command).
+    fn send_request_with(
+        &mut self,
+        command: u16,
+        span: Span,
+        payload: &[u8],
+    ) -> Result<u64, NbdError> {
         let cookie = self.next_cookie;
         self.next_cookie = self.next_cookie.wrapping_add(1);
         let length = u32::try_from(span.length)
@@ -833,6 +968,9 @@ impl NbdClient {
         request[16..24].copy_from_slice(&span.offset.to_be_bytes());
         request[24..28].copy_from_slice(&length.to_be_bytes());
         self.stream.write_all(&request).map_err(io_error)?;
+        // A failure part-way leaves the server waiting for the rest: it is an
+        // I/O error, so the connection is poisoned.
+        self.stream.write_all(payload).map_err(io_error)?;
         Ok(cookie)
     }
 
@@ -929,6 +1067,10 @@ impl NbdClient {
             .checked_sub(8)
             .filter(|&n| n > 0)
             .ok_or_else(|| protocol("NBD_REPLY_TYPE_OFFSET_DATA without data"))?;
+        // Reject an oversized chunk before waiting for bytes it may never send.
+        if u64::from(data_length) > span.length {
+            return Err(protocol(format!("{data_length}-byte data chunk")));
+        }
         let offset = u64::from_be_bytes(self.stream.array()?);
         let (start, end) = span.locate(offset, u64::from(data_length))?;
         coverage.insert(offset, offset + u64::from(data_length))?;
@@ -985,6 +1127,52 @@ impl NbdClient {
         Ok(server_error(command, errno, &message))
     }
 
+    /// One NBD_CMD_WRITE of at most `max_request` bytes.
+    fn write_request(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        let span = Span {
+            offset,
+            length: data.len() as u64,
+        };
+        let cookie = self.send_request_with(CMD_WRITE, span, data)?;
+        self.empty_reply(cookie, "write", span)
+    }
+
+    /// The reply to a command that returns no data: a simple reply, or
+    /// structured error chunks ended by a final chunk (often NBD_REPLY_TYPE_NONE).
+    fn empty_reply(
+        &mut self,
+        cookie: u64,
+        command: &'static str,
+        span: Span,
+    ) -> Result<(), NbdError> {
+        let mut failure = None;
+        for _ in 0..MAX_ERROR_CHUNKS {
+            let chunk = match self.read_reply_header(cookie)? {
+                // Only a non-final error chunk can have come before.
+                ReplyHeader::Simple { .. } if failure.is_some() => {
+                    return Err(protocol("simple reply inside a structured reply"))
+                }
+                // qemu answers a successful write, write zeroes or flush
+                // this way even with structured replies negotiated.
+                ReplyHeader::Simple { errno: 0 } => return Ok(()),
+                ReplyHeader::Simple { errno } => return Err(server_error(command, errno, "")),
+                ReplyHeader::Chunk(chunk) => chunk,
+            };
+            match chunk.kind {
+                REPLY_NONE => expect_final_none(&chunk)?,
+                kind if kind & REPLY_ERROR_BIT != 0 => {
+                    let error = self.read_error_chunk(&chunk, command, span)?;
+                    failure.get_or_insert(error);
+                }
+                kind => return Err(protocol(format!("chunk type {kind} in a {command} reply"))),
+            }
+            if chunk.is_done() {
+                return failure.map_or(Ok(()), Err);
+            }
+        }
+        Err(protocol(format!("{command} reply with too many chunks")))
+    }
+
     /// One NBD_CMD_BLOCK_STATUS: the extents the server chose to report for
     /// context `id`, clipped to the request and at least one byte long.
     fn block_status_request(&mut self, id: u32, span: Span) -> Result<Vec<Extent>, NbdError> {
@@ -1035,7 +1223,7 @@ impl NbdClient {
         id: u32,
         span: Span,
     ) -> Result<Option<Vec<Extent>>, NbdError> {
-        if chunk.length < 12 || chunk.length > MAX_STATUS_PAYLOAD || (chunk.length - 4) % 8 != 0 {
+        if chunk.length < 12 || chunk.length > MAX_STATUS_PAYLOAD || (chunk.length - 4) & 7 != 0 {
             return Err(protocol(format!(
                 "block status chunk of {} bytes",
                 chunk.length
@@ -1153,16 +1341,16 @@ mod tests {
         }
     }
 
-    /// Runs a qemu tool; a missing tool fails the test (CI installs qemu-utils).
-    fn run(tool: &str, args: &[&str]) {
+    /// Runs a qemu tool and returns its output (stdout, then stderr); a missing tool
+    /// fails the test (CI installs qemu-utils).
+    fn run(tool: &str, args: &[&str]) -> String {
         let output = Command::new(tool).args(args).output().unwrap_or_else(|e| {
             panic!("cannot run {tool} ({e}): install qemu-utils, the NBD tests need a real qemu")
         });
-        assert!(
-            output.status.success(),
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{tool} {args:?} failed: {text}");
+        text
     }
 
     /// A 64 MiB qcow2 with the given qemu-io writes.
@@ -1176,25 +1364,33 @@ mod tests {
         image
     }
 
-    /// qemu-nbd serving one image read-only on a Unix socket, killed on drop.
+    /// qemu-nbd serving one image on a Unix socket, killed on drop.
     struct QemuNbd {
         child: Child,
         socket: PathBuf,
     }
 
     impl QemuNbd {
+        /// Serves `image` read-only to any number of clients.
         fn start(scratch: &Scratch, image: &Path, extra: &[&str]) -> QemuNbd {
+            let mut args = vec!["--read-only", "--shared=4", "--persistent"];
+            args.extend_from_slice(extra);
+            Self::spawn(scratch, image, &args)
+        }
+
+        /// Serves `image` writable, as a restore does, to one client; qemu-nbd
+        /// closes the image and exits when that client disconnects.
+        fn start_writable(scratch: &Scratch, image: &Path) -> QemuNbd {
+            Self::spawn(scratch, image, &[])
+        }
+
+        fn spawn(scratch: &Scratch, image: &Path, args: &[&str]) -> QemuNbd {
             let socket = scratch.path("nbd.sock");
+            let _ = std::fs::remove_file(&socket);
             let child = Command::new("qemu-nbd")
                 .arg(format!("--socket={}", socket.display()))
-                .args([
-                    "--format=qcow2",
-                    "--read-only",
-                    "--shared=4",
-                    "--persistent",
-                ])
-                .args(["--export-name=disk"])
-                .args(extra)
+                .args(["--format=qcow2", "--export-name=disk"])
+                .args(args)
                 .arg(image)
                 .stdout(Stdio::null())
                 .spawn()
@@ -1202,8 +1398,10 @@ mod tests {
                     panic!("cannot run qemu-nbd ({e}): install qemu-utils, the NBD tests need it")
                 });
             let mut server = QemuNbd { child, socket };
+            // Poll for the socket file rather than connecting: a probe
+            // connection makes qemu-nbd log a broken pipe.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while UnixStream::connect(&server.socket).is_err() {
+            while !server.socket.exists() {
                 if let Ok(Some(status)) = server.child.try_wait() {
                     panic!("qemu-nbd exited early: {status}");
                 }
@@ -1215,6 +1413,21 @@ mod tests {
 
         fn connect(&self, contexts: &[&str]) -> NbdClient {
             NbdClient::connect_unix(&self.socket, "disk", contexts).expect("connect to qemu-nbd")
+        }
+
+        /// Waits for a non-persistent qemu-nbd to exit after its client left.
+        fn wait_for_exit(mut self) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match self.child.try_wait().expect("poll qemu-nbd") {
+                    Some(status) => {
+                        assert!(status.success(), "qemu-nbd exited with {status}");
+                        return;
+                    }
+                    None => assert!(Instant::now() < deadline, "qemu-nbd did not exit"),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
@@ -1254,6 +1467,7 @@ mod tests {
         assert_eq!(client.size(), 64 * MIB);
         assert!(client.is_read_only());
         assert!(client.has_structured_replies());
+        assert_eq!(client.min_block_size(), 1);
 
         let chunk = read(&mut client, 0, 4 * MIB);
         assert_all(&chunk[..MIB as usize], 0xab, "pattern at 0");
@@ -1379,6 +1593,189 @@ mod tests {
             .expect("reads still work");
     }
 
+    /// Checks with qemu-io, on the image no server holds any more, that
+    /// `[offset, offset + length)` is all `pattern`.
+    fn assert_image_pattern(image: &Path, pattern: u8, offset: u64, length: u64) {
+        let command = format!("read -P {pattern:#04x} {offset} {length}");
+        let path = image.to_str().expect("utf-8 temp path");
+        let output = run("qemu-io", &["-r", "-f", "qcow2", "-c", &command, path]);
+        assert!(
+            output.contains(&format!("read {length}/{length} bytes at offset {offset}")),
+            "{command}: {output}"
+        );
+        assert!(
+            !output.contains("Pattern verification failed"),
+            "{command}: {output}"
+        );
+    }
+
+    fn assert_same(got: &[u8], expected: &[u8], what: &str) {
+        assert_eq!(got.len(), expected.len(), "{what}: length");
+        if let Some(i) = got.iter().zip(expected).position(|(a, b)| a != b) {
+            panic!(
+                "{what}: byte {i} is {:#04x}, not {:#04x}",
+                got[i], expected[i]
+            );
+        }
+    }
+
+    #[test]
+    fn nbd_writes_reach_the_image() {
+        let scratch = Scratch::new();
+        let image = image(&scratch, &[]);
+        let server = QemuNbd::start_writable(&scratch, &image);
+        let mut client = server.connect(&[]);
+        assert!(!client.is_read_only());
+        assert_eq!(
+            client.export.max_request,
+            32 << 20,
+            "qemu's maximum block size"
+        );
+        let writes: [(u64, u64, u8); 4] = [
+            (0, MIB, 0xab),
+            (5 * MIB + 512, 100_000, 0xcd), // not cluster-aligned
+            (20 * MIB, 40 * MIB, 0xef),     // over the maximum block size
+            (64 * MIB - 4096, 4096, 0x11),  // the export's last bytes
+        ];
+        let mut expected = vec![0u8; 64 * MIB as usize];
+        for (offset, length, pattern) in writes {
+            let cookie = client.next_cookie;
+            client
+                .write_at(offset, &vec![pattern; length as usize])
+                .expect("write");
+            assert_eq!(
+                client.next_cookie - cookie,
+                length.div_ceil(32 * MIB),
+                "requests for {length} bytes"
+            );
+            expected[offset as usize..(offset + length) as usize].fill(pattern);
+        }
+        client.flush().expect("flush");
+        drop(client);
+        server.wait_for_exit();
+
+        for (offset, length, pattern) in writes {
+            assert_image_pattern(&image, pattern, offset, length);
+        }
+        let gaps = [
+            (MIB, 4 * MIB + 512),
+            (5 * MIB + 100_512, 15 * MIB - 100_512),
+            (60 * MIB, 4 * MIB - 4096),
+        ];
+        for (offset, length) in gaps {
+            assert_image_pattern(&image, 0, offset, length);
+        }
+
+        let server = QemuNbd::start(&scratch, &image, &[]);
+        let mut client = server.connect(&[]);
+        assert_same(&read(&mut client, 0, 64 * MIB), &expected, "read back");
+    }
+
+    #[test]
+    fn nbd_write_zeroes_clears_written_data() {
+        let scratch = Scratch::new();
+        let image = image(&scratch, &[]);
+        let server = QemuNbd::start_writable(&scratch, &image);
+        let mut client = server.connect(&[BASE_ALLOCATION]);
+        assert_ne!(client.export.flags & TRANSMISSION_SEND_WRITE_ZEROES, 0);
+        client
+            .write_at(0, &vec![0x77; 48 * MIB as usize])
+            .expect("write");
+        let mut expected = vec![0x77; 48 * MIB as usize];
+        expected.resize(64 * MIB as usize, 0);
+
+        // One NBD_CMD_WRITE_ZEROES, larger than the maximum block size.
+        let (offset, length) = (MIB + 4096, 40 * MIB);
+        let cookie = client.next_cookie;
+        client.write_zeroes(offset, length).expect("write zeroes");
+        assert_eq!(client.next_cookie - cookie, 1, "one request");
+        expected[offset as usize..(offset + length) as usize].fill(0);
+        // Holes were allowed, so qemu deallocated the clusters it could.
+        let status = client
+            .block_status(BASE_ALLOCATION, 2 * MIB, 38 * MIB)
+            .unwrap();
+        assert_eq!(status, [extent(2 * MIB, 38 * MIB, STATE_HOLE | STATE_ZERO)]);
+
+        // As against a server without it: zero buffers, 4 MiB at a time.
+        client.export.flags &= !TRANSMISSION_SEND_WRITE_ZEROES;
+        let (offset, length) = (43 * MIB, 4 * MIB + 100);
+        let cookie = client.next_cookie;
+        client.write_zeroes(offset, length).expect("zero buffers");
+        assert_eq!(client.next_cookie - cookie, 2, "two writes");
+        expected[offset as usize..(offset + length) as usize].fill(0);
+
+        assert_same(
+            &read(&mut client, 0, 64 * MIB),
+            &expected,
+            "same connection",
+        );
+        client.flush().expect("flush");
+        drop(client);
+        server.wait_for_exit();
+        assert_image_pattern(&image, 0x77, 0, MIB + 4096);
+        assert_image_pattern(&image, 0, MIB + 4096, 40 * MIB);
+        assert_image_pattern(&image, 0x77, 41 * MIB + 4096, 2 * MIB - 4096);
+        assert_image_pattern(&image, 0, 43 * MIB, 4 * MIB + 100);
+        assert_image_pattern(&image, 0x77, 47 * MIB + 100, MIB - 100);
+    }
+
+    #[test]
+    fn nbd_writes_to_a_read_only_export_are_refused_without_sending() {
+        let scratch = Scratch::new();
+        let image = image(&scratch, &["write -P 0xab 0 1M"]);
+        let server = QemuNbd::start(&scratch, &image, &[]);
+        let mut client = server.connect(&[]);
+        assert!(client.is_read_only());
+        let cookie = client.next_cookie;
+        let error = client.write_at(0, &[1; 4096]).unwrap_err();
+        assert!(matches!(error, NbdError::ReadOnly), "{error}");
+        assert!(error.to_string().contains("read-only"), "{error}");
+        let error = client.write_zeroes(0, MIB).unwrap_err();
+        assert!(matches!(error, NbdError::ReadOnly), "{error}");
+        assert_eq!(client.next_cookie, cookie, "a request was sent");
+        client
+            .flush()
+            .expect("flushing a read-only export is harmless");
+
+        // Had the write been sent, qemu would have failed it (EINVAL, in a
+        // structured error chunk): the reply is parsed, the connection kept.
+        client.export.flags &= !TRANSMISSION_READ_ONLY;
+        let error = client.write_at(0, &[1; 4096]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                NbdError::Server {
+                    command: "write",
+                    errno: 22,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("read-only"), "{error}");
+        assert_all(&read(&mut client, 0, MIB), 0xab, "data untouched");
+    }
+
+    #[test]
+    fn nbd_writes_beyond_the_export_are_refused_without_sending() {
+        let scratch = Scratch::new();
+        let image = image(&scratch, &[]);
+        let server = QemuNbd::start_writable(&scratch, &image);
+        let mut client = server.connect(&[]);
+        let cookie = client.next_cookie;
+        for (offset, length) in [(64 * MIB - 256, 512), (64 * MIB, 1), (u64::MAX - 10, 512)] {
+            let error = client.write_at(offset, &vec![1; length]).unwrap_err();
+            assert!(matches!(error, NbdError::InvalidRequest(_)), "{error}");
+            let error = client.write_zeroes(offset, length as u64).unwrap_err();
+            assert!(matches!(error, NbdError::InvalidRequest(_)), "{error}");
+        }
+        assert_eq!(client.next_cookie, cookie, "a request was sent");
+        client
+            .write_at(64 * MIB - 512, &[2; 512])
+            .expect("the last bytes");
+        assert_all(&read(&mut client, 64 * MIB - 512, 512), 2, "last bytes");
+    }
+
     // ---- hostile peers ----
 
     /// A peer on a Unix socket that runs `script` on the first connection.
@@ -1443,16 +1840,27 @@ mod tests {
         assert!(matches!(error, NbdError::Closed), "{error}");
     }
 
+    /// Bytes the fake server sends in answer to the request with this cookie.
+    type ReplyScript = fn(u64) -> Vec<u8>;
+
     /// How the fake server answers the handshake.
     #[derive(Clone, Copy)]
     struct FakeExport {
         structured: bool,
         size: u64,
+        /// Transmission flags besides NBD_FLAG_HAS_FLAGS.
+        flags: u16,
     }
 
     const FAKE: FakeExport = FakeExport {
         structured: true,
         size: MIB,
+        flags: TRANSMISSION_READ_ONLY,
+    };
+
+    const WRITABLE: FakeExport = FakeExport {
+        flags: TRANSMISSION_SEND_FLUSH | TRANSMISSION_SEND_WRITE_ZEROES,
+        ..FAKE
     };
 
     fn option_reply(stream: &mut impl Write, option: u32, kind: u32, data: &[u8]) {
@@ -1490,7 +1898,7 @@ mod tests {
                 OPT_GO => {
                     let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                     info.extend_from_slice(&export.size.to_be_bytes());
-                    let flags = TRANSMISSION_HAS_FLAGS | TRANSMISSION_READ_ONLY;
+                    let flags = TRANSMISSION_HAS_FLAGS | export.flags;
                     info.extend_from_slice(&flags.to_be_bytes());
                     option_reply(stream, option, REP_INFO, &info);
                     option_reply(stream, option, REP_ACK, &[]);
@@ -1502,10 +1910,7 @@ mod tests {
     }
 
     /// Serves the handshake, then answers each request with `reply(cookie)`.
-    fn fake_tcp_server(
-        export: FakeExport,
-        replies: Vec<fn(u64) -> Vec<u8>>,
-    ) -> std::net::SocketAddr {
+    fn fake_tcp_server(export: FakeExport, replies: Vec<ReplyScript>) -> std::net::SocketAddr {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -1518,6 +1923,11 @@ mod tests {
                     return;
                 };
                 let cookie = u64::from_be_bytes(request[8..16].try_into().unwrap());
+                let command = u16::from_be_bytes(request[6..8].try_into().unwrap());
+                let length = u32::from_be_bytes(request[24..28].try_into().unwrap());
+                if command == CMD_WRITE && stream.skip(u64::from(length)).is_err() {
+                    return;
+                }
                 if stream.write_all(&reply(cookie)).is_err() {
                     return;
                 }
@@ -1565,15 +1975,19 @@ mod tests {
         chunk(cookie, REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, &payload)
     }
 
-    fn fake_client(export: FakeExport, replies: Vec<fn(u64) -> Vec<u8>>) -> NbdClient {
+    fn fake_client(export: FakeExport, replies: Vec<ReplyScript>) -> NbdClient {
         let address = fake_tcp_server(export, replies);
-        NbdClient::connect_tcp(address, "disk", &[BASE_ALLOCATION]).expect("fake handshake")
+        let mut client =
+            NbdClient::connect_tcp(address, "disk", &[BASE_ALLOCATION]).expect("fake handshake");
+        // A bug that makes the client wait must fail the test, not stall it.
+        client.set_io_timeout(Duration::from_secs(5)).unwrap();
+        client
     }
 
     /// Each hostile read reply (to a 4 KiB read at 0) poisons the connection.
     #[test]
     fn nbd_hostile_read_replies_are_protocol_errors() {
-        let cases: [(&str, fn(u64) -> Vec<u8>); 9] = [
+        let cases: [(&str, ReplyScript); 9] = [
             ("wrong cookie", |c| {
                 data(c + 1, REPLY_FLAG_DONE, 0, &[1; 4096])
             }),
@@ -1645,9 +2059,19 @@ mod tests {
     fn nbd_server_errors_carry_the_message_and_keep_the_connection() {
         let mut client = fake_client(
             FAKE,
-            vec![|c| error_chunk(c, 5, "disk on fire"), |c| {
-                data(c, REPLY_FLAG_DONE, 0, &[9; 512])
-            }],
+            vec![
+                |c| error_chunk(c, 5, "disk on fire"),
+                |c| {
+                    // Data for the first half, then a failure in the second.
+                    let mut payload = 28u32.to_be_bytes().to_vec();
+                    payload.extend_from_slice(&0u16.to_be_bytes());
+                    payload.extend_from_slice(&256u64.to_be_bytes());
+                    let mut bytes = data(c, 0, 0, &[1; 256]);
+                    bytes.extend(chunk(c, REPLY_FLAG_DONE, REPLY_ERROR_OFFSET, &payload));
+                    bytes
+                },
+                |c| data(c, REPLY_FLAG_DONE, 0, &[9; 512]),
+            ],
         );
         let error = client.read_at(0, &mut [0u8; 512]).unwrap_err();
         assert!(
@@ -1656,6 +2080,12 @@ mod tests {
         );
         assert!(error.to_string().contains("EIO"), "{error}");
         assert!(error.to_string().contains("disk on fire"), "{error}");
+        let error = client.read_at(0, &mut [0u8; 512]).unwrap_err();
+        assert!(
+            matches!(error, NbdError::Server { errno: 28, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("at offset 256"), "{error}");
         let mut buf = [0u8; 512];
         client
             .read_at(0, &mut buf)
@@ -1704,7 +2134,7 @@ mod tests {
 
     #[test]
     fn nbd_hostile_block_status_replies_are_protocol_errors() {
-        let cases: [(&str, fn(u64) -> Vec<u8>); 5] = [
+        let cases: [(&str, ReplyScript); 5] = [
             ("zero-length extent", |c| status(c, 7, &[(0, 0)])),
             ("unknown context", |c| status(c, 99, &[(4096, 0)])),
             ("extents after the end", |c| {
@@ -1740,5 +2170,130 @@ mod tests {
                 extent(3072, 5120, 0)
             ]
         );
+    }
+
+    fn simple(cookie: u64, errno: u32) -> Vec<u8> {
+        let mut bytes = SIMPLE_REPLY_MAGIC.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&errno.to_be_bytes());
+        bytes.extend_from_slice(&cookie.to_be_bytes());
+        bytes
+    }
+
+    fn error_payload(errno: u32, message: &str) -> Vec<u8> {
+        let mut payload = errno.to_be_bytes().to_vec();
+        payload.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        payload.extend_from_slice(message.as_bytes());
+        payload
+    }
+
+    /// Each hostile reply to a 4 KiB write at 0 poisons the connection.
+    #[test]
+    fn nbd_hostile_write_replies_are_protocol_errors() {
+        let cases: [(&str, ReplyScript); 9] = [
+            ("wrong cookie", |c| simple(c + 1, 0)),
+            ("late structured reply", |c| {
+                chunk(c - 1, REPLY_FLAG_DONE, REPLY_NONE, &[])
+            }),
+            ("data chunk in a write reply", |c| {
+                data(c, REPLY_FLAG_DONE, 0, &[1; 4096])
+            }),
+            ("none that is not final", |c| chunk(c, 0, REPLY_NONE, &[])),
+            ("none with a payload", |c| {
+                chunk(c, REPLY_FLAG_DONE, REPLY_NONE, &[0; 8])
+            }),
+            ("simple reply after an error chunk", |c| {
+                let mut bytes = chunk(c, 0, REPLY_ERROR_BIT | 1, &error_payload(5, ""));
+                bytes.extend(simple(c, 0));
+                bytes
+            }),
+            ("error offset outside the request", |c| {
+                let mut payload = error_payload(5, "");
+                payload.extend_from_slice(&8192u64.to_be_bytes());
+                chunk(c, REPLY_FLAG_DONE, REPLY_ERROR_OFFSET, &payload)
+            }),
+            ("huge error chunk", |c| {
+                let mut bytes = chunk(c, REPLY_FLAG_DONE, REPLY_ERROR_BIT | 1, &[]);
+                bytes[16..20].copy_from_slice(&u32::MAX.to_be_bytes());
+                bytes
+            }),
+            ("bad magic", |_| vec![0xff; 64]),
+        ];
+        for (name, reply) in cases {
+            let mut client = fake_client(WRITABLE, vec![reply]);
+            let error = client.write_at(0, &[1; 4096]).unwrap_err();
+            assert!(matches!(error, NbdError::Protocol(_)), "{name}: {error}");
+            let again = client.write_at(0, &[1; 4096]).unwrap_err();
+            assert!(matches!(again, NbdError::Broken), "{name}: {again}");
+            let flush = client.flush().unwrap_err();
+            assert!(matches!(flush, NbdError::Broken), "{name}: {flush}");
+        }
+    }
+
+    #[test]
+    fn nbd_write_replies_may_be_simple_or_structured() {
+        let mut client = fake_client(
+            WRITABLE,
+            vec![
+                |c| error_chunk(c, 28, "disk full"),
+                |c| simple(c, 1),
+                |c| {
+                    // Two errors: the first is the one reported.
+                    let mut bytes = chunk(c, 0, REPLY_ERROR_BIT | 1, &error_payload(5, "first"));
+                    bytes.extend(error_chunk(c, 28, "second"));
+                    bytes
+                },
+                |c| simple(c, 0),
+                |c| chunk(c, REPLY_FLAG_DONE, REPLY_NONE, &[]),
+                |c| chunk(c, REPLY_FLAG_DONE, REPLY_NONE, &[]),
+                |c| simple(c, 0),
+                |c| error_chunk(c, 5, "flush failed"),
+            ],
+        );
+        let error = client.write_at(0, &[1; 4096]).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                NbdError::Server {
+                    command: "write",
+                    errno: 28,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("ENOSPC"), "{error}");
+        assert!(error.to_string().contains("disk full"), "{error}");
+        let error = client.write_at(0, &[1; 4096]).unwrap_err();
+        assert!(
+            matches!(error, NbdError::Server { errno: 1, .. }),
+            "{error}"
+        );
+        let error = client.write_at(0, &[1; 4096]).unwrap_err();
+        assert!(error.to_string().contains("first"), "{error}");
+        client.write_at(0, &[1; 4096]).expect("simple success");
+        client.write_at(0, &[1; 4096]).expect("structured success");
+        client.flush().expect("flush");
+        client.write_zeroes(0, MIB).expect("write zeroes");
+        let error = client.flush().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                NbdError::Server {
+                    command: "flush",
+                    errno: 5,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn nbd_flush_is_a_no_op_when_not_offered() {
+        let export = FakeExport { flags: 0, ..FAKE };
+        let mut client = fake_client(export, vec![]);
+        let cookie = client.next_cookie;
+        client.flush().expect("nothing to flush");
+        assert_eq!(client.next_cookie, cookie, "a request was sent");
     }
 }

@@ -2,6 +2,7 @@
 
 mod access;
 mod api;
+mod backup;
 mod clock;
 mod http;
 mod hub;
@@ -110,6 +111,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         jobs: Arc::new(jobs::Jobs::load(store)?),
         pki: pki.clone(),
         agent_port: args.agent_listen.port(),
+        datastores: backup::datastores::Datastores::open(&args.data_dir)?,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

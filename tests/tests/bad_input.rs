@@ -245,8 +245,10 @@ fn tls_to_agent_port(
     rustls::StreamOwned::new(conn, tcp)
 }
 
+/// A JSON frame as the agent protocol has it: length, kind 0, JSON.
 fn frame(json: &str) -> Vec<u8> {
-    let mut v = (json.len() as u32).to_be_bytes().to_vec();
+    let mut v = (json.len() as u32 + 1).to_be_bytes().to_vec();
+    v.push(0);
     v.extend_from_slice(json.as_bytes());
     v
 }

@@ -7,6 +7,11 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod chunk;
+pub mod digest;
+
+pub use digest::ChunkDigest;
+
 /// Bumped on any incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -144,6 +149,160 @@ pub enum Command {
         /// For `shutdown`: seconds to wait for the guest before powering off.
         timeout_secs: u64,
     },
+    Backup(BackupRequest),
+    Restore(RestoreRequest),
+}
+
+/// Recreate a VM from a backup, fetching chunks over a data channel opened
+/// with `job_token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    pub job_token: String,
+    pub uuid: String,
+    pub name: String,
+    /// The hypervisor definition to create, already pointing at the disk
+    /// paths below (and, for a restore as new, with its new identity).
+    pub config: String,
+    pub disks: Vec<RestoreDisk>,
+    /// Replace an existing VM with the same UUID (it must be stopped).
+    pub replace: bool,
+    /// Start the VM once defined.
+    pub start: bool,
+    /// Files to attach as a config drive (a NoCloud `cidata` ISO).
+    #[serde(default)]
+    pub config_drive: Option<ConfigDrive>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreDisk {
+    pub target: String,
+    /// Where the image is written on the destination host.
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    pub size_bytes: u64,
+    /// Hex SHA-256 of each chunk, in order.
+    pub digests: Vec<String>,
+}
+
+/// A small ISO 9660 image with the volume label `cidata`, attached as a
+/// CD-ROM, carrying the guest's new identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDrive {
+    /// Where the ISO is written on the destination host.
+    pub path: String,
+    /// File name → contents (`meta-data`, `user-data`, ...).
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    pub uuid: String,
+    pub name: String,
+    pub bytes_written: u64,
+}
+
+/// Fixed chunk size of every backup index.
+pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// Incremental when the previous checkpoint is usable, full otherwise.
+    Auto,
+    Full,
+    Incremental,
+}
+
+/// Back up one VM's disks through a data channel opened with `job_token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub vm: String,
+    pub job_token: String,
+    pub mode: BackupMode,
+    /// Checkpoint to create now, named after the backup, so the next backup
+    /// can read only what changed after it.
+    pub checkpoint: String,
+    /// The previous backup's checkpoint and indexes, for an incremental run.
+    #[serde(default)]
+    pub previous: Option<PreviousBackup>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousBackup {
+    pub checkpoint: String,
+    pub disks: Vec<PreviousDisk>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviousDisk {
+    pub target: String,
+    pub size_bytes: u64,
+    /// Hex SHA-256 of each chunk, in order.
+    pub digests: Vec<String>,
+}
+
+/// What a finished backup reports back on the control link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupReport {
+    /// `full` or `incremental`: what was actually done.
+    pub mode: BackupMode,
+    /// Whether the guest's filesystems were frozen through its agent.
+    pub frozen: bool,
+    /// Checkpoint created for the next incremental backup, if any.
+    pub checkpoint: Option<String>,
+    pub bytes_read: u64,
+    pub disks: Vec<BackedUpDisk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackedUpDisk {
+    pub target: String,
+    pub format: String,
+    pub size_bytes: u64,
+    pub bytes_read: u64,
+}
+
+/// The result a command returns besides success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    Backup(BackupReport),
+    Restore(RestoreReport),
+}
+
+/// Messages an agent sends on a job's data channel (opened with
+/// [`AgentMessage::OpenDataChannel`]), so bulk data never delays heartbeats
+/// on the control link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DataMessage {
+    /// A disk's chunks follow.
+    DiskBegin {
+        target: String,
+        size_bytes: u64,
+    },
+    /// Digests (hex) of consecutive chunks from index `first`. The controller
+    /// records them and answers [`DataReply::Missing`]; the agent then sends
+    /// exactly those chunks as chunk frames, in that order.
+    Digests {
+        first: u64,
+        digests: Vec<String>,
+    },
+    DiskEnd,
+    /// Restore: send these chunks (hex digests), as chunk frames in order.
+    Fetch {
+        digests: Vec<String>,
+    },
+}
+
+/// Answers on a data channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DataReply {
+    Ready,
+    Missing { digests: Vec<String> },
+    Failed { reason: String },
 }
 
 /// Messages sent by the agent.
@@ -157,6 +316,11 @@ pub enum AgentMessage {
         csr_pem: String,
         name: String,
         hostname: String,
+    },
+    /// First message of a job's data channel: a second mutually
+    /// authenticated connection that carries only that job's bulk data.
+    OpenDataChannel {
+        job_token: String,
     },
     /// First message of a mutually authenticated connection.
     Hello {
@@ -178,6 +342,14 @@ pub enum AgentMessage {
         ok: bool,
         #[serde(default)]
         error: Option<String>,
+        #[serde(default)]
+        outcome: Option<Outcome>,
+    },
+    /// Progress of a long request.
+    Progress {
+        id: u64,
+        bytes_done: u64,
+        bytes_total: u64,
     },
 }
 
@@ -211,8 +383,44 @@ pub enum FrameError {
     TooLarge(usize),
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("unexpected frame kind {0}")]
+    UnexpectedKind(u8),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+const KIND_JSON: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+
+/// One frame: a JSON message or a chunk of backup data.
+#[derive(Debug)]
+pub enum Frame<T> {
+    Message(T),
+    /// SHA-256 of the uncompressed chunk, and the chunk blob (see docs/formats.md).
+    Chunk {
+        digest: [u8; 32],
+        blob: Vec<u8>,
+    },
+}
+
+async fn write_raw<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    parts: &[&[u8]],
+) -> Result<(), FrameError> {
+    let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.push(kind);
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
 }
 
 /// Writes one message as a frame and flushes it.
@@ -221,21 +429,21 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
-    w.write_all(&buf).await?;
-    w.flush().await?;
-    Ok(())
+    write_raw(w, KIND_JSON, &[&serde_json::to_vec(msg)?]).await
 }
 
-/// Reads one frame and decodes it. A clean end of stream before the length
+/// Writes one chunk frame.
+pub async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    digest: &[u8; 32],
+    blob: &[u8],
+) -> Result<(), FrameError> {
+    write_raw(w, KIND_CHUNK, &[digest, blob]).await
+}
+
+/// Reads one frame of either kind. A clean end of stream before the length
 /// prefix is [`FrameError::Closed`].
-pub async fn read_frame<R, T>(r: &mut R) -> Result<T, FrameError>
+pub async fn read_any<R, T>(r: &mut R) -> Result<Frame<T>, FrameError>
 where
     R: tokio::io::AsyncRead + Unpin,
     T: DeserializeOwned,
@@ -250,9 +458,33 @@ where
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
+    if len == 0 {
+        return Err(FrameError::UnexpectedKind(u8::MAX));
+    }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    Ok(serde_json::from_slice(&body)?)
+    match body[0] {
+        KIND_JSON => Ok(Frame::Message(serde_json::from_slice(&body[1..])?)),
+        KIND_CHUNK if body.len() >= 33 => {
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(&body[1..33]);
+            body.drain(..33);
+            Ok(Frame::Chunk { digest, blob: body })
+        }
+        other => Err(FrameError::UnexpectedKind(other)),
+    }
+}
+
+/// Reads one JSON message; a chunk frame here is a protocol error.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<T, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    match read_any(r).await? {
+        Frame::Message(m) => Ok(m),
+        Frame::Chunk { .. } => Err(FrameError::UnexpectedKind(KIND_CHUNK)),
+    }
 }
 
 #[cfg(test)]
@@ -282,10 +514,28 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_malformed_not_a_panic() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        a.write_all(&5u32.to_be_bytes()).await.unwrap();
-        a.write_all(b"{{{{{").await.unwrap();
+        a.write_all(&6u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"\0{{{{{").await.unwrap();
         let err = read_frame::<_, AgentMessage>(&mut b).await.unwrap_err();
         assert!(matches!(err, FrameError::Malformed(_)));
+    }
+
+    #[tokio::test]
+    async fn chunk_frames_round_trip_and_are_refused_where_json_is_expected() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_chunk(&mut a, &[7u8; 32], b"blob").await.unwrap();
+        match read_any::<_, DataMessage>(&mut b).await.unwrap() {
+            Frame::Chunk { digest, blob } => {
+                assert_eq!((digest, blob.as_slice()), ([7u8; 32], &b"blob"[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        write_chunk(&mut a, &[7u8; 32], b"x").await.unwrap();
+        let err = read_frame::<_, DataMessage>(&mut b).await.unwrap_err();
+        assert!(matches!(err, FrameError::UnexpectedKind(1)));
+        a.write_all(&[0, 0, 0, 3, 9, 9, 9]).await.unwrap();
+        let err = read_any::<_, DataMessage>(&mut b).await.unwrap_err();
+        assert!(matches!(err, FrameError::UnexpectedKind(9)));
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use lifeboat_proto::{HostFacts, PowerAction, VmInfo};
+use std::path::PathBuf;
+
+use lifeboat_proto::{BackupMode, BackupRequest, HostFacts, PowerAction, RestoreRequest, VmInfo};
 
 pub mod libvirt;
 pub mod sim;
@@ -22,7 +24,7 @@ pub enum HypervisorError {
     Refused(String),
 }
 
-pub trait Hypervisor: Send + Sync {
+pub trait Hypervisor: Send + Sync + Restorer {
     /// Short driver name reported to the controller (`libvirt`, `sim`, ...).
     fn driver(&self) -> &'static str;
     /// Host facts: hostname, hypervisor version, CPUs and memory.
@@ -37,4 +39,60 @@ pub trait Hypervisor: Send + Sync {
         action: PowerAction,
         timeout: Duration,
     ) -> Result<(), HypervisorError>;
+    /// Exports the VM's disks over NBD for a backup: point-in-time views of a
+    /// running VM (creating `request.checkpoint` for the next incremental), or
+    /// the disks of a stopped VM as they are.
+    fn begin_backup(
+        &self,
+        uuid: &str,
+        request: &BackupRequest,
+    ) -> Result<Box<dyn BackupExports>, HypervisorError> {
+        let _ = (uuid, request);
+        Err(HypervisorError::Refused(format!(
+            "the {} driver cannot back up VMs",
+            self.driver()
+        )))
+    }
+}
+
+/// Restores need a hypervisor that can define VMs.
+pub trait Restorer {
+    /// Refuses, before anything is written, a restore that would clash with
+    /// what is on the host: an existing VM (unless replacing a stopped one),
+    /// a VM of the same name, a missing network, an existing file.
+    fn check_restore(&self, request: &RestoreRequest) -> Result<(), HypervisorError>;
+    /// Moves the finished images (temp, final path) into place and defines
+    /// (and optionally starts) the VM.
+    fn define_restored(
+        &self,
+        request: &RestoreRequest,
+        images: &[(PathBuf, String)],
+    ) -> Result<(), HypervisorError>;
+}
+
+/// One disk exported for a backup.
+#[derive(Debug, Clone)]
+pub struct ExportedDisk {
+    pub target: String,
+    /// Format of the disk image (`qcow2`, `raw`).
+    pub format: String,
+    pub socket: PathBuf,
+    pub export: String,
+    /// Meta context listing what changed since the previous checkpoint,
+    /// when this run is incremental.
+    pub dirty_context: Option<String>,
+}
+
+/// A backup in progress on the hypervisor: its exports, until finished.
+pub trait BackupExports: Send + Sync {
+    fn disks(&self) -> &[ExportedDisk];
+    /// Full or incremental: what this run really is.
+    fn mode(&self) -> BackupMode;
+    /// The checkpoint this run created, if any.
+    fn checkpoint(&self) -> Option<String>;
+    /// Whether the guest's filesystems were frozen for the point in time.
+    fn frozen(&self) -> bool;
+    /// Ends the backup. After a failed run the new checkpoint is removed, so
+    /// the next incremental never builds on a backup that does not exist.
+    fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError>;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use lifeboat_proto::{DiskInfo, HostFacts, NicInfo, PowerAction, PowerState, VmInfo};
 use sha2::{Digest, Sha256};
 
-use super::{Hypervisor, HypervisorError};
+use super::{Hypervisor, HypervisorError, Restorer};
 
 pub struct SimDriver {
     host: String,
@@ -71,6 +71,27 @@ impl SimDriver {
             host: host.to_string(),
             vms: Mutex::new((0..vm_count).map(|i| sim_vm(host, i)).collect()),
         }
+    }
+}
+
+impl Restorer for SimDriver {
+    fn check_restore(
+        &self,
+        _request: &lifeboat_proto::RestoreRequest,
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Refused(
+            "the sim driver cannot restore VMs".into(),
+        ))
+    }
+
+    fn define_restored(
+        &self,
+        _request: &lifeboat_proto::RestoreRequest,
+        _images: &[(std::path::PathBuf, String)],
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Refused(
+            "the sim driver cannot restore VMs".into(),
+        ))
     }
 }
 

@@ -51,7 +51,10 @@ impl Role {
     pub fn allows(self, privilege: Privilege) -> bool {
         match self {
             Role::Administrator => true,
-            Role::Operator => matches!(privilege, Privilege::View | Privilege::Power),
+            Role::Operator => matches!(
+                privilege,
+                Privilege::View | Privilege::Power | Privilege::Backup | Privilege::Restore
+            ),
             Role::Viewer => privilege == Privilege::View,
         }
     }
@@ -62,6 +65,8 @@ impl Role {
 pub enum Privilege {
     View,
     Power,
+    Backup,
+    Restore,
     ManageHosts,
 }
 
@@ -70,6 +75,8 @@ impl Privilege {
         match self {
             Privilege::View => "view",
             Privilege::Power => "power",
+            Privilege::Backup => "backup",
+            Privilege::Restore => "restore",
             Privilege::ManageHosts => "manage hosts/agents",
         }
     }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use base64::Engine;
 use hyper::{Method, Response, StatusCode};
-use lifeboat_proto::PowerAction;
+use lifeboat_proto::{BackupMode, PowerAction};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::access::Principal;
 use crate::http::{json, json_error, Body, Req};
 use crate::ops::{Ops, OpsError, VmQuery, VmSort};
-pub use views::{host_json, job_json, vm_json};
+pub use views::{backup_json, host_json, job_json, vm_json};
 
 fn error_response(e: &OpsError) -> Response<Body> {
     let status = match e {
@@ -81,6 +81,26 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
 struct LoginBody {
     username: String,
     password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    #[serde(default)]
+    datastore: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    replace: bool,
+    #[serde(default)]
+    start: bool,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +267,68 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
                     ))
                 })?;
                 let job = ops.power(&who, id, action, body.timeout_secs).await?;
+                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+            }
+            _ => not_allowed(),
+        },
+        ["vms", id, "backups"] => match *m {
+            Method::POST => {
+                let body: BackupBody = if req.body.is_empty() {
+                    BackupBody {
+                        datastore: None,
+                        mode: None,
+                    }
+                } else {
+                    parse_body(req)?
+                };
+                let mode = match body.mode.as_deref().unwrap_or("auto") {
+                    "auto" => BackupMode::Auto,
+                    "full" => BackupMode::Full,
+                    "incremental" => BackupMode::Incremental,
+                    other => {
+                        return Err(bad_request(format!(
+                            "unknown mode {other:?}; expected auto, full or incremental"
+                        )))
+                    }
+                };
+                let job = ops
+                    .backup(&who, id, body.datastore.as_deref(), mode)
+                    .await?;
+                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+            }
+            Method::GET => {
+                ops.vm(&who, id)?;
+                let list = ops.vm_backups(&who, id).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &list.iter().map(|b| backup_json(b, false)).collect(),
+                ))
+            }
+            _ => not_allowed(),
+        },
+        ["backups", reference] => match *m {
+            Method::GET => {
+                let b = ops.backup_manifest(&who, reference).await?;
+                Ok(json(StatusCode::OK, &backup_json(&b, true)))
+            }
+            _ => not_allowed(),
+        },
+        ["backups", reference, "restore"] => match *m {
+            Method::POST => {
+                let body: RestoreBody = if req.body.is_empty() {
+                    RestoreBody::default()
+                } else {
+                    parse_body(req)?
+                };
+                let job = ops
+                    .restore(
+                        &who,
+                        reference,
+                        body.host.as_deref(),
+                        body.replace,
+                        body.start,
+                    )
+                    .await?;
                 Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
             }
             _ => not_allowed(),

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use crate::clock::rfc3339;
 use crate::inventory::{HostView, Vm};
 use crate::jobs::Job;
+use crate::ops::BackupSummary;
 
 pub fn host_json(h: &HostView) -> Value {
     let f = &h.host.facts;
@@ -66,4 +67,31 @@ pub fn job_json(j: &Job) -> Value {
         "started_at": j.started_at.map(rfc3339),
         "finished_at": j.finished_at.map(rfc3339),
     })
+}
+
+pub fn backup_json(b: &BackupSummary, with_manifest: bool) -> Value {
+    let m = &b.manifest;
+    let mut v = json!({
+        "id": b.reference.to_string(),
+        "datastore": b.reference.datastore,
+        "vm": m.vm.uuid.as_str(),
+        "vm_name": m.vm.name,
+        "time": m.backup.id.as_str(),
+        "mode": m.backup.mode,
+        "parent": m.backup.parent.as_ref().map(|p| p.as_str()),
+        "started_at": rfc3339(m.backup.started_at),
+        "finished_at": rfc3339(m.backup.finished_at),
+        "bytes_read": m.backup.bytes_read,
+        "bytes_new": m.backup.bytes_new,
+        "size_bytes": m.disks.iter().map(|d| d.size_bytes).sum::<u64>(),
+        "guest_frozen": m.backup.guest_frozen,
+        "checkpoint": m.backup.checkpoint,
+        "disks": m.disks.iter().map(|d| json!({
+            "target": d.target, "format": d.format, "size_bytes": d.size_bytes, "chunks": d.chunk_count,
+        })).collect::<Vec<_>>(),
+    });
+    if with_manifest {
+        v["manifest"] = json!(m);
+    }
+    v
 }

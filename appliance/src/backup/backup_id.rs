@@ -1,7 +1,6 @@
-//! The two names that become datastore path components: `VmUuid` (a VM's
-//! directory) and `BackupId` (a backup's directory: its UTC start second).
-//! Both parse strictly, so no name from a request, a manifest or a directory
-//! listing can escape the datastore (`..`, `/`) or spell one backup two ways.
+//! `VmUuid` and `BackupId`, the names that become datastore path components.
+//! Both parse strictly, so no name from a request, manifest or listing can
+//! escape the datastore (`..`, `/`) or spell one backup two ways.
 
 use std::fmt;
 use std::str::FromStr;
@@ -173,8 +172,11 @@ mod tests {
         let parsed: BackupId = "2026-11-25T20:30:00Z".parse().unwrap();
         assert_eq!(parsed, id);
         assert_eq!(parsed.unix_seconds(), 1_795_638_600);
-        assert_eq!(BackupId::from_unix(0).unwrap().as_str(), "1970-01-01T00:00:00Z");
-        assert!(BackupId::from_unix(1) > BackupId::from_unix(0));
+        assert_eq!(
+            BackupId::from_unix(0).unwrap().as_str(),
+            "1970-01-01T00:00:00Z"
+        );
+        assert!(BackupId::from_unix(1).unwrap() > BackupId::from_unix(0).unwrap());
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(json, "\"2026-11-25T20:30:00Z\"");
         assert_eq!(serde_json::from_str::<BackupId>(&json).unwrap(), id);

@@ -1,7 +1,6 @@
-//! `ChunkStore`: the deduplicated chunk blobs under `<datastore>/.chunks/`, one
-//! file per digest at `<first 4 hex>/<64 hex>`. A file exists only if its blob
-//! decoded to data with that digest; inserts are atomic; GC never removes a
-//! chunk whose mtime is at or after the sweep cutoff (see [`sweep_cutoff`]).
+//! `ChunkStore`: one blob file per digest at `.chunks/<first 4 hex>/<64 hex>`.
+//! A file exists only if its blob decoded to data with that digest; inserts are
+//! atomic; the GC sweep never removes a chunk touched after its cutoff.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
@@ -21,7 +20,10 @@ pub const GC_SAFETY_MARGIN: Duration = Duration::from_secs(3600);
 /// it need not upload is touched then ([`ChunkStore::missing`], `insert`), so
 /// taking the earlier of the GC start and the oldest running backup's start
 /// keeps every chunk a finished or running backup may reference.
-pub fn sweep_cutoff(gc_started: SystemTime, oldest_running_backup: Option<SystemTime>) -> SystemTime {
+pub fn sweep_cutoff(
+    gc_started: SystemTime,
+    oldest_running_backup: Option<SystemTime>,
+) -> SystemTime {
     let base = oldest_running_backup.map_or(gc_started, |b| b.min(gc_started));
     base.checked_sub(GC_SAFETY_MARGIN).unwrap_or(UNIX_EPOCH)
 }
@@ -60,9 +62,15 @@ impl ChunkStore {
         let meta = fs::metadata(dir).map_err(io_at(dir))?;
         if !meta.is_dir() {
             let source = std::io::Error::new(ErrorKind::NotADirectory, "not a directory");
-            return Err(BackupError::Io { path: dir.into(), source });
+            return Err(BackupError::Io {
+                path: dir.into(),
+                source,
+            });
         }
-        Ok(ChunkStore { dir: dir.into(), gc_lock: Mutex::new(()) })
+        Ok(ChunkStore {
+            dir: dir.into(),
+            gc_lock: Mutex::new(()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -124,10 +132,17 @@ impl ChunkStore {
         // Bounded read: a file grown beyond any valid blob is damage, not data.
         let limit = (HEADER_SIZE + MAX_PAYLOAD) as u64;
         let mut blob = Vec::new();
-        file.take(limit + 1).read_to_end(&mut blob).map_err(io_at(&path))?;
-        let damaged = |source| BackupError::ChunkDamaged { digest: *digest, source: Box::new(source) };
+        file.take(limit + 1)
+            .read_to_end(&mut blob)
+            .map_err(io_at(&path))?;
+        let damaged = |source: chunk::ChunkError| BackupError::ChunkDamaged {
+            digest: *digest,
+            source: Box::new(source.into()),
+        };
         if blob.len() as u64 > limit {
-            return Err(damaged(BackupError::ChunkBadHeader("file larger than any chunk blob".into())));
+            return Err(damaged(chunk::ChunkError::BadHeader(
+                "file larger than any chunk blob".into(),
+            )));
         }
         chunk::decode_verified(&blob, digest).map_err(damaged)
     }
@@ -158,23 +173,25 @@ impl ChunkStore {
     pub fn iter_digests(&self) -> Result<impl Iterator<Item = Result<ChunkDigest>>> {
         let outer = fs::read_dir(&self.dir).map_err(io_at(&self.dir))?;
         let dir = self.dir.clone();
-        Ok(outer.flat_map(move |entry| -> Box<dyn Iterator<Item = Result<ChunkDigest>>> {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => return Box::new(std::iter::once(Err(io_at(&dir)(e)))),
-            };
-            let Some(prefix) = prefix_name(&entry) else {
-                return Box::new(std::iter::empty());
-            };
-            let path = entry.path();
-            match fs::read_dir(&path) {
-                Ok(inner) => Box::new(inner.filter_map(move |e| match e {
-                    Ok(e) => chunk_name(&e, &prefix).map(Ok),
-                    Err(e) => Some(Err(io_at(&path)(e))),
-                })),
-                Err(e) => Box::new(std::iter::once(Err(io_at(&path)(e)))),
-            }
-        }))
+        Ok(outer.flat_map(
+            move |entry| -> Box<dyn Iterator<Item = Result<ChunkDigest>>> {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => return Box::new(std::iter::once(Err(io_at(&dir)(e)))),
+                };
+                let Some(prefix) = prefix_name(&entry) else {
+                    return Box::new(std::iter::empty());
+                };
+                let path = entry.path();
+                match fs::read_dir(&path) {
+                    Ok(inner) => Box::new(inner.filter_map(move |e| match e {
+                        Ok(e) => chunk_name(&e, &prefix).map(Ok),
+                        Err(e) => Some(Err(io_at(&path)(e))),
+                    })),
+                    Err(e) => Box::new(std::iter::once(Err(io_at(&path)(e)))),
+                }
+            },
+        ))
     }
 
     /// GC sweep: removes every chunk (and leftover temp file) whose mtime is
@@ -183,12 +200,17 @@ impl ChunkStore {
         let mut stats = SweepStats::default();
         for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
             let entry = entry.map_err(io_at(&self.dir))?;
-            let Some(prefix) = prefix_name(&entry) else { continue };
+            let Some(prefix) = prefix_name(&entry) else {
+                continue;
+            };
             let prefix_dir = entry.path();
             for file in fs::read_dir(&prefix_dir).map_err(io_at(&prefix_dir))? {
                 let file = file.map_err(io_at(&prefix_dir))?;
                 let is_chunk = chunk_name(&file, &prefix).is_some();
-                let is_temp = file.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+                let is_temp = file
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
                 if !is_chunk && !is_temp {
                     continue;
                 }
@@ -250,12 +272,17 @@ mod tests {
 
     fn put(store: &ChunkStore, data: &[u8]) -> ChunkDigest {
         let digest = ChunkDigest::of(data);
-        store.insert(&digest, &chunk::encode(data, true).unwrap()).unwrap();
+        store
+            .insert(&digest, &chunk::encode(data, true).unwrap())
+            .unwrap();
         digest
     }
 
     fn age(store: &ChunkStore, digest: &ChunkDigest, by: Duration) {
-        let file = OpenOptions::new().write(true).open(store.chunk_path(digest)).unwrap();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(store.chunk_path(digest))
+            .unwrap();
         file.set_modified(SystemTime::now() - by).unwrap();
     }
 
@@ -268,16 +295,26 @@ mod tests {
         let blob = chunk::encode(&data, true).unwrap();
         assert!(!store.contains(&digest));
         assert!(store.insert(&digest, &blob).unwrap());
-        assert!(!store.insert(&digest, &blob).unwrap(), "second insert is a no-op");
+        assert!(
+            !store.insert(&digest, &blob).unwrap(),
+            "second insert is a no-op"
+        );
         assert!(store.contains(&digest));
         let hex = digest.to_hex();
         assert!(dir.join(".chunks").join(&hex[..4]).join(&hex).is_file());
         assert_eq!(store.read(&digest).unwrap(), data);
-        let listed: Vec<_> = store.iter_digests().unwrap().collect::<Result<_>>().unwrap();
+        let listed: Vec<_> = store
+            .iter_digests()
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
         assert_eq!(listed, vec![digest]);
         assert!(store.remove(&digest).unwrap());
         assert!(!store.remove(&digest).unwrap());
-        assert!(matches!(store.read(&digest), Err(BackupError::ChunkMissing(_))));
+        assert!(matches!(
+            store.read(&digest),
+            Err(BackupError::ChunkMissing(_))
+        ));
     }
 
     #[test]
@@ -285,8 +322,16 @@ mod tests {
         let dir = TestDir::new("chunks-wrong");
         let store = store(&dir);
         let wrong = ChunkDigest::of(b"claimed");
-        let err = store.insert(&wrong, &chunk::encode(b"actual", true).unwrap()).unwrap_err();
-        assert!(matches!(err, BackupError::DigestMismatch { .. }), "{err}");
+        let err = store
+            .insert(&wrong, &chunk::encode(b"actual", true).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackupError::Chunk(chunk::ChunkError::DigestMismatch { .. })
+            ),
+            "{err}"
+        );
         assert!(!store.contains(&wrong));
         assert_eq!(store.iter_digests().unwrap().count(), 0);
     }
@@ -315,7 +360,13 @@ mod tests {
         let (a, b) = (ChunkDigest::of(b"a"), ChunkDigest::of(b"b"));
         assert_eq!(store.missing(&[a, present, b, a]).unwrap(), vec![a, b]);
         let cutoff = SystemTime::now() - Duration::from_secs(60);
-        assert!(fs::metadata(store.chunk_path(&present)).unwrap().modified().unwrap() > cutoff);
+        assert!(
+            fs::metadata(store.chunk_path(&present))
+                .unwrap()
+                .modified()
+                .unwrap()
+                > cutoff
+        );
     }
 
     #[test]
@@ -332,29 +383,46 @@ mod tests {
         });
         assert_eq!(store.read(&digest).unwrap(), data);
         let prefix = store.chunk_path(&digest).parent().unwrap().to_path_buf();
-        assert_eq!(fs::read_dir(prefix).unwrap().count(), 1, "no temp files left");
+        assert_eq!(
+            fs::read_dir(prefix).unwrap().count(),
+            1,
+            "no temp files left"
+        );
     }
 
     #[test]
     fn sweep_keeps_touched_and_removes_old_untouched() {
         let dir = TestDir::new("chunks-gc");
         let store = store(&dir);
-        let (kept, old, fresh) = (put(&store, b"kept"), put(&store, b"old"), put(&store, b"fresh"));
+        let (kept, old, fresh) = (
+            put(&store, b"kept"),
+            put(&store, b"old"),
+            put(&store, b"fresh"),
+        );
         let two_days = Duration::from_secs(2 * 86_400);
         age(&store, &kept, two_days);
         age(&store, &old, two_days);
         let prefix_dir = store.chunk_path(&old).parent().unwrap().to_path_buf();
         let (temp, junk) = (prefix_dir.join(".x.tmp-1"), prefix_dir.join("notes.txt"));
         for path in [&temp, &junk] {
-            File::create(path).unwrap().set_modified(SystemTime::now() - two_days).unwrap();
+            File::create(path)
+                .unwrap()
+                .set_modified(SystemTime::now() - two_days)
+                .unwrap();
         }
         let gc_started = SystemTime::now();
         store.touch(&kept).unwrap(); // mark
         let stats = store.sweep(sweep_cutoff(gc_started, None)).unwrap();
-        assert_eq!((stats.removed, stats.kept, stats.temp_files_removed), (1, 2, 1));
+        assert_eq!(
+            (stats.removed, stats.kept, stats.temp_files_removed),
+            (1, 2, 1)
+        );
         assert!(store.contains(&kept) && store.contains(&fresh) && !store.contains(&old));
         assert!(!temp.exists() && junk.exists());
-        assert!(matches!(store.touch(&old), Err(BackupError::ChunkMissing(_))));
+        assert!(matches!(
+            store.touch(&old),
+            Err(BackupError::ChunkMissing(_))
+        ));
     }
 
     #[test]
@@ -363,7 +431,9 @@ mod tests {
         let backup = gc - Duration::from_secs(500);
         assert_eq!(sweep_cutoff(gc, None), gc - GC_SAFETY_MARGIN);
         assert_eq!(sweep_cutoff(gc, Some(backup)), backup - GC_SAFETY_MARGIN);
-        assert_eq!(sweep_cutoff(gc, Some(gc + GC_SAFETY_MARGIN)), gc - GC_SAFETY_MARGIN);
-        assert_eq!(sweep_cutoff(UNIX_EPOCH, None), UNIX_EPOCH);
+        assert_eq!(
+            sweep_cutoff(gc, Some(gc + GC_SAFETY_MARGIN)),
+            gc - GC_SAFETY_MARGIN
+        );
     }
 }

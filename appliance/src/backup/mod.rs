@@ -1,56 +1,49 @@
-//! The backup datastore's on-disk formats: chunk blobs, the chunk store, fixed
-//! indexes, manifests and the directory layout (byte by byte in
-//! `docs/formats.md`). Pure building blocks, no policy: every file is written
-//! temp + fsync + rename, and every byte read back is validated before use.
+//! The backup datastore's on-disk formats (byte by byte in `docs/formats.md`):
+//! pure building blocks, no policy. Every file is written temp + fsync + rename,
+//! and every byte read back is validated before it is used.
 
 // Wired into `ops` (backup jobs, GC, verify) in a later step; until then nothing
 // outside this module calls it.
 #![allow(dead_code)]
 
 pub mod backup_id;
-pub mod chunk;
 pub mod chunk_store;
 pub mod datastore;
-pub mod digest;
+pub mod datastores;
 pub mod fixed_index;
+pub mod job;
 pub mod manifest;
+pub mod receive;
+pub mod restore;
+pub mod serve;
+
+pub use lifeboat_proto::chunk;
+pub use lifeboat_proto::ChunkDigest;
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use backup_id::{BackupId, VmUuid};
-pub use chunk_store::{sweep_cutoff, ChunkStore, SweepStats, GC_SAFETY_MARGIN};
-pub use datastore::Datastore;
-pub use digest::ChunkDigest;
-pub use fixed_index::{FixedIndexReader, FixedIndexWriter};
-pub use manifest::{BackupInfo, BackupMode, DiskEntry, Manifest, Nic, VmInfo};
+// The module's public face; unused until `ops` is wired in (see above).
+#[allow(unused_imports)]
+pub use {
+    backup_id::{BackupId, VmUuid},
+    chunk_store::{sweep_cutoff, ChunkStore, SweepStats, GC_SAFETY_MARGIN},
+    datastore::Datastore,
+    fixed_index::{FixedIndexReader, FixedIndexWriter},
+    manifest::{BackupInfo, BackupMode, DiskEntry, Manifest, Nic, VmDescription},
+};
 
 /// Fixed chunk size of format version 1: disks are cut into 4 MiB pieces and no
 /// chunk blob may decode to more than this.
-pub const CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+pub const CHUNK_SIZE: u64 = lifeboat_proto::CHUNK_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("chunk blob truncated: need {need} bytes, have {have}")]
-    ChunkTruncated { need: usize, have: usize },
-    #[error("not a chunk blob (bad magic)")]
-    ChunkBadMagic,
-    #[error("chunk blob header invalid: {0}")]
-    ChunkBadHeader(String),
-    #[error("chunk payload CRC mismatch: stored {stored:08x}, computed {computed:08x}")]
-    ChunkCrcMismatch { stored: u32, computed: u32 },
-    #[error("chunk payload does not decompress to its declared {declared} bytes: {reason}")]
-    ChunkDecompress { declared: usize, reason: String },
-    #[error("chunk data is {len} bytes, over the {CHUNK_SIZE}-byte chunk size")]
-    ChunkTooLarge { len: usize },
-    #[error("chunk data does not match digest {expected} (it hashes to {actual})")]
-    DigestMismatch {
-        expected: ChunkDigest,
-        actual: ChunkDigest,
-    },
+    #[error(transparent)]
+    Chunk(#[from] chunk::ChunkError),
     #[error("chunk {digest} is damaged: {source}")]
     ChunkDamaged {
         digest: ChunkDigest,
@@ -98,10 +91,11 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     let result = File::open(dir).and_then(|d| d.sync_all());
     match result {
-        Err(e) if matches!(
-            e.kind(),
-            io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
-        ) =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+            ) =>
         {
             Ok(())
         }
@@ -140,7 +134,11 @@ pub(crate) struct TestDir(PathBuf);
 #[cfg(test)]
 impl TestDir {
     pub fn new(tag: &str) -> Self {
-        let name = format!("lifeboat-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "lifeboat-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&dir).expect("create test dir");
         TestDir(dir)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lifeboat_proto::{
-    read_frame, write_frame, AgentMessage, Command, ControllerMessage, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, Outcome, PROTOCOL_VERSION,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -46,7 +46,25 @@ pub enum HubError {
     Agent(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>>;
+/// Called with (bytes done, bytes total) as a request reports progress.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+struct PendingRequest {
+    reply: oneshot::Sender<Result<Option<Outcome>, String>>,
+    progress: Option<ProgressFn>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, PendingRequest>>>;
+
+/// A job's data channel: any mutually authenticated agent connection.
+pub trait DataIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DataIo for T {}
+pub type DataStream = Box<dyn DataIo>;
+
+struct DataWaiter {
+    host_id: String,
+    tx: oneshot::Sender<DataStream>,
+}
 
 struct AgentHandle {
     connection: u64,
@@ -59,6 +77,7 @@ pub struct Hub {
     pki: Arc<Pki>,
     pub tokens: EnrollmentTokens,
     agents: Mutex<HashMap<String, AgentHandle>>,
+    data_channels: Mutex<HashMap<String, DataWaiter>>,
     next_connection: AtomicU64,
     next_request: AtomicU64,
 }
@@ -70,6 +89,7 @@ impl Hub {
             pki,
             tokens,
             agents: Mutex::new(HashMap::new()),
+            data_channels: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }
@@ -217,36 +237,109 @@ impl Hub {
         let _ = write_frame(&mut stream, &reply).await;
     }
 
-    async fn session<S>(&self, stream: S, addr: SocketAddr, fingerprint: &str)
+    async fn session<S>(&self, mut stream: S, addr: SocketAddr, fingerprint: &str)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(stream);
         let Some(host) = self.inventory.host_by_fingerprint(fingerprint) else {
-            return Self::reject(&mut writer, addr, "unknown client certificate").await;
+            return Self::reject(&mut stream, addr, "unknown client certificate").await;
         };
-        let hello = tokio::time::timeout(
+        let first = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            read_frame::<_, AgentMessage>(&mut reader),
+            read_frame::<_, AgentMessage>(&mut stream),
         )
         .await;
-        let (agent_version, facts) = match hello {
+        match first {
             Ok(Ok(AgentMessage::Hello {
                 protocol_version,
                 agent_version,
                 facts,
-            })) if protocol_version == PROTOCOL_VERSION => (agent_version, facts),
+            })) if protocol_version == PROTOCOL_VERSION => {
+                self.control_session(stream, addr, host, agent_version, facts)
+                    .await
+            }
             Ok(Ok(AgentMessage::Hello {
                 protocol_version, ..
             })) => {
                 let reason = format!("protocol version {protocol_version} unsupported (controller speaks {PROTOCOL_VERSION})");
-                return Self::reject(&mut writer, addr, &reason).await;
+                Self::reject(&mut stream, addr, &reason).await
             }
-            Ok(Ok(_)) => return Self::reject(&mut writer, addr, "expected hello").await,
-            Ok(Err(e)) => return Self::reject(&mut writer, addr, &format!("bad hello: {e}")).await,
-            Err(_) => return Self::reject(&mut writer, addr, "hello timed out").await,
-        };
+            Ok(Ok(AgentMessage::OpenDataChannel { job_token })) => {
+                self.attach_data_channel(Box::new(stream), addr, &host, &job_token)
+                    .await
+            }
+            Ok(Ok(_)) => Self::reject(&mut stream, addr, "expected hello").await,
+            Ok(Err(e)) => Self::reject(&mut stream, addr, &format!("bad hello: {e}")).await,
+            Err(_) => Self::reject(&mut stream, addr, "hello timed out").await,
+        }
+    }
 
+    /// Registers a data channel a job expects from `host_id`. Returns the
+    /// token to give the agent and the receiver of the connection.
+    pub fn expect_data_channel(&self, host_id: &str) -> (String, oneshot::Receiver<DataStream>) {
+        let token = crate::access::random_token();
+        let (tx, rx) = oneshot::channel();
+        self.data_channels
+            .lock()
+            .expect("data channels lock")
+            .insert(
+                crate::access::token_hash(&token),
+                DataWaiter {
+                    host_id: host_id.to_string(),
+                    tx,
+                },
+            );
+        (token, rx)
+    }
+
+    /// Forgets a data channel that is no longer awaited.
+    pub fn forget_data_channel(&self, token: &str) {
+        self.data_channels
+            .lock()
+            .expect("data channels lock")
+            .remove(&crate::access::token_hash(token));
+    }
+
+    async fn attach_data_channel(
+        &self,
+        mut stream: DataStream,
+        addr: SocketAddr,
+        host: &Host,
+        token: &str,
+    ) {
+        let waiter = {
+            let mut channels = self.data_channels.lock().expect("data channels lock");
+            let key = crate::access::token_hash(token);
+            match channels.get(&key) {
+                // A token is bound to the host it was issued for.
+                Some(w) if w.host_id == host.id => channels.remove(&key),
+                _ => None,
+            }
+        };
+        let Some(waiter) = waiter else {
+            return Self::reject(&mut stream, addr, "unknown or foreign data channel token").await;
+        };
+        if let Err(mut stream) = waiter.tx.send(stream) {
+            Self::reject(
+                &mut stream,
+                addr,
+                "the job no longer waits for this data channel",
+            )
+            .await;
+        }
+    }
+
+    async fn control_session<S>(
+        &self,
+        stream: S,
+        addr: SocketAddr,
+        host: Host,
+        agent_version: String,
+        facts: lifeboat_proto::HostFacts,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (outbox, mut inbox) = mpsc::channel::<ControllerMessage>(64);
         let pending: Pending = Arc::default();
@@ -297,8 +390,8 @@ impl Hub {
                 agents.remove(&host.id);
             }
         }
-        for (_, tx) in pending.lock().expect("pending lock").drain() {
-            let _ = tx.send(Err("agent disconnected before answering".into()));
+        for (_, p) in pending.lock().expect("pending lock").drain() {
+            let _ = p.reply.send(Err(DISCONNECTED.into()));
         }
         self.inventory.host_disconnected(&host.id, connection);
     }
@@ -337,16 +430,37 @@ impl Hub {
                     self.inventory
                         .heartbeat(&host.id, connection, host.facts.memory_free_bytes);
                 }
-                AgentMessage::Reply { id, ok, error } => {
-                    if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
-                        let _ = tx.send(if ok {
-                            Ok(())
+                AgentMessage::Reply {
+                    id,
+                    ok,
+                    error,
+                    outcome,
+                } => {
+                    if let Some(p) = pending.lock().expect("pending lock").remove(&id) {
+                        let _ = p.reply.send(if ok {
+                            Ok(outcome)
                         } else {
                             Err(error.unwrap_or_else(|| "failed".into()))
                         });
                     }
                 }
-                AgentMessage::Enroll { .. } | AgentMessage::Hello { .. } => {
+                AgentMessage::Progress {
+                    id,
+                    bytes_done,
+                    bytes_total,
+                } => {
+                    let progress = pending
+                        .lock()
+                        .expect("pending lock")
+                        .get(&id)
+                        .and_then(|p| p.progress.clone());
+                    if let Some(f) = progress {
+                        f(bytes_done, bytes_total);
+                    }
+                }
+                AgentMessage::Enroll { .. }
+                | AgentMessage::Hello { .. }
+                | AgentMessage::OpenDataChannel { .. } => {
                     return "protocol violation: handshake message inside a session".into();
                 }
             }
@@ -367,6 +481,20 @@ impl Hub {
         command: Command,
         timeout: Duration,
     ) -> Result<(), HubError> {
+        self.request_with_progress(host_id, command, timeout, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Hub::request`], reporting progress through `progress` and
+    /// returning the command's outcome.
+    pub async fn request_with_progress(
+        &self,
+        host_id: &str,
+        command: Command,
+        timeout: Duration,
+        progress: Option<ProgressFn>,
+    ) -> Result<Option<Outcome>, HubError> {
         let (outbox, pending) = {
             let agents = self.agents.lock().expect("agents lock");
             let a = agents
@@ -376,7 +504,13 @@ impl Hub {
         };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        pending.lock().expect("pending lock").insert(id, tx);
+        pending.lock().expect("pending lock").insert(
+            id,
+            PendingRequest {
+                reply: tx,
+                progress,
+            },
+        );
         if outbox
             .send(ControllerMessage::Request { id, command })
             .await
@@ -386,8 +520,8 @@ impl Hub {
             return Err(HubError::Offline(self.inventory.host_name(host_id)));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) if e.starts_with("agent disconnected") => Err(HubError::Disconnected),
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(e))) if e == DISCONNECTED => Err(HubError::Disconnected),
             Ok(Ok(Err(e))) => Err(HubError::Agent(e)),
             Ok(Err(_)) => Err(HubError::Disconnected),
             Err(_) => {
@@ -397,6 +531,8 @@ impl Hub {
         }
     }
 }
+
+const DISCONNECTED: &str = "agent disconnected before answering";
 
 /// A host name shown in the console: printable, at most 64 characters.
 fn clean_name(name: &str, fallback: &str) -> String {

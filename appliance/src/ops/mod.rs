@@ -2,6 +2,7 @@
 //! here that takes the acting [`Principal`], checks access, writes the audit
 //! record and does the work. Web, REST and CLI adapters only translate.
 
+mod backup;
 mod vm_query;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::inventory::{HostStatus, HostView, Inventory, Vm};
 use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
+pub use backup::BackupSummary;
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
 /// Guest ACPI shutdown waits this long before powering off, unless told otherwise.
@@ -67,6 +69,7 @@ pub struct Ops {
     pub pki: Arc<Pki>,
     /// Port agents dial, shown in the enrollment command.
     pub agent_port: u16,
+    pub datastores: crate::backup::datastores::Datastores,
 }
 
 /// What the dashboard shows.
@@ -115,6 +118,20 @@ impl Ops {
         self.access.end_session(token).await?;
         self.audit.record(who, "logout", "session", &Ok(())).await?;
         Ok(())
+    }
+
+    /// Refuses (409) an action on a VM whose host's agent is not connected.
+    fn require_host_online(&self, vm: &Vm) -> Result<(), OpsError> {
+        if self.hub.is_connected(&vm.host_id)
+            && self.inventory.host_status(&vm.host_id) == HostStatus::Online
+        {
+            return Ok(());
+        }
+        Err(OpsError::Conflict(format!(
+            "host {} of VM {} is offline",
+            self.inventory.host_name(&vm.host_id),
+            vm.info.name
+        )))
     }
 
     pub fn summary(&self, who: &Principal) -> Result<Summary, OpsError> {
@@ -235,15 +252,7 @@ impl Ops {
             )));
         }
         check_power_transition(vm.info.power_state, action)?;
-        if !self.hub.is_connected(&vm.host_id)
-            || self.inventory.host_status(&vm.host_id) != HostStatus::Online
-        {
-            return Err(OpsError::Conflict(format!(
-                "host {} of VM {} is offline",
-                self.inventory.host_name(&vm.host_id),
-                vm.info.name
-            )));
-        }
+        self.require_host_online(vm)?;
         let job = self
             .jobs
             .create(NewJob {

@@ -8,7 +8,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::BackupError;
+/// A string that is not 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid chunk digest {0:?}")]
+pub struct InvalidDigest(pub String);
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -24,7 +27,7 @@ impl ChunkDigest {
         &self.0
     }
 
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         hex::encode(self.0)
     }
 }
@@ -42,15 +45,12 @@ impl fmt::Debug for ChunkDigest {
 }
 
 impl FromStr for ChunkDigest {
-    type Err = BackupError;
+    type Err = InvalidDigest;
 
     /// Accepts only 64 lowercase hex digits: uppercase would name a second
     /// file for the same chunk on case-sensitive filesystems.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || BackupError::InvalidName {
-            kind: "chunk digest",
-            value: s.chars().take(80).collect(),
-        };
+        let invalid = || InvalidDigest(s.chars().take(80).collect());
         if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(invalid());
         }
@@ -61,7 +61,7 @@ impl FromStr for ChunkDigest {
 }
 
 impl TryFrom<String> for ChunkDigest {
-    type Error = BackupError;
+    type Error = InvalidDigest;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }

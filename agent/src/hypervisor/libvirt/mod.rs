@@ -4,6 +4,9 @@
 //! domain undefined mid-scan never fails the whole inventory, and a
 //! `shutdown` always ends with the domain off (ACPI first, then destroy).
 
+mod backup;
+mod restore;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
@@ -278,6 +281,17 @@ impl LibvirtDriver {
 }
 
 impl Hypervisor for LibvirtDriver {
+    fn begin_backup(
+        &self,
+        uuid: &str,
+        request: &lifeboat_proto::BackupRequest,
+    ) -> Result<Box<dyn crate::hypervisor::BackupExports>, HypervisorError> {
+        if !is_uuid(uuid) {
+            return Err(HypervisorError::UnknownVm(uuid.to_string()));
+        }
+        self.begin_backup_impl(uuid, request)
+    }
+
     fn driver(&self) -> &'static str {
         "libvirt"
     }

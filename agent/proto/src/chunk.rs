@@ -1,9 +1,32 @@
-//! The chunk blob: how one chunk is stored and uploaded — a 24-byte header
-//! (magic, encoding, lengths, CRC32 of the payload) then the raw or zstd payload.
-//! Decoding trusts nothing: sizes are checked before any allocation and zstd
-//! output is bounded to the declared length, so a hostile blob costs ≤ 4 MiB.
+//! The chunk blob: a 24-byte header (magic, encoding, lengths, payload CRC32)
+//! then the raw or zstd payload. Decoding checks sizes before allocating and
+//! bounds zstd output to the declared length: a hostile blob costs ≤ 4 MiB.
 
-use super::{BackupError, ChunkDigest, Result, CHUNK_SIZE};
+use crate::digest::ChunkDigest;
+use crate::CHUNK_SIZE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk blob truncated: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    #[error("not a chunk blob (bad magic)")]
+    BadMagic,
+    #[error("chunk blob header invalid: {0}")]
+    BadHeader(String),
+    #[error("chunk payload CRC mismatch: stored {stored:08x}, computed {computed:08x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("chunk payload does not decompress to its declared {declared} bytes: {reason}")]
+    Decompress { declared: usize, reason: String },
+    #[error("chunk data is {len} bytes, over the {CHUNK_SIZE}-byte chunk size")]
+    TooLarge { len: usize },
+    #[error("chunk data does not match digest {expected} (it hashes to {actual})")]
+    DigestMismatch {
+        expected: ChunkDigest,
+        actual: ChunkDigest,
+    },
+}
+
+pub type Result<T, E = ChunkError> = std::result::Result<T, E>;
 
 pub const MAGIC: [u8; 8] = *b"LBCHUNK1";
 pub const HEADER_SIZE: usize = 24;
@@ -19,7 +42,7 @@ const ZSTD_LEVEL: i32 = 1;
 /// that would not be smaller (random or already-compressed data), then raw.
 pub fn encode(data: &[u8], compress: bool) -> Result<Vec<u8>> {
     if data.len() as u64 > CHUNK_SIZE {
-        return Err(BackupError::ChunkTooLarge { len: data.len() });
+        return Err(ChunkError::TooLarge { len: data.len() });
     }
     let compressed = compress
         .then(|| zstd::bulk::compress(data, ZSTD_LEVEL).ok())
@@ -43,38 +66,49 @@ pub fn encode(data: &[u8], compress: bool) -> Result<Vec<u8>> {
 
 /// Decodes a blob to the chunk's data, validating header, CRC and lengths.
 pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
-    let header = blob.get(..HEADER_SIZE).ok_or(BackupError::ChunkTruncated {
+    let header = blob.get(..HEADER_SIZE).ok_or(ChunkError::Truncated {
         need: HEADER_SIZE,
         have: blob.len(),
     })?;
     if header[0..8] != MAGIC {
-        return Err(BackupError::ChunkBadMagic);
+        return Err(ChunkError::BadMagic);
     }
-    let le32 = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let le32 = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let encoding = header[8];
     let declared = le32(12) as usize;
     let payload_len = le32(16) as usize;
     let stored_crc = le32(20);
-    let bad = |why: String| Err(BackupError::ChunkBadHeader(why));
+    let bad = |why: String| Err(ChunkError::BadHeader(why));
     if header[9..12] != [0, 0, 0] {
         return bad("reserved bytes are not zero".into());
     }
     if declared as u64 > CHUNK_SIZE {
-        return bad(format!("declares {declared} bytes, over the {CHUNK_SIZE}-byte chunk size"));
+        return bad(format!(
+            "declares {declared} bytes, over the {CHUNK_SIZE}-byte chunk size"
+        ));
     }
     if payload_len > MAX_PAYLOAD {
-        return bad(format!("payload of {payload_len} bytes, over the {MAX_PAYLOAD}-byte limit"));
+        return bad(format!(
+            "payload of {payload_len} bytes, over the {MAX_PAYLOAD}-byte limit"
+        ));
     }
     match encoding {
         ENCODING_RAW if payload_len != declared => {
-            return bad(format!("raw payload of {payload_len} bytes declares {declared}"))
+            return bad(format!(
+                "raw payload of {payload_len} bytes declares {declared}"
+            ))
         }
         ENCODING_RAW | ENCODING_ZSTD => {}
         other => return bad(format!("unknown encoding {other}")),
     }
     let need = HEADER_SIZE + payload_len;
     if blob.len() < need {
-        return Err(BackupError::ChunkTruncated { need, have: blob.len() });
+        return Err(ChunkError::Truncated {
+            need,
+            have: blob.len(),
+        });
     }
     if blob.len() > need {
         return bad(format!("{} bytes after the payload", blob.len() - need));
@@ -82,19 +116,22 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
     let payload = &blob[HEADER_SIZE..];
     let computed = crc32fast::hash(payload);
     if computed != stored_crc {
-        return Err(BackupError::ChunkCrcMismatch { stored: stored_crc, computed });
+        return Err(ChunkError::CrcMismatch {
+            stored: stored_crc,
+            computed,
+        });
     }
     if encoding == ENCODING_RAW {
         return Ok(payload.to_vec());
     }
     // One-shot decompression into a buffer of exactly `declared` bytes: zstd
     // fails with "destination too small" rather than grow it.
-    let data = zstd::bulk::decompress(payload, declared).map_err(|e| BackupError::ChunkDecompress {
+    let data = zstd::bulk::decompress(payload, declared).map_err(|e| ChunkError::Decompress {
         declared,
         reason: e.to_string(),
     })?;
     if data.len() != declared {
-        return Err(BackupError::ChunkDecompress {
+        return Err(ChunkError::Decompress {
             declared,
             reason: format!("decompressed to {} bytes", data.len()),
         });
@@ -108,7 +145,10 @@ pub fn decode_verified(blob: &[u8], expected: &ChunkDigest) -> Result<Vec<u8>> {
     let data = decode(blob)?;
     let actual = ChunkDigest::of(&data);
     if actual != *expected {
-        return Err(BackupError::DigestMismatch { expected: *expected, actual });
+        return Err(ChunkError::DigestMismatch {
+            expected: *expected,
+            actual,
+        });
     }
     Ok(data)
 }
@@ -140,7 +180,10 @@ mod tests {
             for compress in [false, true] {
                 let blob = encode(&data, compress).unwrap();
                 assert_eq!(decode(&blob).unwrap(), data);
-                assert_eq!(decode_verified(&blob, &ChunkDigest::of(&data)).unwrap(), data);
+                assert_eq!(
+                    decode_verified(&blob, &ChunkDigest::of(&data)).unwrap(),
+                    data
+                );
             }
         }
     }
@@ -158,7 +201,10 @@ mod tests {
     #[test]
     fn refuses_oversized_input() {
         let too_big = vec![0; CHUNK_SIZE as usize + 1];
-        assert!(matches!(encode(&too_big, true), Err(BackupError::ChunkTooLarge { .. })));
+        assert!(matches!(
+            encode(&too_big, true),
+            Err(ChunkError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -166,11 +212,11 @@ mod tests {
         let blob = encode(&b"hello world".repeat(1000), true).unwrap();
         for len in [0, 7, HEADER_SIZE - 1, HEADER_SIZE, blob.len() - 1] {
             let err = decode(&blob[..len]).unwrap_err();
-            assert!(matches!(err, BackupError::ChunkTruncated { .. }), "{len}: {err}");
+            assert!(matches!(err, ChunkError::Truncated { .. }), "{len}: {err}");
         }
         let mut longer = blob.clone();
         longer.push(0);
-        assert!(matches!(decode(&longer), Err(BackupError::ChunkBadHeader(_))));
+        assert!(matches!(decode(&longer), Err(ChunkError::BadHeader(_))));
     }
 
     #[test]
@@ -179,7 +225,7 @@ mod tests {
             let mut blob = encode(&b"payload".repeat(500), compress).unwrap();
             let last = blob.len() - 1;
             blob[last] ^= 0x01;
-            assert!(matches!(decode(&blob), Err(BackupError::ChunkCrcMismatch { .. })));
+            assert!(matches!(decode(&blob), Err(ChunkError::CrcMismatch { .. })));
         }
     }
 
@@ -188,12 +234,18 @@ mod tests {
         let blob = encode(b"data", false).unwrap();
         let mut magic = blob.clone();
         magic[0] = b'X';
-        assert!(matches!(decode(&magic), Err(BackupError::ChunkBadMagic)));
+        assert!(matches!(decode(&magic), Err(ChunkError::BadMagic)));
         let mut reserved = blob.clone();
         reserved[10] = 1;
-        assert!(matches!(decode(&reserved), Err(BackupError::ChunkBadHeader(_))));
-        assert!(matches!(decode(&forge(7, 4, b"data")), Err(BackupError::ChunkBadHeader(_))));
-        assert!(matches!(decode(&forge(ENCODING_RAW, 5, b"data")), Err(BackupError::ChunkBadHeader(_))));
+        assert!(matches!(decode(&reserved), Err(ChunkError::BadHeader(_))));
+        assert!(matches!(
+            decode(&forge(7, 4, b"data")),
+            Err(ChunkError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode(&forge(ENCODING_RAW, 5, b"data")),
+            Err(ChunkError::BadHeader(_))
+        ));
     }
 
     #[test]
@@ -201,10 +253,10 @@ mod tests {
         // Header alone, claiming more than a chunk: refused from the header.
         let huge = CHUNK_SIZE as u32 + 1;
         let err = decode(&forge(ENCODING_ZSTD, huge, b"")).unwrap_err();
-        assert!(matches!(err, BackupError::ChunkBadHeader(_)), "{err}");
+        assert!(matches!(err, ChunkError::BadHeader(_)), "{err}");
         let mut blob = forge(ENCODING_ZSTD, 10, b"");
         blob[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode(&blob), Err(BackupError::ChunkBadHeader(_))));
+        assert!(matches!(decode(&blob), Err(ChunkError::BadHeader(_))));
     }
 
     #[test]
@@ -218,20 +270,23 @@ mod tests {
         let unsized_frame = enc.finish().unwrap();
         for payload in [sized, unsized_frame] {
             let err = decode(&forge(ENCODING_ZSTD, CHUNK_SIZE as u32, &payload)).unwrap_err();
-            assert!(matches!(err, BackupError::ChunkDecompress { .. }), "{err}");
+            assert!(matches!(err, ChunkError::Decompress { .. }), "{err}");
         }
         // Decompressing to less than declared is just as wrong.
         let short = zstd::bulk::compress(&[1u8; 100], 1).unwrap();
         let err = decode(&forge(ENCODING_ZSTD, 200, &short)).unwrap_err();
-        assert!(matches!(err, BackupError::ChunkDecompress { .. }), "{err}");
+        assert!(matches!(err, ChunkError::Decompress { .. }), "{err}");
         let garbage = decode(&forge(ENCODING_ZSTD, 200, b"not zstd at all")).unwrap_err();
-        assert!(matches!(garbage, BackupError::ChunkDecompress { .. }), "{garbage}");
+        assert!(
+            matches!(garbage, ChunkError::Decompress { .. }),
+            "{garbage}"
+        );
     }
 
     #[test]
     fn wrong_digest_is_refused() {
         let blob = encode(b"the real data", true).unwrap();
         let err = decode_verified(&blob, &ChunkDigest::of(b"other data")).unwrap_err();
-        assert!(matches!(err, BackupError::DigestMismatch { .. }), "{err}");
+        assert!(matches!(err, ChunkError::DigestMismatch { .. }), "{err}");
     }
 }

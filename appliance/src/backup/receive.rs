@@ -1,0 +1,223 @@
+//! The controller's end of a backup data channel: it records each disk's
+//! chunk digests in a new index, answers which chunks the datastore lacks,
+//! and verifies every uploaded chunk before storing it. Anything the agent
+//! sends that breaks the protocol ends the channel with a reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_proto::{read_any, write_frame, DataMessage, DataReply, Frame, FrameError};
+
+use super::manifest::index_file_name_for;
+use super::{BackupError, ChunkDigest, Datastore, FixedIndexWriter};
+use crate::hub::DataStream;
+
+/// Most digests one `Digests` message may carry (64 × 4 MiB = 256 MiB).
+pub const MAX_DIGESTS_PER_MESSAGE: usize = 64;
+/// An agent silent for this long on its data channel is given up on.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("data channel: {0}")]
+    Frame(#[from] FrameError),
+    #[error("agent broke the data protocol: {0}")]
+    Protocol(String),
+    #[error("the agent sent nothing for {} s", IDLE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Store(#[from] BackupError),
+}
+
+/// One disk as received: what the manifest records.
+#[derive(Debug, Clone)]
+pub struct ReceivedDisk {
+    pub target: String,
+    pub size_bytes: u64,
+    pub chunk_count: u64,
+    pub index_file: String,
+    pub index_checksum: [u8; 32],
+    /// Bytes of chunk blobs that were new to the datastore.
+    pub bytes_new: u64,
+}
+
+struct OpenDisk {
+    target: String,
+    size_bytes: u64,
+    index_file: String,
+    writer: FixedIndexWriter,
+    bytes_new: u64,
+}
+
+fn protocol(msg: impl Into<String>) -> ReceiveError {
+    ReceiveError::Protocol(msg.into())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
+) -> Result<T, ReceiveError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| protocol(format!("storage task failed: {e}")))?
+        .map_err(ReceiveError::Store)
+}
+
+/// Receives the disks named in `expected` into `dir` (a fresh backup
+/// directory of `store`). On error the caller removes `dir`; chunks already
+/// stored are valid and simply shared with later backups.
+pub async fn receive_disks(
+    mut stream: DataStream,
+    store: Arc<Datastore>,
+    dir: PathBuf,
+    ctime: u64,
+    expected: Vec<String>,
+) -> Result<Vec<ReceivedDisk>, ReceiveError> {
+    let result = receive_loop(&mut stream, &store, &dir, ctime, &expected).await;
+    if let Err(e) = &result {
+        let reply = DataReply::Failed {
+            reason: e.to_string(),
+        };
+        let _ = write_frame(&mut stream, &reply).await;
+    }
+    result
+}
+
+async fn next<T: serde::de::DeserializeOwned>(
+    stream: &mut DataStream,
+) -> Result<Frame<T>, ReceiveError> {
+    match tokio::time::timeout(IDLE_TIMEOUT, read_any::<_, T>(stream)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ReceiveError::Timeout),
+    }
+}
+
+async fn receive_loop(
+    stream: &mut DataStream,
+    store: &Arc<Datastore>,
+    dir: &Path,
+    ctime: u64,
+    expected: &[String],
+) -> Result<Vec<ReceivedDisk>, ReceiveError> {
+    write_frame(stream, &DataReply::Ready).await?;
+    let mut done: Vec<ReceivedDisk> = Vec::new();
+    let mut open: Option<OpenDisk> = None;
+    loop {
+        let msg = match next::<DataMessage>(stream).await {
+            Ok(Frame::Message(m)) => m,
+            Ok(Frame::Chunk { .. }) => return Err(protocol("a chunk nobody asked for")),
+            Err(ReceiveError::Frame(FrameError::Closed)) if open.is_none() => break,
+            Err(e) => return Err(e),
+        };
+        match msg {
+            DataMessage::DiskBegin { target, size_bytes } => {
+                if open.is_some() {
+                    return Err(protocol("disk_begin inside a disk"));
+                }
+                if !expected.contains(&target) || done.iter().any(|d| d.target == target) {
+                    return Err(protocol(format!("unexpected disk {target:?}")));
+                }
+                let index_file = index_file_name_for(&target);
+                let path = dir.join(&index_file);
+                let writer =
+                    blocking(move || FixedIndexWriter::create(&path, size_bytes, ctime)).await?;
+                open = Some(OpenDisk {
+                    target,
+                    size_bytes,
+                    index_file,
+                    writer,
+                    bytes_new: 0,
+                });
+            }
+            DataMessage::Digests { first, digests } => {
+                let disk = open
+                    .take()
+                    .ok_or_else(|| protocol("digests outside a disk"))?;
+                let (disk, missing) = record_digests(store, disk, first, &digests).await?;
+                let reply = DataReply::Missing {
+                    digests: missing.iter().map(|d| d.to_hex()).collect(),
+                };
+                write_frame(stream, &reply).await?;
+                open = Some(receive_chunks(stream, store, disk, &missing).await?);
+            }
+            DataMessage::Fetch { .. } => return Err(protocol("fetch on a backup channel")),
+            DataMessage::DiskEnd => {
+                let disk = open
+                    .take()
+                    .ok_or_else(|| protocol("disk_end outside a disk"))?;
+                let OpenDisk {
+                    target,
+                    size_bytes,
+                    index_file,
+                    writer,
+                    bytes_new,
+                } = disk;
+                let chunk_count = writer.chunk_count();
+                let index_checksum = blocking(move || writer.finish()).await?;
+                done.push(ReceivedDisk {
+                    target,
+                    size_bytes,
+                    chunk_count,
+                    index_file,
+                    index_checksum,
+                    bytes_new,
+                });
+            }
+        }
+    }
+    if let Some(missing) = expected
+        .iter()
+        .find(|t| !done.iter().any(|d| &d.target == *t))
+    {
+        return Err(protocol(format!("disk {missing:?} never sent")));
+    }
+    Ok(done)
+}
+
+/// Writes the digests into the index and asks the store which it lacks.
+async fn record_digests(
+    store: &Arc<Datastore>,
+    mut disk: OpenDisk,
+    first: u64,
+    hex: &[String],
+) -> Result<(OpenDisk, Vec<ChunkDigest>), ReceiveError> {
+    if hex.is_empty() || hex.len() > MAX_DIGESTS_PER_MESSAGE {
+        return Err(protocol(format!("{} digests in one message", hex.len())));
+    }
+    let digests: Vec<ChunkDigest> = hex
+        .iter()
+        .map(|h| h.parse().map_err(|e| protocol(format!("{e}"))))
+        .collect::<Result<_, _>>()?;
+    let store = store.clone();
+    blocking(move || {
+        for (i, d) in digests.iter().enumerate() {
+            disk.writer.set(first + i as u64, d)?;
+        }
+        let missing = store.chunks().missing(&digests)?;
+        Ok((disk, missing))
+    })
+    .await
+}
+
+/// Receives exactly the `missing` chunks, in order, verifying each.
+async fn receive_chunks(
+    stream: &mut DataStream,
+    store: &Arc<Datastore>,
+    mut disk: OpenDisk,
+    missing: &[ChunkDigest],
+) -> Result<OpenDisk, ReceiveError> {
+    for want in missing {
+        let (digest, blob) = match next::<DataMessage>(stream).await? {
+            Frame::Chunk { digest, blob } => (ChunkDigest(digest), blob),
+            Frame::Message(_) => return Err(protocol("expected a chunk")),
+        };
+        if digest != *want {
+            return Err(protocol(format!("sent chunk {digest}, expected {want}")));
+        }
+        let len = blob.len() as u64;
+        let store = store.clone();
+        blocking(move || store.chunks().insert(&digest, &blob)).await?;
+        disk.bytes_new += len;
+    }
+    Ok(disk)
+}

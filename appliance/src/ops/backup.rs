@@ -1,0 +1,288 @@
+//! Backup operations: start a backup job, list a VM's backups, read one.
+
+use std::sync::Arc;
+
+use lifeboat_proto::BackupMode;
+
+use super::{Ops, OpsError};
+use crate::access::{require, Principal, Privilege};
+use crate::backup::datastores::DEFAULT_DATASTORE;
+use crate::backup::job::{self, BackupRun};
+use crate::backup::restore;
+use crate::backup::{BackupId, Manifest, VmUuid};
+use crate::jobs::{Job, NewJob};
+
+/// Names one backup across the API: `DATASTORE:VM-UUID@BACKUP-ID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRef {
+    pub datastore: String,
+    pub vm: VmUuid,
+    pub id: BackupId,
+}
+
+impl BackupRef {
+    pub fn parse(s: &str) -> Option<BackupRef> {
+        let (datastore, rest) = s.split_once(':')?;
+        let (vm, id) = rest.split_once('@')?;
+        Some(BackupRef {
+            datastore: datastore.to_string(),
+            vm: vm.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for BackupRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}@{}",
+            self.datastore,
+            self.vm.as_str(),
+            self.id.as_str()
+        )
+    }
+}
+
+/// One backup as listed.
+pub struct BackupSummary {
+    pub reference: BackupRef,
+    pub manifest: Manifest,
+}
+
+fn not_found(what: &str) -> OpsError {
+    OpsError::NotFound(format!("no backup {what}"))
+}
+
+impl Ops {
+    /// Starts a backup job of a VM into a datastore (default `local`).
+    pub async fn backup(
+        self: &Arc<Self>,
+        who: &Principal,
+        vm_id: &str,
+        datastore: Option<&str>,
+        mode: BackupMode,
+    ) -> Result<Job, OpsError> {
+        let vm = self.vm(who, vm_id)?;
+        let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
+        let result = async {
+            require(who, Privilege::Backup, "backups")?;
+            let name = datastore.unwrap_or(DEFAULT_DATASTORE);
+            let store = self
+                .datastores
+                .get(name)
+                .ok_or_else(|| OpsError::BadRequest(format!("no datastore named {name:?}")))?;
+            self.require_host_online(&vm)?;
+            let host = self.inventory.host(&vm.host_id);
+            let job = self
+                .jobs
+                .create(NewJob {
+                    kind: "backup",
+                    description: format!("back up {} to {name}", vm.info.name),
+                    vm: Some(vm.info.uuid.clone()),
+                    host: Some(vm.host_id.clone()),
+                    user: who.user.clone(),
+                })
+                .await?;
+            let run = BackupRun {
+                job_id: job.id,
+                host_name: host
+                    .as_ref()
+                    .map(|h| h.host.name.clone())
+                    .unwrap_or_default(),
+                hypervisor: host
+                    .map(|h| h.host.facts.driver.clone())
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "libvirt".into()),
+                vm: vm.clone(),
+                datastore: store,
+                mode,
+            };
+            let (hub, jobs) = (self.hub.clone(), self.jobs.clone());
+            tokio::spawn(async move {
+                let _ = jobs.start(run.job_id).await;
+                let job_id = run.job_id;
+                let result = job::run(hub, jobs.clone(), run).await;
+                match &result {
+                    Ok(done) => {
+                        tracing::info!(job_id, backup = done.id.as_str(), "backup complete")
+                    }
+                    Err(e) => tracing::warn!(job_id, "backup failed: {e}"),
+                }
+                let bytes = result
+                    .as_ref()
+                    .map(|d| d.manifest.backup.bytes_read)
+                    .unwrap_or(0);
+                let _ = jobs
+                    .update(job_id, |j| {
+                        if bytes > 0 {
+                            j.bytes_done = bytes;
+                            j.bytes_total = j.bytes_total.max(bytes);
+                        }
+                    })
+                    .await;
+                let _ = jobs.finish(job_id, result.map(|_| ())).await;
+            });
+            Ok(job)
+        }
+        .await;
+        self.audited(who, "backup", &object, result).await
+    }
+
+    /// Restores a backup exactly as it was (same UUID, name, MACs and disk
+    /// paths) onto `host` (id or name; default: the VM's origin host).
+    pub async fn restore(
+        self: &Arc<Self>,
+        who: &Principal,
+        reference: &str,
+        host: Option<&str>,
+        replace: bool,
+        start: bool,
+    ) -> Result<Job, OpsError> {
+        require(who, Privilege::View, "viewing backups")?;
+        let backup = self.backup_manifest(who, reference).await?;
+        let object = format!("backup {reference}");
+        let result = async {
+            require(who, Privilege::Restore, "restores")?;
+            let m = &backup.manifest;
+            let wanted = host.unwrap_or(&m.vm.origin_host_id);
+            let dest = self
+                .inventory
+                .hosts()
+                .into_iter()
+                .find(|h| h.host.id == wanted || h.host.name == wanted)
+                .ok_or_else(|| {
+                    OpsError::BadRequest(format!("no host {wanted:?} to restore onto"))
+                })?;
+            if !self.hub.is_connected(&dest.host.id) {
+                return Err(OpsError::Conflict(format!(
+                    "host {} is offline",
+                    dest.host.name
+                )));
+            }
+            let store = self
+                .datastores
+                .get(&backup.reference.datastore)
+                .ok_or_else(|| not_found(reference))?;
+            let (vm, id, s2) = (
+                backup.reference.vm.clone(),
+                backup.reference.id.clone(),
+                store.clone(),
+            );
+            let (_, indexes) = tokio::task::spawn_blocking(move || s2.open_backup(&vm, &id))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(|e| OpsError::Conflict(format!("backup {reference} is damaged: {e}")))?;
+            let request = restore::exact_request(m, &indexes, replace, start)
+                .map_err(OpsError::BadRequest)?;
+            let job = self
+                .jobs
+                .create(NewJob {
+                    kind: "restore",
+                    description: format!("restore {} to {}", m.vm.name, dest.host.name),
+                    vm: Some(m.vm.uuid.as_str().to_string()),
+                    host: Some(dest.host.id.clone()),
+                    user: who.user.clone(),
+                })
+                .await?;
+            let (hub, jobs, job_id, host_id) = (
+                self.hub.clone(),
+                self.jobs.clone(),
+                job.id,
+                dest.host.id.clone(),
+            );
+            tokio::spawn(async move {
+                let _ = jobs.start(job_id).await;
+                let result = restore::run(hub, jobs.clone(), job_id, host_id, store, request).await;
+                match &result {
+                    Ok(r) => tracing::info!(job_id, vm = r.name, "restore complete"),
+                    Err(e) => tracing::warn!(job_id, "restore failed: {e}"),
+                }
+                let _ = jobs.finish(job_id, result.map(|_| ())).await;
+            });
+            Ok(job)
+        }
+        .await;
+        self.audited(who, "restore", &object, result).await
+    }
+
+    /// Every complete backup of a VM, oldest first, in every datastore.
+    pub async fn vm_backups(
+        &self,
+        who: &Principal,
+        vm_id: &str,
+    ) -> Result<Vec<BackupSummary>, OpsError> {
+        require(who, Privilege::View, "listing backups")?;
+        let vm: VmUuid = vm_id
+            .parse()
+            .map_err(|_| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
+        let stores: Vec<(String, _)> = self
+            .datastores
+            .names()
+            .filter_map(|n| self.datastores.get(n).map(|s| (n.to_string(), s)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (name, store) in stores {
+                for id in store.list_backups(&vm).unwrap_or_default() {
+                    if let Ok(manifest) = Manifest::read(&store.backup_dir(&vm, &id)) {
+                        out.push(BackupSummary {
+                            reference: BackupRef {
+                                datastore: name.clone(),
+                                vm: vm.clone(),
+                                id,
+                            },
+                            manifest,
+                        });
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    /// One backup's manifest, validated against its indexes.
+    pub async fn backup_manifest(
+        &self,
+        who: &Principal,
+        reference: &str,
+    ) -> Result<BackupSummary, OpsError> {
+        require(who, Privilege::View, "viewing backups")?;
+        let r = BackupRef::parse(reference).ok_or_else(|| not_found(reference))?;
+        let store = self
+            .datastores
+            .get(&r.datastore)
+            .ok_or_else(|| not_found(reference))?;
+        let (vm, id) = (r.vm.clone(), r.id.clone());
+        let manifest =
+            tokio::task::spawn_blocking(move || store.open_backup(&vm, &id).map(|(m, _)| m))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(|e| match e {
+                    crate::backup::BackupError::Io { .. } => not_found(reference),
+                    other => OpsError::Conflict(format!("backup {reference} is damaged: {other}")),
+                })?;
+        Ok(BackupSummary {
+            reference: r,
+            manifest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackupRef;
+
+    #[test]
+    fn backup_refs_round_trip_and_refuse_junk() {
+        let s = "local:0b6a1f3e-7a39-4f3c-9b7e-3f1e2d4c5b6a@2026-11-25T20:30:00Z";
+        let r = BackupRef::parse(s).unwrap();
+        assert_eq!(r.datastore, "local");
+        assert_eq!(r.to_string(), s);
+        assert!(BackupRef::parse("local:../../etc@2026-11-25T20:30:00Z").is_none());
+        assert!(BackupRef::parse("local:0b6a1f3e-7a39-4f3c-9b7e-3f1e2d4c5b6a@yesterday").is_none());
+        assert!(BackupRef::parse("nothing").is_none());
+    }
+}
