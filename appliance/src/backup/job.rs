@@ -155,15 +155,21 @@ async fn run_in(
     hub.forget_data_channel(&token);
     let report = match reply {
         Ok(Some(Outcome::Backup(report))) => report,
-        Ok(_) => {
-            receiver.abort();
+        other => {
             reporter.abort();
-            return Err("the agent answered without a backup report".into());
-        }
-        Err(e) => {
-            receiver.abort();
-            reporter.abort();
-            return Err(e.to_string());
+            // When the controller's side failed first (a full or broken
+            // datastore), the agent only saw its connection drop: the
+            // receiver's reason is the one worth reporting.
+            let receiver_error = match tokio::time::timeout(Duration::from_secs(5), receiver).await
+            {
+                Ok(Ok(Err(reason))) => Some(reason),
+                _ => None,
+            };
+            return Err(match (receiver_error, other) {
+                (Some(reason), _) => reason,
+                (None, Err(e)) => e.to_string(),
+                (None, Ok(_)) => "the agent answered without a backup report".into(),
+            });
         }
     };
     let received = receiver
@@ -211,7 +217,11 @@ async fn report_progress(
                 j.bytes_done = done;
                 j.bytes_total = total;
                 // 100 % is for a finished job only.
-                j.percent = done.saturating_mul(100).checked_div(total).unwrap_or(0).min(99) as u8;
+                j.percent = done
+                    .saturating_mul(100)
+                    .checked_div(total)
+                    .unwrap_or(0)
+                    .min(99) as u8;
             })
             .await;
         tokio::time::sleep(Duration::from_secs(1)).await;

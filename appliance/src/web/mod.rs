@@ -3,6 +3,7 @@
 //! every form carries the session's CSRF token and is refused without it.
 
 pub mod assets;
+mod backup_pages;
 mod layout;
 mod pages;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use hyper::header::{HeaderValue, SET_COOKIE};
 use hyper::{Method, Response, StatusCode};
-use lifeboat_proto::PowerAction;
+use lifeboat_proto::{BackupMode, PowerAction};
 use maud::Markup;
 
 use crate::access::{random_token, Principal};
@@ -123,13 +124,13 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
             "method not allowed",
         );
     }
-    match get(ops, &req, &ctx) {
+    match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
         Err(e) => error_page(&ctx, &e),
     }
 }
 
-fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx) -> Result<Markup, OpsError> {
+async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, OpsError> {
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     let who = ctx.who;
     match segments.as_slice() {
@@ -157,12 +158,27 @@ fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx) -> Result<Markup, OpsError> {
             let vm = ops.vm(who, id)?;
             let jobs = ops.jobs(who, Some(id), 20)?;
             let host = ops.inventory.host(&vm.host_id);
+            let backups = ops.vm_backups(who, id).await?;
+            let hosts = ops.hosts(who)?;
+            let backup_section = backup_pages::vm_backups(ctx, id, &backups, &hosts);
             Ok(pages::vm(
                 ctx,
                 &vm,
                 host.as_ref(),
                 &jobs,
                 req.query_param("job"),
+                backup_section,
+            ))
+        }
+        ["backups", reference] => {
+            let b = ops.backup_manifest(who, reference).await?;
+            let title = format!("Backup of {}", b.manifest.vm.name);
+            Ok(layout::page(
+                ctx,
+                &title,
+                "/vms",
+                None,
+                backup_pages::backup_detail(&b),
             ))
         }
         ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),
@@ -204,6 +220,28 @@ async fn post(
                 .ok_or_else(|| OpsError::BadRequest("unknown power action".into()))?;
             let job = ops.power(who, id, action, None).await?;
             Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+        }
+        ["vms", id, "backups"] => {
+            let mode = match field(form, "mode").as_deref() {
+                Some("full") => BackupMode::Full,
+                _ => BackupMode::Auto,
+            };
+            let job = ops.backup(who, id, None, mode).await?;
+            Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+        }
+        ["backups", reference, "restore"] => {
+            let host = field(form, "host");
+            let checked = |name: &str| field(form, name).is_some();
+            let job = ops
+                .restore(
+                    who,
+                    reference,
+                    host.as_deref(),
+                    checked("replace"),
+                    checked("start"),
+                )
+                .await?;
+            Ok(redirect(&format!("/jobs/{}", job.id)))
         }
         ["agents", "tokens"] => {
             let issued = ops.issue_enrollment_token(who).await?;

@@ -256,6 +256,7 @@ pub fn vm(
     host: Option<&HostView>,
     jobs: &[Job],
     started_job: Option<String>,
+    backups: Markup,
 ) -> Markup {
     let i = &vm.info;
     let active = jobs.iter().any(|j| !j.state.is_finished());
@@ -304,6 +305,7 @@ pub fn vm(
             }
             h2 { "Jobs" }
             (jobs_table(jobs))
+            (backups)
             details { summary { "Hypervisor configuration" } pre.config { (i.config) } }
         },
     )

@@ -20,6 +20,36 @@ const RUN_DIR: &str = "/run/lifeboat-agent";
 const CHECKPOINT_PREFIX: &str = "lifeboat-";
 const SOCKET_WAIT: Duration = Duration::from_secs(15);
 
+/// VMs with a backup running in this agent: one at a time per VM, since
+/// libvirt runs one backup job per domain.
+static ACTIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks a VM as being backed up; the guard releases it.
+struct ActiveGuard(String);
+
+impl ActiveGuard {
+    fn claim(uuid: &str) -> Result<ActiveGuard, HypervisorError> {
+        let mut active = ACTIVE
+            .lock()
+            .map_err(|_| HypervisorError::Refused("backup registry poisoned".into()))?;
+        if active.iter().any(|u| u == uuid) {
+            return Err(HypervisorError::Refused(
+                "a backup of this VM is already running".into(),
+            ));
+        }
+        active.push(uuid.to_string());
+        Ok(ActiveGuard(uuid.to_string()))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut active) = ACTIVE.lock() {
+            active.retain(|u| *u != self.0);
+        }
+    }
+}
+
 fn failed(command: &str, message: impl Into<String>) -> HypervisorError {
     HypervisorError::Command {
         command: command.to_string(),
@@ -192,8 +222,10 @@ impl LibvirtDriver {
         uuid: &str,
         request: &BackupRequest,
     ) -> Result<Box<dyn BackupExports>, HypervisorError> {
+        let guard = ActiveGuard::claim(uuid)?;
         let (name, disks) = self.backup_disks(uuid)?;
-        match self.domstate(uuid)? {
+        self.clean_stale_backup(uuid, &disks);
+        let exports = match self.domstate(uuid)? {
             PowerState::Running | PowerState::Paused => {
                 self.begin_live(uuid, &name, disks, request)
             }
@@ -201,7 +233,29 @@ impl LibvirtDriver {
             PowerState::Unknown => {
                 Err(HypervisorError::Refused("the VM's state is unknown".into()))
             }
+        }?;
+        Ok(Box::new(Guarded {
+            inner: exports,
+            _guard: guard,
+        }))
+    }
+
+    /// A run directory left behind means an agent died mid-backup: its
+    /// libvirt job may still hold an NBD export and scratch files. End it.
+    fn clean_stale_backup(&self, uuid: &str, disks: &[BackupDisk]) {
+        let dir = Path::new(RUN_DIR).join(format!("backup-{uuid}"));
+        if !dir.exists() {
+            return;
         }
+        tracing::warn!(
+            vm = uuid,
+            "cleaning up a backup interrupted by an agent restart"
+        );
+        let _ = self.virsh_on(uuid, "domjobabort", &[]);
+        for d in disks {
+            let _ = std::fs::remove_file(scratch_path(d, uuid));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn begin_live(
@@ -213,7 +267,13 @@ impl LibvirtDriver {
     ) -> Result<Box<dyn BackupExports>, HypervisorError> {
         let dir = make_run_dir(uuid, qemu_owner(name))?;
         let socket = dir.join("backup.sock");
-        let existing = self.checkpoints(uuid);
+        let mut existing = self.checkpoints(uuid);
+        // The controller names each run's checkpoint after a backup id it
+        // has never completed: one that exists is a failed run's leftover.
+        if existing.contains(&request.checkpoint) {
+            self.virsh_on(uuid, "checkpoint-delete", &[&request.checkpoint])?;
+            existing.retain(|c| *c != request.checkpoint);
+        }
         let incremental_from = request
             .previous
             .as_ref()
@@ -283,6 +343,30 @@ impl LibvirtDriver {
             return Err(e);
         }
         Ok(Box::new(exports))
+    }
+}
+
+/// Exports that release the VM's backup claim when finished.
+struct Guarded {
+    inner: Box<dyn BackupExports>,
+    _guard: ActiveGuard,
+}
+
+impl BackupExports for Guarded {
+    fn disks(&self) -> &[ExportedDisk] {
+        self.inner.disks()
+    }
+    fn mode(&self) -> BackupMode {
+        self.inner.mode()
+    }
+    fn checkpoint(&self) -> Option<String> {
+        self.inner.checkpoint()
+    }
+    fn frozen(&self) -> bool {
+        self.inner.frozen()
+    }
+    fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError> {
+        self.inner.finish(succeeded)
     }
 }
 

@@ -1,0 +1,100 @@
+//! Console widgets for backups: the VM page's backup section (back up now,
+//! the list, restore forms).
+
+use maud::{html, Markup};
+
+use super::layout::{bytes, PageCtx};
+use crate::clock::rfc3339;
+use crate::inventory::HostView;
+use crate::ops::BackupSummary;
+
+pub fn vm_backups(
+    ctx: &PageCtx,
+    vm_id: &str,
+    backups: &[BackupSummary],
+    hosts: &[HostView],
+) -> Markup {
+    html! {
+        h2 { "Backups" }
+        form.inline method="post" action={"/vms/" (vm_id) "/backups"} {
+            input type="hidden" name="csrf" value=(ctx.csrf);
+            select name="mode" {
+                option value="auto" { "Incremental when possible" }
+                option value="full" { "Full" }
+            }
+            button type="submit" { "Back up now" }
+        }
+        @if backups.is_empty() { p.muted { "No backups yet." } } @else {
+            table {
+                thead { tr {
+                    th { "Time" } th { "Mode" } th { "Datastore" } th { "Disk size" } th { "Read" } th { "New data" }
+                    th { "Consistency" } th { "Restore" }
+                } }
+                tbody {
+                    @for b in backups.iter().rev() {
+                        @let m = &b.manifest;
+                        tr {
+                            td { a href={"/backups/" (b.reference)} { (m.backup.id.as_str()) } }
+                            td { (format!("{:?}", m.backup.mode).to_lowercase()) }
+                            td { (b.reference.datastore) }
+                            td { (bytes(m.disks.iter().map(|d| d.size_bytes).sum())) }
+                            td { (bytes(m.backup.bytes_read)) }
+                            td { (bytes(m.backup.bytes_new)) }
+                            td { @if m.backup.guest_frozen { "filesystems frozen" } @else { "crash-consistent" } }
+                            td { (restore_form(ctx, &b.reference.to_string(), &m.vm.origin_host_id, hosts)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn restore_form(ctx: &PageCtx, reference: &str, origin: &str, hosts: &[HostView]) -> Markup {
+    html! {
+        form.inline method="post" action={"/backups/" (reference) "/restore"} {
+            input type="hidden" name="csrf" value=(ctx.csrf);
+            select name="host" {
+                @for h in hosts {
+                    option value=(h.host.id) selected[h.host.id == origin] { (h.host.name) }
+                }
+            }
+            label { input type="checkbox" name="replace" value="1"; " replace the existing VM" }
+            label { input type="checkbox" name="start" value="1"; " start" }
+            button type="submit" { "Restore" }
+        }
+    }
+}
+
+pub fn backup_detail(b: &BackupSummary) -> Markup {
+    let m = &b.manifest;
+    html! {
+        dl.facts {
+            dt { "Backup" } dd { code { (b.reference) } }
+            dt { "VM" } dd { a href={"/vms/" (m.vm.uuid.as_str())} { (m.vm.name) } " (" code { (m.vm.uuid.as_str()) } ")" }
+            dt { "Origin host" } dd { (m.vm.origin_host_name) }
+            dt { "Mode" } dd { (format!("{:?}", m.backup.mode).to_lowercase())
+                @if let Some(p) = &m.backup.parent { " (after " (p.as_str()) ")" } }
+            dt { "Started" } dd { (rfc3339(m.backup.started_at)) }
+            dt { "Finished" } dd { (rfc3339(m.backup.finished_at)) }
+            dt { "Read from disk" } dd { (bytes(m.backup.bytes_read)) }
+            dt { "New to the datastore" } dd { (bytes(m.backup.bytes_new)) }
+            dt { "Checkpoint" } dd { (m.backup.checkpoint.clone().unwrap_or_else(|| "none".into())) }
+            dt { "vCPUs / memory" } dd { (m.vm.vcpus) " / " (m.vm.memory_mib) " MiB" }
+        }
+        h2 { "Disks" }
+        table {
+            thead { tr { th { "Target" } th { "Format" } th { "Size" } th { "Chunks" } th { "Index checksum" } } }
+            tbody { @for d in &m.disks { tr {
+                td { (d.target) } td { (d.format) } td { (bytes(d.size_bytes)) } td { (d.chunk_count) }
+                td { code { (d.index_checksum) } }
+            } } }
+        }
+        h2 { "Network interfaces" }
+        table {
+            thead { tr { th { "MAC" } th { "Network" } th { "Model" } } }
+            tbody { @for n in &m.vm.nics { tr { td { code { (n.mac) } } td { (n.network) } td { (n.model) } } } }
+        }
+        details { summary { "Hypervisor configuration" } pre.config { (m.vm.hypervisor_config) } }
+    }
+}
