@@ -16,6 +16,7 @@ APT_PACKAGES=(
     libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
     chromium
     musl-tools
+    genisoimage
     dnsmasq-base iptables
 )
 BROWSER_DIR=tests/browser

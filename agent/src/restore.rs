@@ -178,9 +178,14 @@ fn zero_digest(size: u64, i: u64) -> ChunkDigest {
     }
 }
 
+/// Removes what a failed restore wrote: temp images and the config drive
+/// (whose path was checked to be free before the restore began).
 fn remove_temps(request: &RestoreRequest) {
     for d in &request.disks {
         let _ = std::fs::remove_file(temp_path(&d.path));
+    }
+    if let Some(drive) = &request.config_drive {
+        let _ = std::fs::remove_file(&drive.path);
     }
 }
 
@@ -215,6 +220,16 @@ where
             }
         }
         base += disk.size_bytes;
+    }
+    if let Some(drive) = request.config_drive.clone() {
+        let written = blocking(move || {
+            crate::config_drive::write_config_drive(Path::new(&drive.path), &drive.files)
+        })
+        .await;
+        if let Err(e) = written {
+            remove_temps(&request);
+            return Err(e.context("writing the config drive"));
+        }
     }
     let (d, r) = (driver.clone(), request.clone());
     let defined = blocking(move || {

@@ -3,6 +3,7 @@
 mod access;
 mod api;
 mod backup;
+mod cli;
 mod clock;
 mod http;
 mod hub;
@@ -36,6 +37,10 @@ struct Cli {
 enum Cmd {
     /// Run the controller: web console and REST API, and the agent port.
     Serve(ServeArgs),
+    /// Export, import and list backups in a datastore directory (offline
+    /// storage on tape or any backup system; safe while the controller runs).
+    #[command(subcommand)]
+    Backup(cli::BackupCmd),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +68,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve(args) => serve(args),
+        Cmd::Backup(cmd) => cli::run(cmd),
     }
 }
 
@@ -108,10 +114,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         audit: access::audit::AuditLog::load(store.clone())?,
         inventory,
         hub: hub.clone(),
-        jobs: Arc::new(jobs::Jobs::load(store)?),
+        jobs: Arc::new(jobs::Jobs::load(store.clone())?),
         pki: pki.clone(),
         agent_port: args.agent_listen.port(),
         datastores: backup::datastores::Datastores::open(&args.data_dir)?,
+        policies: backup::policy_book::PolicyBook::load(store.clone())?,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -131,6 +138,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             pki.ca_fingerprint()
         );
         println!("Web console: https://{}/", args.listen);
+        let scheduled = ops.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+            loop {
+                tick.tick().await;
+                scheduled.scheduler_tick().await;
+            }
+        });
         tokio::select! {
             r = http::serve(ops, web) => r,
             r = hub.serve(agents) => r,

@@ -192,3 +192,285 @@ fn stopped_vm_is_backed_up_directly() {
     assert_pattern(vm.disk(), 0x5a, 8 * MIB, 2 * MIB);
     assert_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
 }
+
+fn verify(api: &Api, backup_id: &str) -> Value {
+    api.post_job(
+        &format!("/api/v1/backups/{backup_id}/verify"),
+        &json!({}),
+        JOB,
+    )
+}
+
+#[test]
+fn verify_catches_a_flipped_byte_and_the_next_backup_heals_it() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("verify");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x77 0 8M"])
+        .arg(vm.disk())
+        .output()
+        .expect("qemu-io");
+    assert!(out.status.success());
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "kvm-verify", Some(libvirt.uri()));
+    let api = controller.api();
+    api.wait_host_status("kvm-verify", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+
+    backup(&api, &vm, "full");
+    let id = backups(&api, &vm)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(verify(&api, &id)["state"], "succeeded");
+    let (_, b) = api.get(&format!("/api/v1/backups/{id}"));
+    assert_eq!(b["verify"]["ok"], true, "{b}");
+
+    // Flip the last byte of every stored chunk holding data.
+    let chunks = controller.data_dir().join("datastores/local/.chunks");
+    let mut flipped = 0;
+    for prefix in std::fs::read_dir(&chunks).expect("chunk dir") {
+        for chunk in std::fs::read_dir(prefix.expect("prefix").path()).expect("prefix dir") {
+            let path = chunk.expect("chunk").path();
+            let mut bytes = std::fs::read(&path).expect("read chunk");
+            if bytes.len() > 100 {
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0xff;
+                std::fs::write(&path, bytes).expect("write chunk");
+                flipped += 1;
+            }
+        }
+    }
+    assert!(flipped > 0, "no chunk to damage");
+    let job = verify(&api, &id);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("damaged"),
+        "{job}"
+    );
+    let (_, b) = api.get(&format!("/api/v1/backups/{id}"));
+    assert_eq!(b["verify"]["ok"], false, "{b}");
+    assert!(
+        b["verify"]["damaged_chunks"].as_u64().unwrap_or(0) >= 1,
+        "{b}"
+    );
+
+    // The damaged chunks were set aside: the next backup uploads them again,
+    // and the old backup verifies clean once more.
+    backup(&api, &vm, "full");
+    assert_eq!(
+        verify(&api, &id)["state"],
+        "succeeded",
+        "the old backup is healed"
+    );
+    restore_replacing(&api, &id);
+    assert_pattern(vm.disk(), 0x77, 0, 8 * MIB);
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(controller_binary())
+        .args(args)
+        .output()
+        .expect("run lifeboat");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "lifeboat {args:?}: {text}");
+    text
+}
+
+#[test]
+fn export_delete_import_restore_keeps_everything() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("archive");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x42 4M 6M"])
+        .arg(vm.disk())
+        .output()
+        .expect("qemu-io");
+    assert!(out.status.success());
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "kvm-archive", Some(libvirt.uri()));
+    let api = controller.api();
+    api.wait_host_status("kvm-archive", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    backup(&api, &vm, "full");
+    let b = backups(&api, &vm).remove(0);
+    let (id, time) = (
+        b["id"].as_str().unwrap_or_default(),
+        b["time"].as_str().unwrap_or_default(),
+    );
+    let (_, before) = api.get(&format!("/api/v1/backups/{id}"));
+
+    // Export to a file, as for tape.
+    let store = controller.data_dir().join("datastores/local");
+    let scratch = ScratchDir::new("archive");
+    let archive = scratch.path().join("vm.lbarchive");
+    let ds = store.to_string_lossy().to_string();
+    let arc = archive.to_string_lossy().to_string();
+    cli(&[
+        "backup",
+        "export",
+        "--datastore",
+        &ds,
+        "--vm",
+        vm.uuid(),
+        "--backup",
+        time,
+        "--output",
+        &arc,
+    ]);
+    assert!(std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0) > 4096);
+
+    // Lose the backup and every chunk.
+    std::fs::remove_dir_all(store.join("vm").join(vm.uuid())).expect("remove backup");
+    std::fs::remove_dir_all(store.join(".chunks")).expect("remove chunks");
+    std::fs::create_dir_all(store.join(".chunks")).expect("recreate chunk dir");
+    assert!(backups(&api, &vm).is_empty());
+
+    // Import it back: the backup and all its metadata return.
+    let text = cli(&["backup", "import", "--datastore", &ds, &arc]);
+    assert!(text.contains(vm.uuid()), "{text}");
+    let (status, after) = api.get(&format!("/api/v1/backups/{id}"));
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        after["manifest"], before["manifest"],
+        "metadata must survive the round trip"
+    );
+    assert_eq!(
+        api.post_job(&format!("/api/v1/backups/{id}/verify"), &json!({}), JOB)["state"],
+        "succeeded"
+    );
+    restore_replacing(&api, id);
+    assert_pattern(vm.disk(), 0, 0, 4 * MIB);
+    assert_pattern(vm.disk(), 0x42, 4 * MIB, 6 * MIB);
+    assert_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
+}
+
+/// Removes a VM a test created through a restore, with its files.
+struct RestoredVm<'a> {
+    libvirt: &'a Libvirt,
+    name: String,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for RestoredVm<'_> {
+    fn drop(&mut self) {
+        self.libvirt.remove_domain(&self.name);
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+fn isoinfo(args: &[&str], iso: &str) -> String {
+    let out = Command::new("isoinfo")
+        .args(args)
+        .args(["-i", iso])
+        .output()
+        .expect("isoinfo (genisoimage)");
+    assert!(
+        out.status.success(),
+        "isoinfo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn restore_as_new_runs_beside_the_original_with_a_new_identity() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("orig");
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "kvm-asnew", Some(libvirt.uri()));
+    let api = controller.api();
+    api.wait_host_status("kvm-asnew", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    vm.start();
+    vm.write_pattern(0x6b, 2 * MIB, "3M");
+    backup(&api, &vm, "full");
+    let id = backups(&api, &vm)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    let new_name = format!("{}-copy", vm.name());
+    let dir = vm.disk().parent().expect("image dir").to_path_buf();
+    let _cleanup = RestoredVm {
+        libvirt: &libvirt,
+        name: new_name.clone(),
+        files: vec![
+            dir.join(format!("{new_name}-vda.qcow2")),
+            dir.join(format!("{new_name}-cidata.iso")),
+        ],
+    };
+    let body = json!({"start": true, "as_new": {"name": new_name, "hostname": "copy01", "domain": "lab.example"}});
+    let job = api.post_job(&format!("/api/v1/backups/{id}/restore"), &body, JOB);
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", controller.log());
+
+    // Both run at once: a new VM, not a second copy of the old one.
+    assert_eq!(vm.state(), "running");
+    assert_eq!(libvirt.domstate(&new_name), "running");
+    let new_uuid = libvirt.virsh(&["domuuid", &new_name]).trim().to_string();
+    assert_ne!(new_uuid, vm.uuid());
+    let nics = libvirt.virsh(&["domiflist", &new_name]);
+    assert!(
+        !nics.contains(vm.mac()),
+        "the copy must not reuse the MAC: {nics}"
+    );
+    let disks = libvirt.virsh(&["domblklist", &new_name, "--details"]);
+    let new_disk = dir.join(format!("{new_name}-vda.qcow2"));
+    assert!(disks.contains(&*new_disk.to_string_lossy()), "{disks}");
+    assert!(
+        !disks.contains(&*vm.disk().to_string_lossy()),
+        "the copy shares the original's disk: {disks}"
+    );
+    libvirt.virsh(&["destroy", &new_name]);
+    assert_pattern(&new_disk, 0x6b, 2 * MIB, 3 * MIB);
+
+    // The config drive carries the new identity for cloud-init.
+    let iso = disks
+        .lines()
+        .find(|l| l.contains("cdrom"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("a config drive CD-ROM")
+        .to_string();
+    assert!(isoinfo(&["-d"], &iso).contains("Volume id: cidata"));
+    let meta = isoinfo(&["-J", "-x", "/meta-data"], &iso);
+    assert!(
+        meta.contains(&new_uuid) && meta.contains("copy01"),
+        "{meta}"
+    );
+    let user = isoinfo(&["-J", "-x", "/user-data"], &iso);
+    assert!(
+        user.starts_with("#cloud-config") && user.contains("copy01.lab.example"),
+        "{user}"
+    );
+
+    // The same name again is refused, and nothing is written.
+    let (status, body) = api.post(
+        &format!("/api/v1/backups/{id}/restore"),
+        &json!({"as_new": {"name": new_name}}),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.post(
+        &format!("/api/v1/backups/{id}/restore"),
+        &json!({"as_new": {"name": "bad/name"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    // An exact restore onto the running original is refused too.
+    let job = api.post_job(&format!("/api/v1/backups/{id}/restore"), &json!({}), JOB);
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already exists"),
+        "{job}"
+    );
+}

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::access::Principal;
 use crate::http::{json, json_error, Body, Req};
-use crate::ops::{Ops, OpsError, VmQuery, VmSort};
-pub use views::{backup_json, host_json, job_json, vm_json};
+use crate::ops::{Ops, OpsError, PolicyInput, VmQuery, VmSort};
+pub use views::{backup_json, datastore_json, host_json, job_json, vm_json};
 
 fn error_response(e: &OpsError) -> Response<Body> {
     let status = match e {
@@ -101,6 +101,14 @@ struct RestoreBody {
     replace: bool,
     #[serde(default)]
     start: bool,
+    #[serde(default)]
+    as_new: Option<crate::backup::as_new::AsNew>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupPatch {
+    protected: bool,
 }
 
 #[derive(Deserialize)]
@@ -306,10 +314,64 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             }
             _ => not_allowed(),
         },
+        ["datastores"] => match *m {
+            Method::GET => {
+                let list = ops.datastores(&who).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &list.iter().map(datastore_json).collect(),
+                ))
+            }
+            _ => not_allowed(),
+        },
         ["backups", reference] => match *m {
             Method::GET => {
                 let b = ops.backup_manifest(&who, reference).await?;
                 Ok(json(StatusCode::OK, &backup_json(&b, true)))
+            }
+            Method::PUT | Method::PATCH => {
+                let patch: BackupPatch = parse_body(req)?;
+                ops.set_protected(&who, reference, patch.protected).await?;
+                let b = ops.backup_manifest(&who, reference).await?;
+                Ok(json(StatusCode::OK, &backup_json(&b, true)))
+            }
+            _ => not_allowed(),
+        },
+        ["backup-policies"] => match *m {
+            Method::GET => Ok(json(StatusCode::OK, &json!(ops.policies(&who)?))),
+            Method::POST => {
+                let input: PolicyInput = parse_body(req)?;
+                let p = ops.create_policy(&who, input).await?;
+                Ok(json(StatusCode::CREATED, &json!(p)))
+            }
+            _ => not_allowed(),
+        },
+        ["backup-policies", id] => match *m {
+            Method::GET => Ok(json(StatusCode::OK, &json!(ops.policy(&who, id)?))),
+            Method::PUT => {
+                let input: PolicyInput = parse_body(req)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &json!(ops.update_policy(&who, id, input).await?),
+                ))
+            }
+            Method::DELETE => {
+                ops.delete_policy(&who, id).await?;
+                Ok(json(StatusCode::OK, &json!({"deleted": true})))
+            }
+            _ => not_allowed(),
+        },
+        ["backup-policies", id, "run"] => match *m {
+            Method::POST => {
+                let job = ops.run_policy(&who, id).await?;
+                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+            }
+            _ => not_allowed(),
+        },
+        ["backups", reference, "verify"] => match *m {
+            Method::POST => {
+                let job = ops.verify(&who, reference).await?;
+                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
             }
             _ => not_allowed(),
         },
@@ -327,6 +389,7 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
                         body.host.as_deref(),
                         body.replace,
                         body.start,
+                        body.as_new,
                     )
                     .await?;
                 Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::clock::rfc3339;
 use crate::inventory::{HostView, Vm};
 use crate::jobs::Job;
-use crate::ops::BackupSummary;
+use crate::ops::{BackupSummary, DatastoreView};
 
 pub fn host_json(h: &HostView) -> Value {
     let f = &h.host.facts;
@@ -86,12 +86,39 @@ pub fn backup_json(b: &BackupSummary, with_manifest: bool) -> Value {
         "size_bytes": m.disks.iter().map(|d| d.size_bytes).sum::<u64>(),
         "guest_frozen": m.backup.guest_frozen,
         "checkpoint": m.backup.checkpoint,
+        "protected": b.protected,
+        "verify": b.verify.as_ref().map(|v| json!({
+            "time": rfc3339(v.time),
+            "ok": v.ok,
+            "damaged_chunks": v.damaged_count,
+            "missing_chunks": v.missing_count,
+            "error": v.error,
+        })),
         "disks": m.disks.iter().map(|d| json!({
             "target": d.target, "format": d.format, "size_bytes": d.size_bytes, "chunks": d.chunk_count,
         })).collect::<Vec<_>>(),
     });
     if with_manifest {
         v["manifest"] = json!(m);
+    }
+    v
+}
+
+pub fn datastore_json(d: &DatastoreView) -> Value {
+    let mut v = json!({
+        "name": d.name,
+        "kind": "local",
+        "path": d.path.to_string_lossy(),
+        "backups": d.backups,
+        "reachable": d.capacity.is_ok(),
+    });
+    match &d.capacity {
+        Ok(c) => {
+            v["total_bytes"] = json!(c.total_bytes);
+            v["free_bytes"] = json!(c.free_bytes);
+            v["used_bytes"] = json!(c.total_bytes.saturating_sub(c.free_bytes));
+        }
+        Err(e) => v["error"] = json!(e),
     }
     v
 }

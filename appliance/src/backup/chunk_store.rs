@@ -157,6 +157,19 @@ impl ChunkStore {
         }
     }
 
+    /// Moves a damaged chunk aside as `<digest>.bad` (kept for inspection):
+    /// the store then reports it missing, so the next backup that has this
+    /// data uploads it again, which heals every backup that references it.
+    pub fn quarantine(&self, digest: &ChunkDigest) -> Result<bool> {
+        let path = self.chunk_path(digest);
+        let bad = path.with_extension("bad");
+        match fs::rename(&path, &bad) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
     /// Sets the chunk's mtime to now (GC mark). The time is set explicitly,
     /// not left to the file server, so a share's clock skew does not matter.
     pub fn touch(&self, digest: &ChunkDigest) -> Result<()> {

@@ -189,6 +189,28 @@ where
     Ok(found)
 }
 
+/// A backup marked protected is never removed by retention.
+const PROTECTED_FILE: &str = "protected";
+
+impl Datastore {
+    pub fn is_protected(&self, vm: &VmUuid, id: &BackupId) -> bool {
+        self.backup_dir(vm, id).join(PROTECTED_FILE).exists()
+    }
+
+    pub fn set_protected(&self, vm: &VmUuid, id: &BackupId, protected: bool) -> Result<()> {
+        let path = self.backup_dir(vm, id).join(PROTECTED_FILE);
+        let result = if protected {
+            std::fs::write(&path, b"protected\n")
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(io_at(&path))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,3 +40,20 @@ impl Datastores {
         self.by_name.keys().map(String::as_str)
     }
 }
+
+/// Capacity of the filesystem a datastore lives on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Reads the capacity; an unreachable datastore is an error, not zeros.
+pub fn capacity(store: &Datastore) -> std::io::Result<Capacity> {
+    let st = nix::sys::statvfs::statvfs(store.root()).map_err(std::io::Error::from)?;
+    let block = st.fragment_size() as u64;
+    Ok(Capacity {
+        total_bytes: st.blocks() as u64 * block,
+        free_bytes: st.blocks_available() as u64 * block,
+    })
+}

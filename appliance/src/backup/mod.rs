@@ -6,16 +6,24 @@
 // outside this module calls it.
 #![allow(dead_code)]
 
+pub mod archive;
+pub mod as_new;
 pub mod backup_id;
+pub mod calendar;
 pub mod chunk_store;
 pub mod datastore;
 pub mod datastores;
 pub mod fixed_index;
+pub mod gc;
 pub mod job;
 pub mod manifest;
+pub mod policy;
+pub mod policy_book;
+pub mod prune;
 pub mod receive;
 pub mod restore;
 pub mod serve;
+pub mod verify;
 
 pub use lifeboat_proto::chunk;
 pub use lifeboat_proto::ChunkDigest;

@@ -6,9 +6,11 @@ use lifeboat_proto::BackupMode;
 
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
+use crate::backup::as_new::{as_new_request, AsNew};
 use crate::backup::datastores::DEFAULT_DATASTORE;
 use crate::backup::job::{self, BackupRun};
 use crate::backup::restore;
+use crate::backup::verify::{last_verify, verify_backup, VerifyState};
 use crate::backup::{BackupId, Manifest, VmUuid};
 use crate::jobs::{Job, NewJob};
 
@@ -44,10 +46,22 @@ impl std::fmt::Display for BackupRef {
     }
 }
 
+/// A datastore as listed.
+pub struct DatastoreView {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub capacity: Result<crate::backup::datastores::Capacity, String>,
+    pub backups: usize,
+}
+
 /// One backup as listed.
 pub struct BackupSummary {
     pub reference: BackupRef,
     pub manifest: Manifest,
+    /// The last verification, if any.
+    pub verify: Option<VerifyState>,
+    /// Kept by retention whatever its age.
+    pub protected: bool,
 }
 
 fn not_found(what: &str) -> OpsError {
@@ -138,6 +152,7 @@ impl Ops {
         host: Option<&str>,
         replace: bool,
         start: bool,
+        as_new: Option<AsNew>,
     ) -> Result<Job, OpsError> {
         require(who, Privilege::View, "viewing backups")?;
         let backup = self.backup_manifest(who, reference).await?;
@@ -173,13 +188,35 @@ impl Ops {
                 .await
                 .map_err(|e| OpsError::Internal(e.to_string()))?
                 .map_err(|e| OpsError::Conflict(format!("backup {reference} is damaged: {e}")))?;
-            let request = restore::exact_request(m, &indexes, replace, start)
+            let exact = restore::exact_request(m, &indexes, replace, start)
                 .map_err(OpsError::BadRequest)?;
+            let request = match &as_new {
+                None => exact,
+                Some(new) => {
+                    new.validate().map_err(OpsError::BadRequest)?;
+                    let taken = self
+                        .inventory
+                        .with_vms(|vms| vms.filter(|v| v.info.name == new.name).count() > 0);
+                    if taken {
+                        return Err(OpsError::Conflict(format!(
+                            "a VM named {:?} already exists",
+                            new.name
+                        )));
+                    }
+                    as_new_request(exact, new).map_err(OpsError::BadRequest)?
+                }
+            };
             let job = self
                 .jobs
                 .create(NewJob {
                     kind: "restore",
-                    description: format!("restore {} to {}", m.vm.name, dest.host.name),
+                    description: match &as_new {
+                        Some(new) => format!(
+                            "restore {} as new VM {} on {}",
+                            m.vm.name, new.name, dest.host.name
+                        ),
+                        None => format!("restore {} to {}", m.vm.name, dest.host.name),
+                    },
                     vm: Some(m.vm.uuid.as_str().to_string()),
                     host: Some(dest.host.id.clone()),
                     user: who.user.clone(),
@@ -206,6 +243,99 @@ impl Ops {
         self.audited(who, "restore", &object, result).await
     }
 
+    /// The datastores with their capacity and number of backups.
+    pub async fn datastores(&self, who: &Principal) -> Result<Vec<DatastoreView>, OpsError> {
+        require(who, Privilege::View, "listing datastores")?;
+        let stores: Vec<(String, _)> = self
+            .datastores
+            .names()
+            .filter_map(|n| self.datastores.get(n).map(|s| (n.to_string(), s)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            stores
+                .into_iter()
+                .map(|(name, store)| DatastoreView {
+                    name,
+                    path: store.root().to_path_buf(),
+                    capacity: crate::backup::datastores::capacity(&store)
+                        .map_err(|e| e.to_string()),
+                    backups: store.list_all().map(|l| l.len()).unwrap_or(0),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    /// Verifies a backup: re-reads every chunk it uses and checks its digest.
+    /// Damaged chunks are quarantined so the next backup uploads them again;
+    /// the job fails when anything is damaged or missing.
+    pub async fn verify(
+        self: &Arc<Self>,
+        who: &Principal,
+        reference: &str,
+    ) -> Result<Job, OpsError> {
+        require(who, Privilege::View, "viewing backups")?;
+        let backup = self.backup_manifest(who, reference).await?;
+        let result = async {
+            require(who, Privilege::Backup, "verifying backups")?;
+            let store = self
+                .datastores
+                .get(&backup.reference.datastore)
+                .ok_or_else(|| not_found(reference))?;
+            let job = self
+                .jobs
+                .create(NewJob {
+                    kind: "verify",
+                    description: format!(
+                        "verify backup {} of {}",
+                        backup.reference.id.as_str(),
+                        backup.manifest.vm.name
+                    ),
+                    vm: Some(backup.manifest.vm.uuid.as_str().to_string()),
+                    host: None,
+                    user: who.user.clone(),
+                })
+                .await?;
+            let (jobs, job_id, r) = (self.jobs.clone(), job.id, backup.reference.clone());
+            tokio::spawn(async move {
+                let _ = jobs.start(job_id).await;
+                let (progress, reporter) = job::job_progress(jobs.clone(), job_id);
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut report_progress = |done, total| progress(done, total);
+                    let report = verify_backup(&store, &r.vm, &r.id, &mut report_progress)
+                        .map_err(|e| e.to_string())?;
+                    for d in &report.damaged {
+                        if let Err(e) = store.chunks().quarantine(d) {
+                            tracing::error!("cannot quarantine damaged chunk {d}: {e}");
+                        }
+                    }
+                    if report.ok() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "backup is bad: {} damaged and {} missing chunks of {} checked",
+                            report.damaged.len(),
+                            report.missing.len(),
+                            report.chunks_checked
+                        ))
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                reporter.abort();
+                if let Err(e) = &result {
+                    tracing::warn!(job_id, "verify: {e}");
+                }
+                let _ = jobs.finish(job_id, result).await;
+            });
+            Ok(job)
+        }
+        .await;
+        self.audited(who, "verify", &format!("backup {reference}"), result)
+            .await
+    }
+
     /// Every complete backup of a VM, oldest first, in every datastore.
     pub async fn vm_backups(
         &self,
@@ -226,6 +356,8 @@ impl Ops {
             for (name, store) in stores {
                 for id in store.list_backups(&vm).unwrap_or_default() {
                     if let Ok(manifest) = Manifest::read(&store.backup_dir(&vm, &id)) {
+                        let verify = last_verify(&store, &vm, &id);
+                        let protected = store.is_protected(&vm, &id);
                         out.push(BackupSummary {
                             reference: BackupRef {
                                 datastore: name.clone(),
@@ -233,6 +365,8 @@ impl Ops {
                                 id,
                             },
                             manifest,
+                            verify,
+                            protected,
                         });
                     }
                 }
@@ -256,17 +390,26 @@ impl Ops {
             .get(&r.datastore)
             .ok_or_else(|| not_found(reference))?;
         let (vm, id) = (r.vm.clone(), r.id.clone());
-        let manifest =
-            tokio::task::spawn_blocking(move || store.open_backup(&vm, &id).map(|(m, _)| m))
-                .await
-                .map_err(|e| OpsError::Internal(e.to_string()))?
-                .map_err(|e| match e {
-                    crate::backup::BackupError::Io { .. } => not_found(reference),
-                    other => OpsError::Conflict(format!("backup {reference} is damaged: {other}")),
-                })?;
+        let (manifest, verify, protected) = tokio::task::spawn_blocking(move || {
+            store.open_backup(&vm, &id).map(|(m, _)| {
+                (
+                    m,
+                    last_verify(&store, &vm, &id),
+                    store.is_protected(&vm, &id),
+                )
+            })
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            crate::backup::BackupError::Io { .. } => not_found(reference),
+            other => OpsError::Conflict(format!("backup {reference} is damaged: {other}")),
+        })?;
         Ok(BackupSummary {
             reference: r,
             manifest,
+            verify,
+            protected,
         })
     }
 }

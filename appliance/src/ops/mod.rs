@@ -3,6 +3,7 @@
 //! record and does the work. Web, REST and CLI adapters only translate.
 
 mod backup;
+mod policies;
 mod vm_query;
 
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use crate::inventory::{HostStatus, HostView, Inventory, Vm};
 use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
-pub use backup::BackupSummary;
+pub use backup::{BackupSummary, DatastoreView};
+pub use policies::PolicyInput;
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
 /// Guest ACPI shutdown waits this long before powering off, unless told otherwise.
@@ -70,6 +72,7 @@ pub struct Ops {
     /// Port agents dial, shown in the enrollment command.
     pub agent_port: u16,
     pub datastores: crate::backup::datastores::Datastores,
+    pub policies: crate::backup::policy_book::PolicyBook,
 }
 
 /// What the dashboard shows.

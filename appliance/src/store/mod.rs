@@ -30,10 +30,11 @@ pub enum Table {
     Vms,
     Jobs,
     Audit,
+    BackupPolicies,
 }
 
 impl Table {
-    const ALL: [Table; 7] = [
+    const ALL: [Table; 8] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -41,6 +42,7 @@ impl Table {
         Table::Vms,
         Table::Jobs,
         Table::Audit,
+        Table::BackupPolicies,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -52,6 +54,7 @@ impl Table {
             Table::Vms => "vms",
             Table::Jobs => "jobs",
             Table::Audit => "audit",
+            Table::BackupPolicies => "backup_policies",
         })
     }
 }

@@ -6,7 +6,7 @@ use maud::{html, Markup};
 use super::layout::{bytes, PageCtx};
 use crate::clock::rfc3339;
 use crate::inventory::HostView;
-use crate::ops::BackupSummary;
+use crate::ops::{BackupSummary, DatastoreView};
 
 pub fn vm_backups(
     ctx: &PageCtx,
@@ -28,7 +28,7 @@ pub fn vm_backups(
             table {
                 thead { tr {
                     th { "Time" } th { "Mode" } th { "Datastore" } th { "Disk size" } th { "Read" } th { "New data" }
-                    th { "Consistency" } th { "Restore" }
+                    th { "Consistency" } th { "Verified" } th { "Restore" }
                 } }
                 tbody {
                     @for b in backups.iter().rev() {
@@ -41,11 +41,26 @@ pub fn vm_backups(
                             td { (bytes(m.backup.bytes_read)) }
                             td { (bytes(m.backup.bytes_new)) }
                             td { @if m.backup.guest_frozen { "filesystems frozen" } @else { "crash-consistent" } }
+                            td { (verify_cell(ctx, b)) }
                             td { (restore_form(ctx, &b.reference.to_string(), &m.vm.origin_host_id, hosts)) }
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+fn verify_cell(ctx: &PageCtx, b: &BackupSummary) -> Markup {
+    html! {
+        @match &b.verify {
+            Some(v) if v.ok => { span class="badge state-succeeded" { "ok" } " " (rfc3339(v.time)) }
+            Some(v) => { span class="badge state-failed" { "bad" } " " (v.damaged_count) " damaged, " (v.missing_count) " missing" }
+            None => { span.muted { "never" } }
+        }
+        form.inline method="post" action={"/backups/" (b.reference) "/verify"} {
+            input type="hidden" name="csrf" value=(ctx.csrf);
+            button type="submit" { "Verify" }
         }
     }
 }
@@ -60,6 +75,10 @@ fn restore_form(ctx: &PageCtx, reference: &str, origin: &str, hosts: &[HostView]
                 }
             }
             label { input type="checkbox" name="replace" value="1"; " replace the existing VM" }
+            input type="text" name="new_name" placeholder="…or as new VM named" size="16";
+            input type="text" name="hostname" placeholder="hostname" size="10";
+            input type="text" name="computer_name" placeholder="Windows name" size="10";
+            input type="text" name="domain" placeholder="domain" size="12";
             label { input type="checkbox" name="start" value="1"; " start" }
             button type="submit" { "Restore" }
         }
@@ -96,5 +115,29 @@ pub fn backup_detail(b: &BackupSummary) -> Markup {
             tbody { @for n in &m.vm.nics { tr { td { code { (n.mac) } } td { (n.network) } td { (n.model) } } } }
         }
         details { summary { "Hypervisor configuration" } pre.config { (m.vm.hypervisor_config) } }
+    }
+}
+
+pub fn datastores(list: &[DatastoreView]) -> Markup {
+    html! {
+        table {
+            thead { tr { th { "Datastore" } th { "Path" } th { "Backups" } th { "Used" } th { "Free" } th { "Capacity" } } }
+            tbody { @for d in list { tr {
+                td { (d.name) }
+                td { code { (d.path.display()) } }
+                td { (d.backups) }
+                @match &d.capacity {
+                    Ok(c) => {
+                        td { (bytes(c.total_bytes.saturating_sub(c.free_bytes))) }
+                        td { (bytes(c.free_bytes)) }
+                        td {
+                            progress max=(c.total_bytes.max(1)) value=(c.total_bytes.saturating_sub(c.free_bytes)) {}
+                            " " (bytes(c.total_bytes))
+                        }
+                    }
+                    Err(e) => { td.error colspan="3" { "unreachable: " (e) } }
+                }
+            } } }
+        }
     }
 }

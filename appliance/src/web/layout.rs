@@ -14,11 +14,12 @@ pub struct PageCtx<'a> {
     pub agent_port: u16,
 }
 
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
     ("/jobs", "Jobs"),
+    ("/datastores", "Datastores"),
     ("/agents", "Add host"),
 ];
 

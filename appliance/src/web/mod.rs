@@ -170,6 +170,16 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 backup_section,
             ))
         }
+        ["datastores"] => {
+            let list = ops.datastores(who).await?;
+            Ok(layout::page(
+                ctx,
+                "Datastores",
+                "/datastores",
+                None,
+                backup_pages::datastores(&list),
+            ))
+        }
         ["backups", reference] => {
             let b = ops.backup_manifest(who, reference).await?;
             let title = format!("Backup of {}", b.manifest.vm.name);
@@ -229,16 +239,29 @@ async fn post(
             let job = ops.backup(who, id, None, mode).await?;
             Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
         }
+        ["backups", reference, "verify"] => {
+            let job = ops.verify(who, reference).await?;
+            Ok(redirect(&format!("/jobs/{}", job.id)))
+        }
         ["backups", reference, "restore"] => {
             let host = field(form, "host");
             let checked = |name: &str| field(form, name).is_some();
+            let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
+            let as_new = text("new_name").map(|name| crate::backup::as_new::AsNew {
+                name: name.trim().to_string(),
+                computer_name: text("computer_name"),
+                domain: text("domain"),
+                hostname: text("hostname"),
+            });
+            let replace = checked("replace") && as_new.is_none();
             let job = ops
                 .restore(
                     who,
                     reference,
                     host.as_deref(),
-                    checked("replace"),
+                    replace,
                     checked("start"),
+                    as_new,
                 )
                 .await?;
             Ok(redirect(&format!("/jobs/{}", job.id)))

@@ -87,6 +87,14 @@ impl Restorer for LibvirtDriver {
                 )));
             }
         }
+        if let Some(drive) = &r.config_drive {
+            if !Path::new(&drive.path).is_absolute() || Path::new(&drive.path).exists() {
+                return Err(refused(format!(
+                    "config drive {} exists or is not an absolute path",
+                    drive.path
+                )));
+            }
+        }
         for d in &r.disks {
             if !Path::new(&d.path).is_absolute() || d.path.contains("/../") {
                 return Err(refused(format!("disk path {:?} must be absolute", d.path)));

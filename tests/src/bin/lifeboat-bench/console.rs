@@ -1,7 +1,3 @@
-//! Benchmarks that need a running controller. Run with
-//! `cargo run --release -p lifeboat-e2e --bin lifeboat-bench -- console`
-//! after `cargo build --release -p lifeboat -p lifeboat-agent`.
-//!
 //! `console`: a controller with 25,000 VMs on simulated hosts (the `sim`
 //! driver: load generation only), then latency of console pages and API
 //! lists, each compared with a static asset served by the same stack in the
@@ -17,33 +13,18 @@ struct Args {
     requests: usize,
 }
 
-fn parse_args() -> Args {
+fn parse_args(flags: &[String]) -> Args {
     let mut args = Args {
         vms: 25_000,
         agents: 10,
         requests: 300,
     };
-    let mut it = std::env::args().skip(1);
-    match it.next().as_deref() {
-        Some("console") => {}
-        _ => {
-            eprintln!("usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]");
-            std::process::exit(2);
-        }
-    }
-    while let Some(flag) = it.next() {
-        let value: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-            eprintln!("{flag} needs a number");
-            std::process::exit(2)
-        });
+    for (flag, value) in super::flag_values(flags) {
         match flag.as_str() {
             "--vms" => args.vms = value,
             "--agents" => args.agents = value,
             "--requests" => args.requests = value,
-            _ => {
-                eprintln!("unknown flag {flag}");
-                std::process::exit(2)
-            }
+            _ => super::usage(),
         }
     }
     args
@@ -85,8 +66,8 @@ fn measure(api: &Api, cookie: &str, requests: usize, path: impl Fn(usize) -> Str
     }
 }
 
-fn main() {
-    let args = parse_args();
+pub fn run(flags: &[String]) {
+    let args = parse_args(flags);
     let controller = Controller::start();
     let api = controller.api();
     let per_agent = args.vms.div_ceil(args.agents);

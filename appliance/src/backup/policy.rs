@@ -1,0 +1,125 @@
+//! Backup policies: what to back up (VMs by id or name pattern), when (a
+//! calendar schedule), where, and what to keep afterwards (retention). The
+//! decisions — which VMs a policy covers, whether it is due — are pure
+//! functions of plain data, tested without a clock or a datastore.
+
+use serde::{Deserialize, Serialize};
+
+use super::calendar::CalendarEvent;
+use super::prune::PruneOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    Auto,
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPolicy {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub schedule: CalendarEvent,
+    pub datastore: String,
+    pub mode: PolicyMode,
+    /// VMs by UUID.
+    #[serde(default)]
+    pub vms: Vec<String>,
+    /// And/or every VM whose name matches this pattern (`*` any run of
+    /// characters, e.g. `fin-*`).
+    #[serde(default)]
+    pub name_pattern: Option<String>,
+    #[serde(default)]
+    pub retention: PruneOptions,
+    /// UNIX seconds of the last scheduled run (or of creation).
+    pub last_run: u64,
+}
+
+/// `*`-glob match, case-insensitive.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.to_lowercase(), name.to_lowercase());
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == n;
+    }
+    let mut rest = n.as_str();
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+impl BackupPolicy {
+    /// Whether the policy covers the VM `uuid` named `name`.
+    pub fn covers(&self, uuid: &str, name: &str) -> bool {
+        self.vms.iter().any(|v| v == uuid)
+            || self
+                .name_pattern
+                .as_deref()
+                .is_some_and(|p| name_matches(p, name))
+    }
+
+    /// The scheduled time of the next run after the last one, if it has come.
+    pub fn due(&self, now: u64) -> Option<u64> {
+        self.schedule
+            .next_after(self.last_run)
+            .filter(|t| *t <= now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(schedule: &str, last_run: u64) -> BackupPolicy {
+        BackupPolicy {
+            id: "p".into(),
+            name: "nightly".into(),
+            enabled: true,
+            schedule: CalendarEvent::parse(schedule).unwrap(),
+            datastore: "local".into(),
+            mode: PolicyMode::Auto,
+            vms: vec!["u1".into()],
+            name_pattern: Some("fin-*".into()),
+            retention: PruneOptions::default(),
+            last_run,
+        }
+    }
+
+    #[test]
+    fn covers_vms_by_id_and_by_name_pattern() {
+        let p = policy("daily 02:00", 0);
+        assert!(p.covers("u1", "anything"));
+        assert!(p.covers("u2", "FIN-db01"));
+        assert!(!p.covers("u2", "hr-db01"));
+        assert!(name_matches("*db*", "fin-db-01"));
+        assert!(name_matches("web", "WEB"));
+        assert!(!name_matches("a*c", "abd"));
+        assert!(name_matches("a*b*c", "axxbyyc"));
+    }
+
+    #[test]
+    fn is_due_once_the_next_scheduled_time_has_passed() {
+        // 2026-11-25T20:47:00Z, a Wednesday.
+        let now = 1_795_639_620;
+        let p = policy("daily 02:00", now - 60);
+        assert_eq!(p.due(now), None, "next 02:00 is tomorrow");
+        let tomorrow_2am = p.schedule.next_after(now).unwrap();
+        assert_eq!(p.due(tomorrow_2am), Some(tomorrow_2am));
+        let p = policy("*:0/15", now - 3600);
+        assert!(p.due(now).is_some(), "missed runs are caught up once");
+    }
+}

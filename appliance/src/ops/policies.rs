@@ -1,0 +1,342 @@
+//! Backup policy operations: manage policies, run one (its backups, then
+//! retention, then garbage collection), and the scheduler's tick that runs
+//! whatever is due.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use super::{Ops, OpsError};
+use crate::access::{require, Principal, Privilege, Role};
+use crate::backup::calendar::CalendarEvent;
+use crate::backup::datastores::DEFAULT_DATASTORE;
+use crate::backup::gc::{collect_garbage, prune_backup};
+use crate::backup::policy::{BackupPolicy, PolicyMode};
+use crate::backup::prune::{compute_prune, PruneMark, PruneOptions};
+use crate::backup::{Datastore, VmUuid};
+use crate::clock::unix_now;
+use crate::jobs::{Job, JobState, NewJob};
+
+/// What a client sends to create or replace a policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInput {
+    pub name: String,
+    pub schedule: String,
+    #[serde(default)]
+    pub datastore: Option<String>,
+    #[serde(default)]
+    pub mode: Option<PolicyMode>,
+    #[serde(default)]
+    pub vms: Vec<String>,
+    #[serde(default)]
+    pub name_pattern: Option<String>,
+    #[serde(default)]
+    pub retention: PruneOptions,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The principal scheduled runs act as; audited like anyone else.
+fn scheduler() -> Principal {
+    Principal {
+        user: "scheduler".into(),
+        role: Role::Administrator,
+        source: "schedule".into(),
+    }
+}
+
+impl Ops {
+    pub fn policies(&self, who: &Principal) -> Result<Vec<BackupPolicy>, OpsError> {
+        require(who, Privilege::View, "listing backup policies")?;
+        Ok(self.policies.all())
+    }
+
+    pub fn policy(&self, who: &Principal, id: &str) -> Result<BackupPolicy, OpsError> {
+        require(who, Privilege::View, "viewing backup policies")?;
+        self.policies
+            .get(id)
+            .ok_or_else(|| OpsError::NotFound(format!("no backup policy {id}")))
+    }
+
+    fn validate_policy(
+        &self,
+        id: String,
+        input: PolicyInput,
+        last_run: u64,
+    ) -> Result<BackupPolicy, OpsError> {
+        let bad = |m: String| Err(OpsError::BadRequest(m));
+        let name = input.name.trim().to_string();
+        if name.is_empty() || name.len() > 64 {
+            return bad("a policy needs a name of 1 to 64 characters".into());
+        }
+        let schedule = CalendarEvent::parse(&input.schedule)
+            .map_err(|e| OpsError::BadRequest(format!("schedule {:?}: {e}", input.schedule)))?;
+        let datastore = input.datastore.unwrap_or_else(|| DEFAULT_DATASTORE.into());
+        if self.datastores.get(&datastore).is_none() {
+            return bad(format!("no datastore named {datastore:?}"));
+        }
+        if input.vms.is_empty() && input.name_pattern.is_none() {
+            return bad("a policy needs vms or a name_pattern".into());
+        }
+        if let Some(v) = input.vms.iter().find(|v| v.parse::<VmUuid>().is_err()) {
+            return bad(format!("{v:?} is not a VM id"));
+        }
+        Ok(BackupPolicy {
+            id,
+            name,
+            enabled: input.enabled,
+            schedule,
+            datastore,
+            mode: input.mode.unwrap_or(PolicyMode::Auto),
+            vms: input.vms,
+            name_pattern: input.name_pattern,
+            retention: input.retention,
+            last_run,
+        })
+    }
+
+    pub async fn create_policy(
+        &self,
+        who: &Principal,
+        input: PolicyInput,
+    ) -> Result<BackupPolicy, OpsError> {
+        let result = async {
+            require(who, Privilege::Backup, "managing backup policies")?;
+            let policy =
+                self.validate_policy(uuid::Uuid::new_v4().to_string(), input, unix_now())?;
+            self.policies.put(policy.clone()).await?;
+            Ok(policy)
+        }
+        .await;
+        self.audited(who, "create backup policy", "backup policies", result)
+            .await
+    }
+
+    pub async fn update_policy(
+        &self,
+        who: &Principal,
+        id: &str,
+        input: PolicyInput,
+    ) -> Result<BackupPolicy, OpsError> {
+        let old = self.policy(who, id)?;
+        let result = async {
+            require(who, Privilege::Backup, "managing backup policies")?;
+            let policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
+            self.policies.put(policy.clone()).await?;
+            Ok(policy)
+        }
+        .await;
+        self.audited(who, "update backup policy", &format!("policy {id}"), result)
+            .await
+    }
+
+    pub async fn delete_policy(&self, who: &Principal, id: &str) -> Result<(), OpsError> {
+        self.policy(who, id)?;
+        let result = async {
+            require(who, Privilege::Backup, "managing backup policies")?;
+            self.policies.delete(id).await?;
+            Ok(())
+        }
+        .await;
+        self.audited(who, "delete backup policy", &format!("policy {id}"), result)
+            .await
+    }
+
+    /// Marks a backup protected from retention, or not.
+    pub async fn set_protected(
+        &self,
+        who: &Principal,
+        reference: &str,
+        protected: bool,
+    ) -> Result<(), OpsError> {
+        let b = self.backup_manifest(who, reference).await?;
+        let result = async {
+            require(who, Privilege::Backup, "protecting backups")?;
+            let store = self
+                .datastores
+                .get(&b.reference.datastore)
+                .ok_or_else(|| OpsError::NotFound(format!("no backup {reference}")))?;
+            let (vm, id) = (b.reference.vm.clone(), b.reference.id.clone());
+            tokio::task::spawn_blocking(move || store.set_protected(&vm, &id, protected))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(|e| OpsError::Internal(e.to_string()))
+        }
+        .await;
+        let action = if protected {
+            "protect backup"
+        } else {
+            "unprotect backup"
+        };
+        self.audited(who, action, &format!("backup {reference}"), result)
+            .await
+    }
+
+    /// Runs a policy now: a parent job that backs up every covered VM whose
+    /// host is online, then applies retention and collects garbage.
+    pub async fn run_policy(self: &Arc<Self>, who: &Principal, id: &str) -> Result<Job, OpsError> {
+        let policy = self.policy(who, id)?;
+        let result = async {
+            require(who, Privilege::Backup, "running backup policies")?;
+            let job = self
+                .jobs
+                .create(NewJob {
+                    kind: "policy",
+                    description: format!("backup policy {}", policy.name),
+                    vm: None,
+                    host: None,
+                    user: who.user.clone(),
+                })
+                .await?;
+            let (ops, who, job_id) = (self.clone(), who.clone(), job.id);
+            tokio::spawn(async move {
+                let _ = ops.jobs.start(job_id).await;
+                let result = ops.policy_run(&who, &policy).await;
+                if let Err(e) = &result {
+                    tracing::warn!(policy = policy.name, "policy run: {e}");
+                }
+                let _ = ops.jobs.finish(job_id, result).await;
+            });
+            Ok(job)
+        }
+        .await;
+        self.audited(who, "run backup policy", &format!("policy {id}"), result)
+            .await
+    }
+
+    async fn policy_run(
+        self: &Arc<Self>,
+        who: &Principal,
+        policy: &BackupPolicy,
+    ) -> Result<(), String> {
+        let store = self
+            .datastores
+            .get(&policy.datastore)
+            .ok_or_else(|| format!("datastore {} is gone", policy.datastore))?;
+        let covered: Vec<(String, String)> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name))
+                .map(|v| (v.info.uuid.clone(), v.info.name.clone()))
+                .collect()
+        });
+        let mode = match policy.mode {
+            PolicyMode::Auto => lifeboat_proto::BackupMode::Auto,
+            PolicyMode::Full => lifeboat_proto::BackupMode::Full,
+        };
+        let mut failures = Vec::new();
+        let mut started = Vec::new();
+        for (uuid, name) in &covered {
+            match self.backup(who, uuid, Some(&policy.datastore), mode).await {
+                Ok(job) => started.push((name.clone(), job.id)),
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        for (name, job_id) in started {
+            let job = self.wait_job(job_id).await;
+            if job.map(|j| j.state) != Some(JobState::Succeeded) {
+                failures.push(format!("{name}: backup job {job_id} failed"));
+            }
+        }
+        let retention = policy.retention;
+        let vms: Vec<String> = covered.into_iter().map(|(u, _)| u).collect();
+        let oldest = self.oldest_running_backup();
+        let housekeeping =
+            tokio::task::spawn_blocking(move || apply_retention(&store, &vms, &retention, oldest))
+                .await
+                .map_err(|e| e.to_string())?;
+        if let Err(e) = housekeeping {
+            failures.push(e);
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
+    async fn wait_job(&self, id: u64) -> Option<Job> {
+        loop {
+            let job = self.jobs.get(id)?;
+            if job.state.is_finished() {
+                return Some(job);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// When the oldest backup still running started: GC must keep every
+    /// chunk such a backup may still reference.
+    fn oldest_running_backup(&self) -> Option<SystemTime> {
+        self.jobs
+            .recent(10_000, |j| j.kind == "backup" && !j.state.is_finished())
+            .iter()
+            .map(|j| j.started_at.unwrap_or(j.created_at))
+            .min()
+            .map(|t| UNIX_EPOCH + Duration::from_secs(t))
+    }
+
+    /// Runs every enabled policy that is due. Called by the scheduler.
+    pub async fn scheduler_tick(self: &Arc<Self>) {
+        let now = unix_now();
+        for mut policy in self.policies.all().into_iter().filter(|p| p.enabled) {
+            if policy.due(now).is_none() {
+                continue;
+            }
+            // Recorded first: a crash mid-run does not repeat the run.
+            policy.last_run = now;
+            if let Err(e) = self.policies.put(policy.clone()).await {
+                tracing::error!(policy = policy.name, "cannot record the run: {e}");
+                continue;
+            }
+            match self.run_policy(&scheduler(), &policy.id).await {
+                Ok(job) => tracing::info!(
+                    policy = policy.name,
+                    job = job.id,
+                    "scheduled backup started"
+                ),
+                Err(e) => tracing::warn!(policy = policy.name, "scheduled backup not started: {e}"),
+            }
+        }
+    }
+}
+
+/// Retention for each VM, then garbage collection of the datastore.
+fn apply_retention(
+    store: &Datastore,
+    vms: &[String],
+    retention: &PruneOptions,
+    oldest_running: Option<SystemTime>,
+) -> Result<(), String> {
+    for vm in vms {
+        let Ok(vm) = vm.parse::<VmUuid>() else {
+            continue;
+        };
+        let ids = store.list_backups(&vm).map_err(|e| e.to_string())?;
+        let marked: Vec<_> = ids
+            .iter()
+            .map(|id| (id.clone(), store.is_protected(&vm, id)))
+            .collect();
+        for (id, mark) in compute_prune(&marked, retention) {
+            if mark == PruneMark::Remove {
+                prune_backup(store, &vm, &id).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    vm = vm.as_str(),
+                    backup = id.as_str(),
+                    "pruned by retention"
+                );
+            }
+        }
+    }
+    let report = collect_garbage(store, oldest_running).map_err(|e| e.to_string())?;
+    tracing::info!(
+        removed = report.sweep.removed,
+        kept = report.sweep.kept,
+        "garbage collected"
+    );
+    Ok(())
+}

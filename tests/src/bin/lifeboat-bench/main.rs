@@ -1,0 +1,38 @@
+//! Benchmarks that need real processes. Build first:
+//! `cargo build --release -p lifeboat -p lifeboat-agent -p lifeboat-e2e`, then
+//! `./target/release/lifeboat-bench console|backup [--flag N ...]`.
+//! Results go to docs/PERFORMANCE.md by hand, with the machine and date.
+
+mod backup;
+mod console;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]\n       \
+         lifeboat-bench backup [--size-mib N] [--runs N]"
+    );
+    std::process::exit(2)
+}
+
+/// `--flag N` pairs; anything else is a usage error.
+fn flag_values(flags: &[String]) -> Vec<(String, usize)> {
+    flags
+        .chunks(2)
+        .map(|pair| match pair {
+            [flag, value] => match value.parse() {
+                Ok(v) => (flag.clone(), v),
+                Err(_) => usage(),
+            },
+            _ => usage(),
+        })
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("console") => console::run(&args[1..]),
+        Some("backup") => backup::run(&args[1..]),
+        _ => usage(),
+    }
+}
