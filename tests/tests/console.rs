@@ -331,6 +331,13 @@ fn console_screenshots_in_chromium() {
         Duration::from_secs(60),
     );
     assert_eq!(job["state"], "succeeded", "{job}");
+    // A backup, so the VM page shows its backup section filled in.
+    let job = api.post_job(
+        &format!("/api/v1/vms/{}/backups", vm.uuid()),
+        &json!({"mode": "full"}),
+        Duration::from_secs(120),
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
     let shots = browser_screenshots(&controller, Some(vm.uuid()));
     for shot in &shots {
         eprintln!("screenshot: {}", shot.display());

@@ -280,8 +280,40 @@ impl Ops {
             .map(|t| UNIX_EPOCH + Duration::from_secs(t))
     }
 
-    /// Runs every enabled policy that is due. Called by the scheduler.
+    /// Imports archives dropped into each datastore's `import/` directory.
+    async fn rescan_drop_dirs(&self) {
+        let stores: Vec<_> = self
+            .datastores
+            .names()
+            .filter_map(|n| self.datastores.get(n))
+            .collect();
+        for store in stores {
+            let drop_dir = store.root().join("import");
+            if !drop_dir.is_dir() {
+                continue;
+            }
+            let results = tokio::task::spawn_blocking(move || crate::backup::archive::rescan(&store, &drop_dir)).await;
+            match results {
+                Ok(Ok(results)) => {
+                    for r in results {
+                        match &r.outcome {
+                            Ok((vm, id)) => {
+                                tracing::info!(archive = %r.archive.display(), vm = vm.as_str(), backup = id.as_str(), "imported")
+                            }
+                            Err(e) => tracing::warn!(archive = %r.archive.display(), "import refused: {e}"),
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("rescan failed: {e}"),
+                Err(e) => tracing::error!("rescan task: {e}"),
+            }
+        }
+    }
+
+    /// Runs every enabled policy that is due, and imports dropped archives.
+    /// Called by the scheduler.
     pub async fn scheduler_tick(self: &Arc<Self>) {
+        self.rescan_drop_dirs().await;
         let now = unix_now();
         for mut policy in self.policies.all().into_iter().filter(|p| p.enabled) {
             if policy.due(now).is_none() {

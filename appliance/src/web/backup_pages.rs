@@ -6,6 +6,7 @@ use maud::{html, Markup};
 use super::layout::{bytes, PageCtx};
 use crate::clock::rfc3339;
 use crate::inventory::HostView;
+use crate::backup::policy::BackupPolicy;
 use crate::ops::{BackupSummary, DatastoreView};
 
 pub fn vm_backups(
@@ -138,6 +139,69 @@ pub fn datastores(list: &[DatastoreView]) -> Markup {
                     Err(e) => { td.error colspan="3" { "unreachable: " (e) } }
                 }
             } } }
+        }
+    }
+}
+
+fn retention_text(p: &BackupPolicy) -> String {
+    let r = &p.retention;
+    let parts: Vec<String> = [
+        ("last", r.keep_last),
+        ("hourly", r.keep_hourly),
+        ("daily", r.keep_daily),
+        ("weekly", r.keep_weekly),
+        ("monthly", r.keep_monthly),
+        ("yearly", r.keep_yearly),
+    ]
+    .iter()
+    .filter_map(|(k, v)| v.map(|n| format!("{k} {n}")))
+    .collect();
+    if parts.is_empty() {
+        "keep everything".into()
+    } else {
+        format!("keep {}", parts.join(", "))
+    }
+}
+
+pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
+    html! {
+        @if list.is_empty() { p.muted { "No backup policies yet." } } @else {
+            table {
+                thead { tr { th { "Policy" } th { "Schedule (UTC)" } th { "VMs" } th { "Datastore" } th { "Retention" } th { "Last run" } th { "" } } }
+                tbody { @for p in list { tr {
+                    td { (p.name) @if !p.enabled { " " span.muted { "(disabled)" } } }
+                    td { code { (p.schedule) } }
+                    td {
+                        @if !p.vms.is_empty() { (p.vms.len()) " by id" }
+                        @if let Some(pat) = &p.name_pattern { " name " code { (pat) } }
+                    }
+                    td { (p.datastore) }
+                    td { (retention_text(p)) }
+                    td { (rfc3339(p.last_run)) }
+                    td {
+                        form.inline method="post" action={"/policies/" (p.id) "/run"} {
+                            input type="hidden" name="csrf" value=(ctx.csrf);
+                            button type="submit" { "Run now" }
+                        }
+                        form.inline method="post" action={"/policies/" (p.id) "/delete"} {
+                            input type="hidden" name="csrf" value=(ctx.csrf);
+                            button type="submit" { "Delete" }
+                        }
+                    }
+                } } }
+            }
+        }
+        h2 { "New policy" }
+        form.inline method="post" action="/policies" {
+            input type="hidden" name="csrf" value=(ctx.csrf);
+            input type="text" name="name" placeholder="name" required size="12";
+            input type="text" name="schedule" placeholder="daily 02:00" required size="14";
+            input type="text" name="name_pattern" placeholder="VM names, e.g. fin-*" size="16";
+            label { "keep last " input type="number" name="keep_last" min="0" size="3"; }
+            label { "daily " input type="number" name="keep_daily" min="0" size="3"; }
+            label { "weekly " input type="number" name="keep_weekly" min="0" size="3"; }
+            label { "monthly " input type="number" name="keep_monthly" min="0" size="3"; }
+            button type="submit" { "Create" }
         }
     }
 }

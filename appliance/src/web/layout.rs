@@ -14,11 +14,12 @@ pub struct PageCtx<'a> {
     pub agent_port: u16,
 }
 
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
     ("/jobs", "Jobs"),
+    ("/policies", "Policies"),
     ("/datastores", "Datastores"),
     ("/agents", "Add host"),
 ];

@@ -170,6 +170,10 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 backup_section,
             ))
         }
+        ["policies"] => {
+            let list = ops.policies(who)?;
+            Ok(layout::page(ctx, "Backup policies", "/policies", None, backup_pages::policies(ctx, &list)))
+        }
         ["datastores"] => {
             let list = ops.datastores(who).await?;
             Ok(layout::page(
@@ -238,6 +242,35 @@ async fn post(
             };
             let job = ops.backup(who, id, None, mode).await?;
             Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+        }
+        ["policies"] => {
+            let number = |name: &str| field(form, name).and_then(|v| v.trim().parse::<u32>().ok());
+            let input = crate::ops::PolicyInput {
+                name: field(form, "name").unwrap_or_default(),
+                schedule: field(form, "schedule").unwrap_or_default(),
+                datastore: None,
+                mode: None,
+                vms: Vec::new(),
+                name_pattern: field(form, "name_pattern").filter(|v| !v.trim().is_empty()),
+                retention: crate::backup::prune::PruneOptions {
+                    keep_last: number("keep_last"),
+                    keep_daily: number("keep_daily"),
+                    keep_weekly: number("keep_weekly"),
+                    keep_monthly: number("keep_monthly"),
+                    ..Default::default()
+                },
+                enabled: true,
+            };
+            ops.create_policy(who, input).await?;
+            Ok(redirect("/policies"))
+        }
+        ["policies", id, "run"] => {
+            let job = ops.run_policy(who, id).await?;
+            Ok(redirect(&format!("/jobs/{}", job.id)))
+        }
+        ["policies", id, "delete"] => {
+            ops.delete_policy(who, id).await?;
+            Ok(redirect("/policies"))
         }
         ["backups", reference, "verify"] => {
             let job = ops.verify(who, reference).await?;
