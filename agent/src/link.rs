@@ -305,6 +305,17 @@ async fn run_command(
     }
 }
 
+/// Waits for the controller to accept a data channel.
+pub async fn expect_ready<S: tokio::io::AsyncRead + Unpin>(channel: &mut S) -> anyhow::Result<()> {
+    match read_frame::<_, lifeboat_proto::DataReply>(channel).await? {
+        lifeboat_proto::DataReply::Ready => Ok(()),
+        lifeboat_proto::DataReply::Failed { reason } => {
+            bail!("the controller refused the data channel: {reason}")
+        }
+        other => bail!("unexpected first reply on the data channel: {other:?}"),
+    }
+}
+
 /// A job's own connection to the controller, for its bulk data.
 async fn open_data_channel(
     dialer: &Dialer,

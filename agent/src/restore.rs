@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lifeboat_proto::{
-    chunk, read_any, read_frame, write_frame, ChunkDigest, DataMessage, DataReply, Frame,
-    RestoreDisk, RestoreReport, RestoreRequest, CHUNK_SIZE,
+    chunk, read_any, write_frame, ChunkDigest, DataMessage, DataReply, Frame, RestoreDisk,
+    RestoreReport, RestoreRequest, CHUNK_SIZE,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -202,11 +202,7 @@ where
 {
     let (d, r) = (driver.clone(), request.clone());
     blocking(move || d.check_restore(&r).map_err(Into::into)).await?;
-    match read_frame::<_, DataReply>(&mut channel).await? {
-        DataReply::Ready => {}
-        DataReply::Failed { reason } => bail!("the controller refused the data channel: {reason}"),
-        other => bail!("unexpected first reply on the data channel: {other:?}"),
-    }
+    crate::link::expect_ready(&mut channel).await?;
     let total: u64 = request.disks.iter().map(|d| d.size_bytes).sum();
     let mut base = 0u64;
     let mut bytes_written = 0u64;

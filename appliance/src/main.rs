@@ -11,6 +11,7 @@ mod inventory;
 mod jobs;
 mod ops;
 mod pki;
+mod secrets;
 mod store;
 mod web;
 
@@ -54,6 +55,10 @@ struct ServeArgs {
     /// Address agents connect to.
     #[arg(long, default_value = "0.0.0.0:8444")]
     agent_listen: SocketAddr,
+    /// A directory under which local datastores may be added through the
+    /// API; repeat for several. Default: DATA_DIR/datastores and /srv/lifeboat.
+    #[arg(long = "datastore-root", value_name = "DIR")]
+    datastore_roots: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,7 +122,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         jobs: Arc::new(jobs::Jobs::load(store.clone())?),
         pki: pki.clone(),
         agent_port: args.agent_listen.port(),
-        datastores: backup::datastores::Datastores::open(&args.data_dir)?,
+        datastores: backup::datastores::Datastores::open(
+            &args.data_dir,
+            if args.datastore_roots.is_empty() {
+                vec![
+                    args.data_dir.join("datastores"),
+                    PathBuf::from("/srv/lifeboat"),
+                ]
+            } else {
+                args.datastore_roots.clone()
+            },
+            store.clone(),
+        )?,
         policies: backup::policy_book::PolicyBook::load(store.clone())?,
     });
 

@@ -253,6 +253,13 @@ impl Api {
         })
     }
 
+    /// `GET /api/v1/vms/{vm}/backups`: the VM's backups, oldest first.
+    pub fn backups(&self, vm: &str) -> Vec<Value> {
+        let (status, list) = self.get(&format!("/api/v1/vms/{vm}/backups"));
+        assert_eq!(status, 200, "GET backups of {vm}: {list}");
+        list.as_array().cloned().unwrap_or_default()
+    }
+
     /// Waits until `GET /api/v1/vms` lists a VM named `name`, and returns it.
     pub fn wait_vm(&self, name: &str, timeout: Duration) -> Value {
         poll_until(&format!("VM `{name}` in the inventory"), timeout, || {

@@ -45,12 +45,6 @@ fn backup(api: &Api, vm: &TinyVm, mode: &str) -> Value {
     job
 }
 
-fn backups(api: &Api, vm: &TinyVm) -> Vec<Value> {
-    let (status, list) = api.get(&format!("/api/v1/vms/{}/backups", vm.uuid()));
-    assert_eq!(status, 200, "{list}");
-    list.as_array().cloned().unwrap_or_default()
-}
-
 fn restore_replacing(api: &Api, backup_id: &str) -> Value {
     let job = api.post_job(
         &format!("/api/v1/backups/{backup_id}/restore"),
@@ -103,7 +97,7 @@ fn hot_backup_is_point_in_time_and_restores_byte_for_byte() {
         "{job}"
     );
 
-    let list = backups(&api, &vm);
+    let list = api.backups(vm.uuid());
     assert_eq!(list.len(), 1, "{list:?}");
     let b = &list[0];
     assert_eq!(b["mode"], "full");
@@ -145,14 +139,14 @@ fn incremental_backup_reads_only_changed_chunks() {
     vm.write_pattern(0xaa, 0, "64M");
 
     backup(&api, &vm, "auto");
-    let first = backups(&api, &vm).remove(0);
+    let first = api.backups(vm.uuid()).remove(0);
     assert_eq!(first["mode"], "full", "no checkpoint yet: {first}");
     assert!(first["checkpoint"].as_str().is_some(), "{first}");
 
     // Change 1 MiB: the incremental reads one 4 MiB chunk of 16.
     vm.write_pattern(0xcc, 10 * MIB, "1M");
     backup(&api, &vm, "auto");
-    let list = backups(&api, &vm);
+    let list = api.backups(vm.uuid());
     assert_eq!(list.len(), 2);
     let second = &list[1];
     assert_eq!(second["mode"], "incremental", "{second}");
@@ -182,7 +176,7 @@ fn stopped_vm_is_backed_up_directly() {
     vm.destroy();
 
     backup(&api, &vm, "full");
-    let b = backups(&api, &vm).remove(0);
+    let b = api.backups(vm.uuid()).remove(0);
     assert_eq!(b["mode"], "full");
     // Only the written chunks are read: the rest of the image is a hole.
     assert_eq!(b["bytes_read"], 4 * MIB, "{b}");
@@ -218,7 +212,7 @@ fn verify_catches_a_flipped_byte_and_the_next_backup_heals_it() {
     api.wait_vm(vm.name(), READY_TIMEOUT);
 
     backup(&api, &vm, "full");
-    let id = backups(&api, &vm)[0]["id"]
+    let id = api.backups(vm.uuid())[0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -300,7 +294,7 @@ fn export_delete_import_restore_keeps_everything() {
     api.wait_host_status("kvm-archive", "online", READY_TIMEOUT);
     api.wait_vm(vm.name(), READY_TIMEOUT);
     backup(&api, &vm, "full");
-    let b = backups(&api, &vm).remove(0);
+    let b = api.backups(vm.uuid()).remove(0);
     let (id, time) = (
         b["id"].as_str().unwrap_or_default(),
         b["time"].as_str().unwrap_or_default(),
@@ -331,7 +325,7 @@ fn export_delete_import_restore_keeps_everything() {
     std::fs::remove_dir_all(store.join("vm").join(vm.uuid())).expect("remove backup");
     std::fs::remove_dir_all(store.join(".chunks")).expect("remove chunks");
     std::fs::create_dir_all(store.join(".chunks")).expect("recreate chunk dir");
-    assert!(backups(&api, &vm).is_empty());
+    assert!(api.backups(vm.uuid()).is_empty());
 
     // Import it back: the backup and all its metadata return.
     let text = cli(&["backup", "import", "--datastore", &ds, &arc]);
@@ -394,7 +388,7 @@ fn restore_as_new_runs_beside_the_original_with_a_new_identity() {
     vm.start();
     vm.write_pattern(0x6b, 2 * MIB, "3M");
     backup(&api, &vm, "full");
-    let id = backups(&api, &vm)[0]["id"]
+    let id = api.backups(vm.uuid())[0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_string();

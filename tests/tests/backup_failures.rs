@@ -10,12 +10,6 @@ use lifeboat_e2e::*;
 
 const JOB: Duration = Duration::from_secs(180);
 
-fn backups(api: &Api, vm: &TinyVm) -> Vec<Value> {
-    let (status, list) = api.get(&format!("/api/v1/vms/{}/backups", vm.uuid()));
-    assert_eq!(status, 200, "{list}");
-    list.as_array().cloned().unwrap_or_default()
-}
-
 fn start_backup(api: &Api, vm: &TinyVm) -> Value {
     let (status, answer) = api.post(
         &format!("/api/v1/vms/{}/backups", vm.uuid()),
@@ -66,7 +60,10 @@ fn agent_killed_mid_backup_then_a_clean_retry() {
     agent.kill_9();
     let job = api.wait_job(&job, JOB);
     assert_eq!(job["state"], "failed", "{job}");
-    assert!(backups(&api, &vm).is_empty(), "a half backup is visible");
+    assert!(
+        api.backups(vm.uuid()).is_empty(),
+        "a half backup is visible"
+    );
     assert_eq!(
         backup_dirs(controller.data_dir(), &vm),
         0,
@@ -82,7 +79,7 @@ fn agent_killed_mid_backup_then_a_clean_retry() {
         "{}",
         agent.log()
     );
-    assert_eq!(backups(&api, &vm).len(), 1);
+    assert_eq!(api.backups(vm.uuid()).len(), 1);
 }
 
 #[test]
@@ -111,7 +108,7 @@ fn controller_killed_mid_backup_then_a_clean_retry() {
             .contains("interrupted"),
         "{j}"
     );
-    assert!(backups(&api, &vm).is_empty());
+    assert!(api.backups(vm.uuid()).is_empty());
     assert_eq!(backup_dirs(controller.data_dir(), &vm), 0);
 
     api.wait_host_status("kvm-ctlkill", "online", Duration::from_secs(40));
@@ -129,7 +126,7 @@ fn controller_killed_mid_backup_then_a_clean_retry() {
         },
     );
     assert_eq!(job["state"], "succeeded", "{}", agent.log());
-    assert_eq!(backups(&api, &vm).len(), 1);
+    assert_eq!(api.backups(vm.uuid()).len(), 1);
 }
 
 /// A small tmpfs for the controller's data directory; unmounted on drop.
@@ -197,7 +194,7 @@ fn a_full_datastore_fails_the_job_and_keeps_earlier_backups() {
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["error"].as_str().unwrap_or_default();
     assert!(error.contains("No space left"), "unclear error: {error}");
-    let list = backups(&api, &vm);
+    let list = api.backups(vm.uuid());
     assert_eq!(list.len(), 1, "the earlier backup must survive: {list:?}");
     let (status, _) = api.get(&format!(
         "/api/v1/backups/{}",

@@ -7,10 +7,8 @@ pub mod send;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context};
-use lifeboat_proto::{
-    read_frame, BackedUpDisk, BackupMode, BackupReport, BackupRequest, DataReply,
-};
+use anyhow::Context;
+use lifeboat_proto::{BackedUpDisk, BackupMode, BackupReport, BackupRequest};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::hypervisor::{BackupExports, ExportedDisk, Hypervisor};
@@ -103,11 +101,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: Fn(u64, u64) + Send + Sync,
 {
-    match read_frame::<_, DataReply>(channel).await? {
-        DataReply::Ready => {}
-        DataReply::Failed { reason } => bail!("the controller refused the data channel: {reason}"),
-        other => bail!("unexpected first reply on the data channel: {other:?}"),
-    }
+    crate::link::expect_ready(channel).await?;
     let incremental = exports.mode() == BackupMode::Incremental;
     let mut opened = Vec::new();
     for disk in exports.disks() {

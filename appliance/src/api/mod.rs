@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::access::Principal;
+use crate::backup::datastores::DatastoreInput;
 use crate::http::{json, json_error, Body, Req};
 use crate::ops::{Ops, OpsError, PolicyInput, VmQuery, VmSort};
 pub use views::{backup_json, datastore_json, host_json, job_json, vm_json};
@@ -322,6 +323,29 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
                     &list.iter().map(datastore_json).collect(),
                 ))
             }
+            Method::POST => {
+                let input: DatastoreInput = parse_body(req)?;
+                let added = ops.add_datastore(&who, input).await?;
+                Ok(json(StatusCode::CREATED, &datastore_json(&added)))
+            }
+            _ => not_allowed(),
+        },
+        ["datastores", name] => match *m {
+            Method::GET => Ok(json(
+                StatusCode::OK,
+                &datastore_json(&ops.datastore(&who, name).await?),
+            )),
+            Method::DELETE => {
+                ops.delete_datastore(&who, name).await?;
+                Ok(json(StatusCode::OK, &json!({"deleted": true})))
+            }
+            _ => not_allowed(),
+        },
+        ["datastores", name, "mount"] => match *m {
+            Method::POST => Ok(json(
+                StatusCode::OK,
+                &datastore_json(&ops.mount_datastore(&who, name).await?),
+            )),
             _ => not_allowed(),
         },
         ["backups", reference] => match *m {

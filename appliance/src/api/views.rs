@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::backup::datastores::Location;
 use crate::clock::rfc3339;
 use crate::inventory::{HostView, Vm};
 use crate::jobs::Job;
@@ -104,14 +105,44 @@ pub fn backup_json(b: &BackupSummary, with_manifest: bool) -> Value {
     v
 }
 
+/// A datastore's JSON. The SMB password is never in it, sealed or not:
+/// `"password": "********"` only says that one is set.
 pub fn datastore_json(d: &DatastoreView) -> Value {
     let mut v = json!({
         "name": d.name,
-        "kind": "local",
+        "kind": d.location.kind(),
         "path": d.path.to_string_lossy(),
+        "built_in": d.built_in,
         "backups": d.backups,
         "reachable": d.capacity.is_ok(),
     });
+    match &d.location {
+        Location::Local { .. } => {}
+        Location::Nfs {
+            server,
+            export,
+            options,
+        } => {
+            v["server"] = json!(server);
+            v["export"] = json!(export);
+            v["options"] = json!(options);
+        }
+        Location::Smb {
+            server,
+            share,
+            username,
+            domain,
+            options,
+            password: _,
+        } => {
+            v["server"] = json!(server);
+            v["share"] = json!(share);
+            v["username"] = json!(username);
+            v["password"] = json!("********");
+            v["domain"] = json!(domain);
+            v["options"] = json!(options);
+        }
+    }
     match &d.capacity {
         Ok(c) => {
             v["total_bytes"] = json!(c.total_bytes);

@@ -34,6 +34,12 @@ pub struct BackupPolicy {
     pub retention: PruneOptions,
     /// UNIX seconds of the last scheduled run (or of creation).
     pub last_run: u64,
+    /// When to re-verify every backup of the covered VMs, if at all.
+    #[serde(default)]
+    pub verify_schedule: Option<CalendarEvent>,
+    /// UNIX seconds of the last scheduled verification (or of creation).
+    #[serde(default)]
+    pub last_verify: u64,
 }
 
 /// `*`-glob match, case-insensitive.
@@ -78,6 +84,14 @@ impl BackupPolicy {
             .next_after(self.last_run)
             .filter(|t| *t <= now)
     }
+
+    /// Like [`BackupPolicy::due`], for the verify schedule.
+    pub fn verify_due(&self, now: u64) -> Option<u64> {
+        self.verify_schedule
+            .as_ref()?
+            .next_after(self.last_verify)
+            .filter(|t| *t <= now)
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +110,8 @@ mod tests {
             name_pattern: Some("fin-*".into()),
             retention: PruneOptions::default(),
             last_run,
+            verify_schedule: Some(CalendarEvent::parse("sun 03:00").unwrap()),
+            last_verify: last_run,
         }
     }
 
@@ -121,5 +137,11 @@ mod tests {
         assert_eq!(p.due(tomorrow_2am), Some(tomorrow_2am));
         let p = policy("*:0/15", now - 3600);
         assert!(p.due(now).is_some(), "missed runs are caught up once");
+        assert_eq!(
+            p.verify_due(now),
+            None,
+            "the next Sunday 03:00 is days away"
+        );
+        assert!(p.verify_due(now + 5 * 86_400).is_some());
     }
 }

@@ -1,4 +1,5 @@
-//! Backup operations: start a backup job, list a VM's backups, read one.
+//! Backup operations: start a backup job, list a VM's backups, read one;
+//! list, add and remove datastores.
 
 use std::sync::Arc;
 
@@ -7,7 +8,9 @@ use lifeboat_proto::BackupMode;
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
 use crate::backup::as_new::{as_new_request, AsNew};
-use crate::backup::datastores::DEFAULT_DATASTORE;
+use crate::backup::datastores::{
+    DatastoreEntry, DatastoreInput, DatastoresError, Health, Location, DEFAULT_DATASTORE,
+};
 use crate::backup::job::{self, BackupRun};
 use crate::backup::restore;
 use crate::backup::verify::{last_verify, verify_backup, VerifyState};
@@ -46,12 +49,54 @@ impl std::fmt::Display for BackupRef {
     }
 }
 
-/// A datastore as listed.
+/// A datastore as listed. `capacity` is the reason when it is unreachable.
 pub struct DatastoreView {
     pub name: String,
     pub path: std::path::PathBuf,
     pub capacity: Result<crate::backup::datastores::Capacity, String>,
     pub backups: usize,
+    /// Its configuration; an SMB password in it is sealed, never shown.
+    pub location: Location,
+    pub built_in: bool,
+}
+
+impl DatastoreView {
+    /// Blocking: reads the filesystem's capacity and counts backups.
+    fn of(entry: DatastoreEntry) -> DatastoreView {
+        let built_in = entry.built_in();
+        let (capacity, backups) = match &entry.health {
+            Health::Ready(store) => (
+                crate::backup::datastores::capacity(store).map_err(|e| e.to_string()),
+                store.list_all().map(|l| l.len()).unwrap_or(0),
+            ),
+            Health::Pending(what) => (Err(what.to_string()), 0),
+            Health::Unreachable(error) => (Err(error.clone()), 0),
+        };
+        DatastoreView {
+            name: entry.name,
+            path: entry.root,
+            capacity,
+            backups,
+            location: entry.location,
+            built_in,
+        }
+    }
+}
+
+impl From<DatastoresError> for OpsError {
+    fn from(e: DatastoresError) -> Self {
+        match e {
+            DatastoresError::Invalid(_) => OpsError::BadRequest(e.to_string()),
+            DatastoresError::NotFound(_) => OpsError::NotFound(e.to_string()),
+            DatastoresError::Duplicate(_)
+            | DatastoresError::Unreachable { .. }
+            | DatastoresError::Conflict(_) => OpsError::Conflict(e.to_string()),
+            DatastoresError::Store(e) => e.into(),
+            DatastoresError::Secrets(_) | DatastoresError::Backup(_) => {
+                OpsError::Internal(e.to_string())
+            }
+        }
+    }
 }
 
 /// One backup as listed.
@@ -81,11 +126,10 @@ impl Ops {
         let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
         let result = async {
             require(who, Privilege::Backup, "backups")?;
-            let name = datastore.unwrap_or(DEFAULT_DATASTORE);
-            let store = self
-                .datastores
-                .get(name)
-                .ok_or_else(|| OpsError::BadRequest(format!("no datastore named {name:?}")))?;
+            let name = datastore.unwrap_or(DEFAULT_DATASTORE).to_string();
+            if !self.datastores.contains(&name) {
+                return Err(OpsError::BadRequest(format!("no datastore named {name:?}")));
+            }
             self.require_host_online(&vm)?;
             let host = self.inventory.host(&vm.host_id);
             let job = self
@@ -98,24 +142,41 @@ impl Ops {
                     user: who.user.clone(),
                 })
                 .await?;
-            let run = BackupRun {
-                job_id: job.id,
-                host_name: host
-                    .as_ref()
-                    .map(|h| h.host.name.clone())
-                    .unwrap_or_default(),
-                hypervisor: host
-                    .map(|h| h.host.facts.driver.clone())
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| "libvirt".into()),
-                vm: vm.clone(),
-                datastore: store,
-                mode,
-            };
-            let (hub, jobs) = (self.hub.clone(), self.jobs.clone());
+            let host_name = host
+                .as_ref()
+                .map(|h| h.host.name.clone())
+                .unwrap_or_default();
+            let hypervisor = host
+                .map(|h| h.host.facts.driver.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "libvirt".into());
+            let (hub, jobs, datastores, vm) = (
+                self.hub.clone(),
+                self.jobs.clone(),
+                self.datastores.clone(),
+                vm.clone(),
+            );
+            let job_id = job.id;
             tokio::spawn(async move {
-                let _ = jobs.start(run.job_id).await;
-                let job_id = run.job_id;
+                let _ = jobs.start(job_id).await;
+                // Resolved in the job: an unreachable datastore fails the job
+                // with its reason, which the job list keeps (scheduled runs too).
+                let store = match datastores.for_backup(&name) {
+                    Ok(store) => store,
+                    Err(e) => {
+                        tracing::warn!(job_id, "backup not started: {e}");
+                        let _ = jobs.finish(job_id, Err(e.to_string())).await;
+                        return;
+                    }
+                };
+                let run = BackupRun {
+                    job_id,
+                    host_name,
+                    hypervisor,
+                    vm,
+                    datastore: store,
+                    mode,
+                };
                 let result = job::run(hub, jobs.clone(), run).await;
                 match &result {
                     Ok(done) => {
@@ -243,28 +304,93 @@ impl Ops {
         self.audited(who, "restore", &object, result).await
     }
 
-    /// The datastores with their capacity and number of backups.
+    /// The datastores with their capacity and number of backups; an
+    /// unreachable one with the reason instead.
     pub async fn datastores(&self, who: &Principal) -> Result<Vec<DatastoreView>, OpsError> {
         require(who, Privilege::View, "listing datastores")?;
-        let stores: Vec<(String, _)> = self
-            .datastores
-            .names()
-            .filter_map(|n| self.datastores.get(n).map(|s| (n.to_string(), s)))
-            .collect();
-        tokio::task::spawn_blocking(move || {
-            stores
+        let entries = self.datastores.entries();
+        tokio::task::spawn_blocking(move || entries.into_iter().map(DatastoreView::of).collect())
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    pub async fn datastore(&self, who: &Principal, name: &str) -> Result<DatastoreView, OpsError> {
+        require(who, Privilege::View, "listing datastores")?;
+        let entry = self.datastores.entry(name)?;
+        tokio::task::spawn_blocking(move || DatastoreView::of(entry))
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    /// Adds a datastore; a share is mounted before this answers, and is
+    /// saved (listed unreachable, with the reason) even when that fails.
+    /// Mounting runs as root on the controller, hence administrators only.
+    pub async fn add_datastore(
+        &self,
+        who: &Principal,
+        input: DatastoreInput,
+    ) -> Result<DatastoreView, OpsError> {
+        let object = format!("datastore {}", input.name);
+        let result = async {
+            require(who, Privilege::ManageHosts, "managing datastores")?;
+            let datastores = self.datastores.clone();
+            tokio::task::spawn_blocking(move || datastores.add(input).map(DatastoreView::of))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(OpsError::from)
+        }
+        .await;
+        self.audited(who, "add datastore", &object, result).await
+    }
+
+    /// Removes a datastore that holds no backups (its files stay).
+    pub async fn delete_datastore(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
+        let result = async {
+            require(who, Privilege::ManageHosts, "managing datastores")?;
+            if let Some(p) = self
+                .policies
+                .all()
                 .into_iter()
-                .map(|(name, store)| DatastoreView {
-                    name,
-                    path: store.root().to_path_buf(),
-                    capacity: crate::backup::datastores::capacity(&store)
-                        .map_err(|e| e.to_string()),
-                    backups: store.list_all().map(|l| l.len()).unwrap_or(0),
-                })
-                .collect()
-        })
+                .find(|p| p.datastore == name)
+            {
+                return Err(OpsError::Conflict(format!(
+                    "backup policy {:?} uses datastore {name}",
+                    p.name
+                )));
+            }
+            let (datastores, name) = (self.datastores.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || datastores.remove(&name))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(OpsError::from)
+        }
+        .await;
+        self.audited(
+            who,
+            "remove datastore",
+            &format!("datastore {name}"),
+            result,
+        )
         .await
-        .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    /// Mounts a share again, e.g. after its server came back.
+    pub async fn mount_datastore(
+        &self,
+        who: &Principal,
+        name: &str,
+    ) -> Result<DatastoreView, OpsError> {
+        let result = async {
+            require(who, Privilege::ManageHosts, "managing datastores")?;
+            let (datastores, name) = (self.datastores.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || datastores.remount(&name).map(DatastoreView::of))
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(OpsError::from)
+        }
+        .await;
+        self.audited(who, "mount datastore", &format!("datastore {name}"), result)
+            .await
     }
 
     /// Verifies a backup: re-reads every chunk it uses and checks its digest.
@@ -346,11 +472,7 @@ impl Ops {
         let vm: VmUuid = vm_id
             .parse()
             .map_err(|_| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
-        let stores: Vec<(String, _)> = self
-            .datastores
-            .names()
-            .filter_map(|n| self.datastores.get(n).map(|s| (n.to_string(), s)))
-            .collect();
+        let stores = self.datastores.ready();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for (name, store) in stores {

@@ -34,6 +34,9 @@ pub struct PolicyInput {
     pub name_pattern: Option<String>,
     #[serde(default)]
     pub retention: PruneOptions,
+    /// Calendar expression for re-verifying the covered VMs' backups.
+    #[serde(default)]
+    pub verify_schedule: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -78,7 +81,7 @@ impl Ops {
         let schedule = CalendarEvent::parse(&input.schedule)
             .map_err(|e| OpsError::BadRequest(format!("schedule {:?}: {e}", input.schedule)))?;
         let datastore = input.datastore.unwrap_or_else(|| DEFAULT_DATASTORE.into());
-        if self.datastores.get(&datastore).is_none() {
+        if !self.datastores.contains(&datastore) {
             return bad(format!("no datastore named {datastore:?}"));
         }
         if input.vms.is_empty() && input.name_pattern.is_none() {
@@ -87,6 +90,14 @@ impl Ops {
         if let Some(v) = input.vms.iter().find(|v| v.parse::<VmUuid>().is_err()) {
             return bad(format!("{v:?} is not a VM id"));
         }
+        let verify_schedule = input
+            .verify_schedule
+            .as_deref()
+            .map(|text| {
+                CalendarEvent::parse(text)
+                    .map_err(|e| OpsError::BadRequest(format!("verify_schedule {text:?}: {e}")))
+            })
+            .transpose()?;
         Ok(BackupPolicy {
             id,
             name,
@@ -98,6 +109,8 @@ impl Ops {
             name_pattern: input.name_pattern,
             retention: input.retention,
             last_run,
+            verify_schedule,
+            last_verify: last_run,
         })
     }
 
@@ -217,8 +230,8 @@ impl Ops {
     ) -> Result<(), String> {
         let store = self
             .datastores
-            .get(&policy.datastore)
-            .ok_or_else(|| format!("datastore {} is gone", policy.datastore))?;
+            .for_backup(&policy.datastore)
+            .map_err(|e| e.to_string())?;
         let covered: Vec<(String, String)> = self.inventory.with_vms(|vms| {
             vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name))
                 .map(|v| (v.info.uuid.clone(), v.info.name.clone()))
@@ -259,6 +272,29 @@ impl Ops {
         }
     }
 
+    /// Starts a verify job for every backup of the VMs a policy covers.
+    async fn verify_covered(self: &Arc<Self>, policy: &BackupPolicy) {
+        let who = scheduler();
+        let vms: Vec<String> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name))
+                .map(|v| v.info.uuid.clone())
+                .collect()
+        });
+        for vm in vms {
+            let Ok(backups) = self.vm_backups(&who, &vm).await else {
+                continue;
+            };
+            for b in backups
+                .iter()
+                .filter(|b| b.reference.datastore == policy.datastore)
+            {
+                if let Err(e) = self.verify(&who, &b.reference.to_string()).await {
+                    tracing::warn!(policy = policy.name, "scheduled verify not started: {e}");
+                }
+            }
+        }
+    }
+
     async fn wait_job(&self, id: u64) -> Option<Job> {
         loop {
             let job = self.jobs.get(id)?;
@@ -292,7 +328,10 @@ impl Ops {
             if !drop_dir.is_dir() {
                 continue;
             }
-            let results = tokio::task::spawn_blocking(move || crate::backup::archive::rescan(&store, &drop_dir)).await;
+            let results = tokio::task::spawn_blocking(move || {
+                crate::backup::archive::rescan(&store, &drop_dir)
+            })
+            .await;
             match results {
                 Ok(Ok(results)) => {
                     for r in results {
@@ -300,7 +339,9 @@ impl Ops {
                             Ok((vm, id)) => {
                                 tracing::info!(archive = %r.archive.display(), vm = vm.as_str(), backup = id.as_str(), "imported")
                             }
-                            Err(e) => tracing::warn!(archive = %r.archive.display(), "import refused: {e}"),
+                            Err(e) => {
+                                tracing::warn!(archive = %r.archive.display(), "import refused: {e}")
+                            }
                         }
                     }
                 }
@@ -316,6 +357,14 @@ impl Ops {
         self.rescan_drop_dirs().await;
         let now = unix_now();
         for mut policy in self.policies.all().into_iter().filter(|p| p.enabled) {
+            if policy.verify_due(now).is_some() {
+                policy.last_verify = now;
+                if let Err(e) = self.policies.put(policy.clone()).await {
+                    tracing::error!(policy = policy.name, "cannot record the verification: {e}");
+                } else {
+                    self.verify_covered(&policy).await;
+                }
+            }
             if policy.due(now).is_none() {
                 continue;
             }

@@ -31,10 +31,11 @@ pub enum Table {
     Jobs,
     Audit,
     BackupPolicies,
+    Datastores,
 }
 
 impl Table {
-    const ALL: [Table; 8] = [
+    const ALL: [Table; 9] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -43,6 +44,7 @@ impl Table {
         Table::Jobs,
         Table::Audit,
         Table::BackupPolicies,
+        Table::Datastores,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -55,6 +57,7 @@ impl Table {
             Table::Jobs => "jobs",
             Table::Audit => "audit",
             Table::BackupPolicies => "backup_policies",
+            Table::Datastores => "datastores",
         })
     }
 }

@@ -4,9 +4,9 @@
 use maud::{html, Markup};
 
 use super::layout::{bytes, PageCtx};
+use crate::backup::policy::BackupPolicy;
 use crate::clock::rfc3339;
 use crate::inventory::HostView;
-use crate::backup::policy::BackupPolicy;
 use crate::ops::{BackupSummary, DatastoreView};
 
 pub fn vm_backups(
@@ -119,7 +119,7 @@ pub fn backup_detail(b: &BackupSummary) -> Markup {
     }
 }
 
-pub fn datastores(list: &[DatastoreView]) -> Markup {
+pub fn datastores(ctx: &PageCtx, list: &[DatastoreView]) -> Markup {
     html! {
         table {
             thead { tr { th { "Datastore" } th { "Path" } th { "Backups" } th { "Used" } th { "Free" } th { "Capacity" } } }
@@ -139,6 +139,22 @@ pub fn datastores(list: &[DatastoreView]) -> Markup {
                     Err(e) => { td.error colspan="3" { "unreachable: " (e) } }
                 }
             } } }
+        }
+        h2 { "Add a datastore" }
+        p.muted { "A directory of the controller (under its allowed roots), or an NFS export or SMB share the controller mounts. Share passwords are stored encrypted and never shown again." }
+        form.inline method="post" action="/datastores" {
+            input type="hidden" name="csrf" value=(ctx.csrf);
+            input type="text" name="name" placeholder="name" required size="10";
+            select name="kind" { option value="local" { "local directory" } option value="nfs" { "NFS" } option value="smb" { "SMB / Windows share" } }
+            input type="text" name="path" placeholder="/srv/lifeboat/… (local)" size="18";
+            input type="text" name="server" placeholder="server (NFS/SMB)" size="12";
+            input type="text" name="export" placeholder="/export (NFS)" size="10";
+            input type="text" name="share" placeholder="share (SMB)" size="8";
+            input type="text" name="username" placeholder="user (SMB)" size="8";
+            input type="password" name="password" placeholder="password (SMB)" size="10" autocomplete="new-password";
+            input type="text" name="domain" placeholder="domain (SMB)" size="8";
+            input type="text" name="options" placeholder="mount options" size="10";
+            button type="submit" { "Add" }
         }
     }
 }
@@ -201,6 +217,7 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
             label { "daily " input type="number" name="keep_daily" min="0" size="3"; }
             label { "weekly " input type="number" name="keep_weekly" min="0" size="3"; }
             label { "monthly " input type="number" name="keep_monthly" min="0" size="3"; }
+            input type="text" name="verify_schedule" placeholder="verify: sun 03:00" size="14";
             button type="submit" { "Create" }
         }
     }

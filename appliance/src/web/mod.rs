@@ -172,7 +172,13 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
         }
         ["policies"] => {
             let list = ops.policies(who)?;
-            Ok(layout::page(ctx, "Backup policies", "/policies", None, backup_pages::policies(ctx, &list)))
+            Ok(layout::page(
+                ctx,
+                "Backup policies",
+                "/policies",
+                None,
+                backup_pages::policies(ctx, &list),
+            ))
         }
         ["datastores"] => {
             let list = ops.datastores(who).await?;
@@ -181,7 +187,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 "Datastores",
                 "/datastores",
                 None,
-                backup_pages::datastores(&list),
+                backup_pages::datastores(ctx, &list),
             ))
         }
         ["backups", reference] => {
@@ -259,10 +265,28 @@ async fn post(
                     keep_monthly: number("keep_monthly"),
                     ..Default::default()
                 },
+                verify_schedule: field(form, "verify_schedule").filter(|v| !v.trim().is_empty()),
                 enabled: true,
             };
             ops.create_policy(who, input).await?;
             Ok(redirect("/policies"))
+        }
+        ["datastores"] => {
+            let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
+            let input = crate::backup::datastores::DatastoreInput {
+                name: field(form, "name").unwrap_or_default(),
+                kind: field(form, "kind").unwrap_or_default(),
+                path: text("path"),
+                server: text("server"),
+                export: text("export"),
+                share: text("share"),
+                username: text("username"),
+                password: text("password"),
+                domain: text("domain"),
+                options: text("options"),
+            };
+            ops.add_datastore(who, input).await?;
+            Ok(redirect("/datastores"))
         }
         ["policies", id, "run"] => {
             let job = ops.run_policy(who, id).await?;

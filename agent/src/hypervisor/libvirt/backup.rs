@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use lifeboat_proto::{BackupMode, BackupRequest, PowerState};
 
-use super::{parse_domain, DiskSource, LibvirtDriver};
+use super::parse::{parse_domain, DiskSource};
+use super::LibvirtDriver;
 use crate::hypervisor::{BackupExports, ExportedDisk, HypervisorError};
 
 /// Where sockets live while a backup runs (one directory per VM).
