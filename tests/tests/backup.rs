@@ -468,3 +468,53 @@ fn restore_as_new_runs_beside_the_original_with_a_new_identity() {
         "{job}"
     );
 }
+
+#[test]
+fn restore_onto_a_host_without_the_vms_network_is_refused_cleanly() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("nonet");
+    // Attach the VM to a network this host does not have (defining it is
+    // allowed; only starting would fail).
+    let xml = libvirt.virsh(&["dumpxml", "--inactive", vm.name()]);
+    let start = xml.find("<interface").expect("an interface");
+    let end = xml[start..].find("</interface>").expect("its end") + start + "</interface>".len();
+    let iface = format!(
+        "<interface type='network'><mac address='{}'/><source network='lbe2e-missing-net'/><model type='virtio'/></interface>",
+        vm.mac()
+    );
+    let scratch = ScratchDir::new("nonet");
+    let file = scratch.path().join("nonet.xml");
+    std::fs::write(&file, format!("{}{}{}", &xml[..start], iface, &xml[end..])).expect("write xml");
+    libvirt.virsh(&["define", &file.to_string_lossy()]);
+
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "kvm-nonet", Some(libvirt.uri()));
+    let api = controller.api();
+    api.wait_host_status("kvm-nonet", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    backup(&api, &vm, "full");
+    let id = api.backups(vm.uuid())[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // The original goes away; its restore needs a network this host lacks.
+    libvirt.virsh(&["undefine", vm.name()]);
+    let disk_before = std::fs::metadata(vm.disk()).map(|m| m.len()).ok();
+    let job = api.post_job(&format!("/api/v1/backups/{id}/restore"), &json!({}), JOB);
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no network") && error.contains("lbe2e-missing-net"),
+        "{error}"
+    );
+    assert!(
+        libvirt.try_virsh(&["domstate", vm.name()]).is_err(),
+        "nothing may be defined"
+    );
+    assert_eq!(
+        std::fs::metadata(vm.disk()).map(|m| m.len()).ok(),
+        disk_before,
+        "nothing may be written"
+    );
+}

@@ -15,6 +15,8 @@ use crate::hub::DataStream;
 
 /// Most digests one `Digests` message may carry (64 × 4 MiB = 256 MiB).
 pub const MAX_DIGESTS_PER_MESSAGE: usize = 64;
+/// Chunks verified and written at once per data channel.
+const MAX_INSERTS_IN_FLIGHT: usize = 8;
 /// An agent silent for this long on its data channel is given up on.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -199,13 +201,16 @@ async fn record_digests(
     .await
 }
 
-/// Receives exactly the `missing` chunks, in order, verifying each.
+/// Receives exactly the `missing` chunks, in order, verifying each. Chunks
+/// are stored as they arrive, several at once (verification and fsync run
+/// in parallel), and all are durable before this returns.
 async fn receive_chunks(
     stream: &mut DataStream,
     store: &Arc<Datastore>,
     mut disk: OpenDisk,
     missing: &[ChunkDigest],
 ) -> Result<OpenDisk, ReceiveError> {
+    let mut inserts = tokio::task::JoinSet::new();
     for want in missing {
         let (digest, blob) = match next::<DataMessage>(stream).await? {
             Frame::Chunk { digest, blob } => (ChunkDigest(digest), blob),
@@ -214,10 +219,18 @@ async fn receive_chunks(
         if digest != *want {
             return Err(protocol(format!("sent chunk {digest}, expected {want}")));
         }
-        let len = blob.len() as u64;
+        disk.bytes_new += blob.len() as u64;
+        // At most a few chunks in memory per channel, whatever the agent sends.
+        if inserts.len() >= MAX_INSERTS_IN_FLIGHT {
+            if let Some(done) = inserts.join_next().await {
+                done.map_err(|e| protocol(format!("storage task failed: {e}")))??;
+            }
+        }
         let store = store.clone();
-        blocking(move || store.chunks().insert(&digest, &blob)).await?;
-        disk.bytes_new += len;
+        inserts.spawn_blocking(move || store.chunks().insert(&digest, &blob));
+    }
+    while let Some(done) = inserts.join_next().await {
+        done.map_err(|e| protocol(format!("storage task failed: {e}")))??;
     }
     Ok(disk)
 }
