@@ -225,12 +225,21 @@ pub async fn send_disk<S: AsyncRead + AsyncWrite + Unpin>(
     let mut bytes_read = 0u64;
     let plan = Arc::new(plan);
     let pacer = Arc::new(Mutex::new(Pacer::new()));
-    let mut first = 0usize;
-    while first < plan.len() {
+    // Reading and hashing batch N+1 runs while batch N is being exchanged,
+    // compressed and uploaded: disk, CPU and network work overlap.
+    let read_batch = |first: usize| {
         let end = (first + BATCH).min(plan.len());
         let (src, p, pace) = (source.clone(), plan.clone(), pacer.clone());
-        let (mut batch, read) =
-            blocking(move || hash_batch(&src, size, first as u64, &p[first..end], &pace)).await?;
+        tokio::task::spawn_blocking(move || hash_batch(&src, size, first as u64, &p[first..end], &pace))
+    };
+    let mut next = (!plan.is_empty()).then(|| read_batch(0));
+    let mut first = 0usize;
+    while let Some(reading) = next.take() {
+        let end = (first + BATCH).min(plan.len());
+        let (mut batch, read) = reading.await.context("reader task panicked")??;
+        if end < plan.len() {
+            next = Some(read_batch(end));
+        }
         bytes_read += read;
         let digests = batch.iter().map(|h| h.digest.to_hex()).collect();
         write_frame(
