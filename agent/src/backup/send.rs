@@ -230,7 +230,9 @@ pub async fn send_disk<S: AsyncRead + AsyncWrite + Unpin>(
     let read_batch = |first: usize| {
         let end = (first + BATCH).min(plan.len());
         let (src, p, pace) = (source.clone(), plan.clone(), pacer.clone());
-        tokio::task::spawn_blocking(move || hash_batch(&src, size, first as u64, &p[first..end], &pace))
+        tokio::task::spawn_blocking(move || {
+            hash_batch(&src, size, first as u64, &p[first..end], &pace)
+        })
     };
     let mut next = (!plan.is_empty()).then(|| read_batch(0));
     let mut first = 0usize;
