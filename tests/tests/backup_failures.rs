@@ -35,6 +35,23 @@ fn backup_dirs(data_dir: &Path, vm: &TinyVm) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// Temp files of staged chunks left in the chunk store.
+fn staged_leftovers(data_dir: &Path) -> usize {
+    let chunks = data_dir.join("datastores/local/.chunks");
+    std::fs::read_dir(chunks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|prefix| {
+            std::fs::read_dir(prefix.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|f| f.file_name().to_string_lossy().contains(".tmp-"))
+        .count()
+}
+
 fn slow_agent(controller: &Controller, name: &str, libvirt: &Libvirt) -> Agent {
     Agent::options(name)
         .libvirt_uri(libvirt.uri())
@@ -68,6 +85,14 @@ fn agent_killed_mid_backup_then_a_clean_retry() {
         backup_dirs(controller.data_dir(), &vm),
         0,
         "a half backup directory remains"
+    );
+    poll_until(
+        "staged chunks to be cleaned up",
+        Duration::from_secs(30),
+        || match staged_leftovers(controller.data_dir()) {
+            0 => Ok(()),
+            n => Err(format!("{n} temp files")),
+        },
     );
 
     agent.restart_without_token();
@@ -196,6 +221,11 @@ fn a_full_datastore_fails_the_job_and_keeps_earlier_backups() {
     assert!(error.contains("No space left"), "unclear error: {error}");
     let list = api.backups(vm.uuid());
     assert_eq!(list.len(), 1, "the earlier backup must survive: {list:?}");
+    assert_eq!(
+        staged_leftovers(&disk.0.path().join("data")),
+        0,
+        "staged chunks left behind"
+    );
     let (status, _) = api.get(&format!(
         "/api/v1/backups/{}",
         list[0]["id"].as_str().unwrap_or_default()
