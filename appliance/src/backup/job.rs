@@ -19,8 +19,6 @@ use crate::hub::Hub;
 use crate::inventory::Vm;
 use crate::jobs::Jobs;
 
-/// How long the agent has to open the data channel after the request.
-const DATA_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 /// Upper bound for one backup run.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -133,10 +131,7 @@ async fn run_in(
         let store = plan.datastore.clone();
         let targets = targets.clone();
         tokio::spawn(async move {
-            let stream = tokio::time::timeout(DATA_CHANNEL_WAIT, channel)
-                .await
-                .map_err(|_| "the agent never opened its data channel".to_string())?
-                .map_err(|_| "data channel wait cancelled".to_string())?;
+            let stream = channel.await?;
             receive_disks(stream, store, dir, started_at, targets)
                 .await
                 .map_err(|e| e.to_string())

@@ -14,7 +14,6 @@ use super::{ChunkDigest, Datastore, FixedIndexReader, Manifest};
 use crate::hub::Hub;
 use crate::jobs::Jobs;
 
-const DATA_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// `target → source file` of every disk in a libvirt domain definition.
@@ -102,10 +101,7 @@ pub async fn run(
     let (token, channel) = hub.expect_data_channel(&host_id);
     request.job_token = token.clone();
     let server = tokio::spawn(async move {
-        let stream = tokio::time::timeout(DATA_CHANNEL_WAIT, channel)
-            .await
-            .map_err(|_| "the agent never opened its data channel".to_string())?
-            .map_err(|_| "data channel wait cancelled".to_string())?;
+        let stream = channel.await?;
         serve_chunks(stream, store, allowed).await
     });
     let (progress, reporter) = super::job::job_progress(jobs, job_id);

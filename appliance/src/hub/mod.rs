@@ -31,6 +31,8 @@ use enrollment::EnrollmentTokens;
 
 /// Time an agent has for the TLS handshake and its first message.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a job waits for its agent to open the data channel.
+const DATA_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 /// A session with no frame for this long is dead (heartbeats come every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -276,7 +278,15 @@ impl Hub {
 
     /// Registers a data channel a job expects from `host_id`. Returns the
     /// token to give the agent and the receiver of the connection.
-    pub fn expect_data_channel(&self, host_id: &str) -> (String, oneshot::Receiver<DataStream>) {
+    /// The future resolves to the agent's connection, or to an error if the
+    /// agent does not open it within [`DATA_CHANNEL_WAIT`].
+    pub fn expect_data_channel(
+        &self,
+        host_id: &str,
+    ) -> (
+        String,
+        impl std::future::Future<Output = Result<DataStream, String>> + Send + 'static,
+    ) {
         let token = crate::access::random_token();
         let (tx, rx) = oneshot::channel();
         self.data_channels
@@ -289,7 +299,13 @@ impl Hub {
                     tx,
                 },
             );
-        (token, rx)
+        let channel = async move {
+            tokio::time::timeout(DATA_CHANNEL_WAIT, rx)
+                .await
+                .map_err(|_| "the agent never opened its data channel".to_string())?
+                .map_err(|_| "data channel wait cancelled".to_string())
+        };
+        (token, channel)
     }
 
     /// Forgets a data channel that is no longer awaited.

@@ -49,6 +49,14 @@ impl std::fmt::Display for BackupRef {
     }
 }
 
+/// A backup opened for an operation: what is listed, plus where it lives
+/// and its indexes.
+struct OpenedBackup {
+    summary: BackupSummary,
+    store: Arc<crate::backup::Datastore>,
+    indexes: Vec<crate::backup::FixedIndexReader>,
+}
+
 /// A datastore as listed. `capacity` is the reason when it is unreachable.
 pub struct DatastoreView {
     pub name: String,
@@ -215,8 +223,8 @@ impl Ops {
         start: bool,
         as_new: Option<AsNew>,
     ) -> Result<Job, OpsError> {
-        require(who, Privilege::View, "viewing backups")?;
-        let backup = self.backup_manifest(who, reference).await?;
+        let opened = self.open_backup(who, reference).await?;
+        let backup = &opened.summary;
         let object = format!("backup {reference}");
         let result = async {
             require(who, Privilege::Restore, "restores")?;
@@ -236,20 +244,8 @@ impl Ops {
                     dest.host.name
                 )));
             }
-            let store = self
-                .datastores
-                .get(&backup.reference.datastore)
-                .ok_or_else(|| not_found(reference))?;
-            let (vm, id, s2) = (
-                backup.reference.vm.clone(),
-                backup.reference.id.clone(),
-                store.clone(),
-            );
-            let (_, indexes) = tokio::task::spawn_blocking(move || s2.open_backup(&vm, &id))
-                .await
-                .map_err(|e| OpsError::Internal(e.to_string()))?
-                .map_err(|e| OpsError::Conflict(format!("backup {reference} is damaged: {e}")))?;
-            let exact = restore::exact_request(m, &indexes, replace, start)
+            let store = opened.store.clone();
+            let exact = restore::exact_request(m, &opened.indexes, replace, start)
                 .map_err(OpsError::BadRequest)?;
             let request = match &as_new {
                 None => exact,
@@ -401,14 +397,13 @@ impl Ops {
         who: &Principal,
         reference: &str,
     ) -> Result<Job, OpsError> {
-        require(who, Privilege::View, "viewing backups")?;
-        let backup = self.backup_manifest(who, reference).await?;
+        let OpenedBackup {
+            summary: backup,
+            store,
+            ..
+        } = self.open_backup(who, reference).await?;
         let result = async {
             require(who, Privilege::Backup, "verifying backups")?;
-            let store = self
-                .datastores
-                .get(&backup.reference.datastore)
-                .ok_or_else(|| not_found(reference))?;
             let job = self
                 .jobs
                 .create(NewJob {
@@ -505,19 +500,30 @@ impl Ops {
         who: &Principal,
         reference: &str,
     ) -> Result<BackupSummary, OpsError> {
+        Ok(self.open_backup(who, reference).await?.summary)
+    }
+
+    /// Opens a backup (manifest, indexes, validated against each other) with
+    /// the datastore that holds it: once per operation.
+    async fn open_backup(
+        &self,
+        who: &Principal,
+        reference: &str,
+    ) -> Result<OpenedBackup, OpsError> {
         require(who, Privilege::View, "viewing backups")?;
         let r = BackupRef::parse(reference).ok_or_else(|| not_found(reference))?;
         let store = self
             .datastores
             .get(&r.datastore)
             .ok_or_else(|| not_found(reference))?;
-        let (vm, id) = (r.vm.clone(), r.id.clone());
-        let (manifest, verify, protected) = tokio::task::spawn_blocking(move || {
-            store.open_backup(&vm, &id).map(|(m, _)| {
+        let (vm, id, s) = (r.vm.clone(), r.id.clone(), store.clone());
+        let (manifest, indexes, verify, protected) = tokio::task::spawn_blocking(move || {
+            s.open_backup(&vm, &id).map(|(m, indexes)| {
                 (
                     m,
-                    last_verify(&store, &vm, &id),
-                    store.is_protected(&vm, &id),
+                    indexes,
+                    last_verify(&s, &vm, &id),
+                    s.is_protected(&vm, &id),
                 )
             })
         })
@@ -527,11 +533,15 @@ impl Ops {
             crate::backup::BackupError::Io { .. } => not_found(reference),
             other => OpsError::Conflict(format!("backup {reference} is damaged: {other}")),
         })?;
-        Ok(BackupSummary {
-            reference: r,
-            manifest,
-            verify,
-            protected,
+        Ok(OpenedBackup {
+            summary: BackupSummary {
+                reference: r,
+                manifest,
+                verify,
+                protected,
+            },
+            store,
+            indexes,
         })
     }
 }
