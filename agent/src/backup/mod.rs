@@ -74,9 +74,9 @@ where
     let result = send_all(&*exports, &request, &mut channel, &progress).await;
     let _ = channel.shutdown().await;
     let report = result.map(|(disks, bytes_read)| BackupReport {
-        mode: exports.mode(),
-        frozen: exports.frozen(),
-        checkpoint: exports.checkpoint(),
+        mode: exports.info().mode,
+        frozen: exports.info().frozen,
+        checkpoint: exports.info().checkpoint.clone(),
         bytes_read,
         disks,
     });
@@ -102,9 +102,9 @@ where
     F: Fn(u64, u64) + Send + Sync,
 {
     crate::link::expect_ready(channel).await?;
-    let incremental = exports.mode() == BackupMode::Incremental;
+    let incremental = exports.info().mode == BackupMode::Incremental;
     let mut opened = Vec::new();
-    for disk in exports.disks() {
+    for disk in &exports.info().disks {
         let previous = request
             .previous
             .as_ref()

@@ -83,15 +83,21 @@ pub struct ExportedDisk {
     pub dirty_context: Option<String>,
 }
 
+/// What a backup run exports, and what kind of run it is.
+#[derive(Debug, Clone)]
+pub struct ExportInfo {
+    pub disks: Vec<ExportedDisk>,
+    /// Full or incremental: what this run really is.
+    pub mode: BackupMode,
+    /// The checkpoint this run created (or keeps recording), if any.
+    pub checkpoint: Option<String>,
+    /// Whether the guest's filesystems were frozen for the point in time.
+    pub frozen: bool,
+}
+
 /// A backup in progress on the hypervisor: its exports, until finished.
 pub trait BackupExports: Send + Sync {
-    fn disks(&self) -> &[ExportedDisk];
-    /// Full or incremental: what this run really is.
-    fn mode(&self) -> BackupMode;
-    /// The checkpoint this run created, if any.
-    fn checkpoint(&self) -> Option<String>;
-    /// Whether the guest's filesystems were frozen for the point in time.
-    fn frozen(&self) -> bool;
+    fn info(&self) -> &ExportInfo;
     /// Ends the backup. After a failed run the new checkpoint is removed, so
     /// the next incremental never builds on a backup that does not exist.
     fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError>;

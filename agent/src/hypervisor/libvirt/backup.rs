@@ -13,7 +13,7 @@ use lifeboat_proto::{BackupMode, BackupRequest, PowerState};
 
 use super::parse::{parse_domain, DiskSource};
 use super::LibvirtDriver;
-use crate::hypervisor::{BackupExports, ExportedDisk, HypervisorError};
+use crate::hypervisor::{BackupExports, ExportInfo, ExportedDisk, HypervisorError};
 
 /// Where sockets live while a backup runs (one directory per VM).
 const RUN_DIR: &str = "/run/lifeboat-agent";
@@ -319,25 +319,27 @@ impl LibvirtDriver {
             uuid: uuid.to_string(),
             dir,
             scratch: disks.iter().map(|d| scratch_path(d, uuid)).collect(),
-            checkpoint: with_checkpoint.then(|| request.checkpoint.clone()),
-            mode: if incremental_from.is_some() {
-                BackupMode::Incremental
-            } else {
-                BackupMode::Full
+            info: ExportInfo {
+                checkpoint: with_checkpoint.then(|| request.checkpoint.clone()),
+                mode: if incremental_from.is_some() {
+                    BackupMode::Incremental
+                } else {
+                    BackupMode::Full
+                },
+                frozen,
+                disks: disks
+                    .iter()
+                    .map(|d| ExportedDisk {
+                        target: d.target.clone(),
+                        format: d.format.clone(),
+                        socket: socket.clone(),
+                        export: d.target.clone(),
+                        dirty_context: incremental_from
+                            .as_ref()
+                            .map(|_| format!("qemu:dirty-bitmap:backup-{}", d.target)),
+                    })
+                    .collect(),
             },
-            frozen,
-            disks: disks
-                .iter()
-                .map(|d| ExportedDisk {
-                    target: d.target.clone(),
-                    format: d.format.clone(),
-                    socket: socket.clone(),
-                    export: d.target.clone(),
-                    dirty_context: incremental_from
-                        .as_ref()
-                        .map(|_| format!("qemu:dirty-bitmap:backup-{}", d.target)),
-                })
-                .collect(),
         };
         if let Err(e) = exports.wait_ready() {
             let _ = Box::new(exports).finish(false);
@@ -354,17 +356,8 @@ struct Guarded {
 }
 
 impl BackupExports for Guarded {
-    fn disks(&self) -> &[ExportedDisk] {
-        self.inner.disks()
-    }
-    fn mode(&self) -> BackupMode {
-        self.inner.mode()
-    }
-    fn checkpoint(&self) -> Option<String> {
-        self.inner.checkpoint()
-    }
-    fn frozen(&self) -> bool {
-        self.inner.frozen()
+    fn info(&self) -> &ExportInfo {
+        self.inner.info()
     }
     fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError> {
         self.inner.finish(succeeded)
@@ -376,10 +369,7 @@ struct LiveBackup {
     uuid: String,
     dir: PathBuf,
     scratch: Vec<String>,
-    checkpoint: Option<String>,
-    mode: BackupMode,
-    frozen: bool,
-    disks: Vec<ExportedDisk>,
+    info: ExportInfo,
 }
 
 impl LiveBackup {
@@ -389,17 +379,8 @@ impl LiveBackup {
 }
 
 impl BackupExports for LiveBackup {
-    fn disks(&self) -> &[ExportedDisk] {
-        &self.disks
-    }
-    fn mode(&self) -> BackupMode {
-        self.mode
-    }
-    fn checkpoint(&self) -> Option<String> {
-        self.checkpoint.clone()
-    }
-    fn frozen(&self) -> bool {
-        self.frozen
+    fn info(&self) -> &ExportInfo {
+        &self.info
     }
 
     fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError> {
@@ -414,7 +395,7 @@ impl BackupExports for LiveBackup {
         // only the newest. After a failure, drop the new one instead, so the
         // next run builds on the last backup that exists.
         for c in self.driver.checkpoints(&self.uuid) {
-            let is_new = Some(&c) == self.checkpoint.as_ref();
+            let is_new = Some(&c) == self.info.checkpoint.as_ref();
             if c.starts_with(CHECKPOINT_PREFIX) && (is_new != succeeded) {
                 if let Err(e) = self.driver.virsh_on(&self.uuid, "checkpoint-delete", &[&c]) {
                     tracing::warn!(
@@ -451,13 +432,16 @@ fn begin_offline(
     let mut exports = OfflineBackup {
         dir: dir.clone(),
         children: Vec::new(),
-        checkpoint: if usable { previous.clone() } else { None },
-        mode: if usable {
-            BackupMode::Incremental
-        } else {
-            BackupMode::Full
+        info: ExportInfo {
+            checkpoint: if usable { previous.clone() } else { None },
+            mode: if usable {
+                BackupMode::Incremental
+            } else {
+                BackupMode::Full
+            },
+            frozen: false,
+            disks: Vec::new(),
         },
-        disks: Vec::new(),
     };
     for d in &disks {
         let socket = dir.join(format!("{}.sock", d.target));
@@ -491,7 +475,7 @@ fn begin_offline(
             let _ = Box::new(exports).finish(false);
             return Err(e);
         }
-        exports.disks.push(ExportedDisk {
+        exports.info.disks.push(ExportedDisk {
             target: d.target.clone(),
             format: d.format.clone(),
             socket,
@@ -518,23 +502,12 @@ fn image_has_bitmap(path: &str, bitmap: &str) -> bool {
 struct OfflineBackup {
     dir: PathBuf,
     children: Vec<Child>,
-    checkpoint: Option<String>,
-    mode: BackupMode,
-    disks: Vec<ExportedDisk>,
+    info: ExportInfo,
 }
 
 impl BackupExports for OfflineBackup {
-    fn disks(&self) -> &[ExportedDisk] {
-        &self.disks
-    }
-    fn mode(&self) -> BackupMode {
-        self.mode
-    }
-    fn checkpoint(&self) -> Option<String> {
-        self.checkpoint.clone()
-    }
-    fn frozen(&self) -> bool {
-        false
+    fn info(&self) -> &ExportInfo {
+        &self.info
     }
     fn finish(mut self: Box<Self>, _succeeded: bool) -> Result<(), HypervisorError> {
         for c in &mut self.children {
