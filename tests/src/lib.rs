@@ -40,9 +40,7 @@
 //! dependencies of this crate, so build them first:
 //! `cargo build -p lifeboat -p lifeboat-agent` (`tests/run` does).
 //!
-//! Long scenarios (failover, appliance boot) are marked
-//! `#[ignore = "long: ..."]`; `tests/run --include-ignored`, which `.ci/run`
-//! uses, runs them too.
+//! Every test runs in CI, long scenarios included: none is ignored.
 
 mod agent;
 mod api;
@@ -50,6 +48,7 @@ mod binaries;
 mod browser;
 mod controller;
 mod host_lock;
+mod image;
 mod libvirt;
 mod ports;
 mod process;
@@ -63,6 +62,7 @@ pub use binaries::{agent_binary, controller_binary};
 pub use browser::browser_screenshots;
 pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PASSWORD};
 pub use host_lock::HostLock;
+pub use image::{assert_image_pattern, write_image_pattern};
 pub use libvirt::{virt_type, Libvirt};
 pub use ports::free_port;
 pub use scratch::ScratchDir;

@@ -93,6 +93,12 @@ impl TinyVm {
         self.libvirt.domstate(&self.name)
     }
 
+    /// Writes `len` bytes of `pattern` at `offset` of the stopped VM's disk
+    /// image, from outside (`len` in qemu-io units: `4M`).
+    pub fn write_offline(&self, pattern: u8, offset: u64, len: &str) {
+        crate::image::write_image_pattern(&self.disk, pattern, offset, len);
+    }
+
     /// Writes `len` bytes of `pattern` at `offset` of `vda` while the VM
     /// runs, as a guest would (through QEMU's block layer, so a backup in
     /// progress sees it as a guest write). `len` takes qemu-io units: `1M`.

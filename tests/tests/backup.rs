@@ -12,29 +12,6 @@ const MIB: u64 = 1024 * 1024;
 const DISK: u64 = 64 * MIB;
 const JOB: Duration = Duration::from_secs(180);
 
-/// Checks with `qemu-io` that `[offset, offset+len)` of a qcow2 image holds
-/// `pattern` (0 = zeros).
-fn assert_pattern(image: &Path, pattern: u8, offset: u64, len: u64) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-r", "-U", "-c"])
-        .arg(format!("read -P {pattern:#04x} {offset} {len}"))
-        .arg(image)
-        .output()
-        .expect("run qemu-io");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success()
-            && text.contains(&format!("read {len}/{len}"))
-            && !text.contains("failed"),
-        "{} at {offset}+{len} is not {pattern:#04x}: {text}",
-        image.display()
-    );
-}
-
 fn backup(api: &Api, vm: &TinyVm, mode: &str) -> Value {
     let job = api.post_job(
         &format!("/api/v1/vms/{}/backups", vm.uuid()),
@@ -119,7 +96,7 @@ fn hot_backup_is_point_in_time_and_restores_byte_for_byte() {
     // Restore over the original (stopped) VM: the disk holds A, not B.
     vm.destroy();
     restore_replacing(&api, b["id"].as_str().unwrap_or_default());
-    assert_pattern(vm.disk(), 0xaa, 0, DISK);
+    assert_image_pattern(vm.disk(), 0xaa, 0, DISK);
     assert_eq!(libvirt.virsh(&["domuuid", vm.name()]).trim(), vm.uuid());
     assert!(libvirt.virsh(&["domiflist", vm.name()]).contains(vm.mac()));
     vm.start();
@@ -157,9 +134,9 @@ fn incremental_backup_reads_only_changed_chunks() {
     // The incremental backup alone restores the whole disk.
     vm.destroy();
     restore_replacing(&api, second["id"].as_str().unwrap_or_default());
-    assert_pattern(vm.disk(), 0xaa, 0, 10 * MIB);
-    assert_pattern(vm.disk(), 0xcc, 10 * MIB, MIB);
-    assert_pattern(vm.disk(), 0xaa, 11 * MIB, DISK - 11 * MIB);
+    assert_image_pattern(vm.disk(), 0xaa, 0, 10 * MIB);
+    assert_image_pattern(vm.disk(), 0xcc, 10 * MIB, MIB);
+    assert_image_pattern(vm.disk(), 0xaa, 11 * MIB, DISK - 11 * MIB);
 }
 
 #[test]
@@ -182,9 +159,9 @@ fn stopped_vm_is_backed_up_directly() {
     assert_eq!(b["bytes_read"], 4 * MIB, "{b}");
 
     restore_replacing(&api, b["id"].as_str().unwrap_or_default());
-    assert_pattern(vm.disk(), 0, 0, 8 * MIB);
-    assert_pattern(vm.disk(), 0x5a, 8 * MIB, 2 * MIB);
-    assert_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
+    assert_image_pattern(vm.disk(), 0, 0, 8 * MIB);
+    assert_image_pattern(vm.disk(), 0x5a, 8 * MIB, 2 * MIB);
+    assert_image_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
 }
 
 fn verify(api: &Api, backup_id: &str) -> Value {
@@ -199,12 +176,7 @@ fn verify(api: &Api, backup_id: &str) -> Value {
 fn verify_catches_a_flipped_byte_and_the_next_backup_heals_it() {
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("verify");
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x77 0 8M"])
-        .arg(vm.disk())
-        .output()
-        .expect("qemu-io");
-    assert!(out.status.success());
+    vm.write_offline(0x77, 0, "8M");
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-verify", Some(libvirt.uri()));
     let api = controller.api();
@@ -261,7 +233,7 @@ fn verify_catches_a_flipped_byte_and_the_next_backup_heals_it() {
         "the old backup is healed"
     );
     restore_replacing(&api, &id);
-    assert_pattern(vm.disk(), 0x77, 0, 8 * MIB);
+    assert_image_pattern(vm.disk(), 0x77, 0, 8 * MIB);
 }
 
 fn cli(args: &[&str]) -> String {
@@ -282,12 +254,7 @@ fn cli(args: &[&str]) -> String {
 fn export_delete_import_restore_keeps_everything() {
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("archive");
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x42 4M 6M"])
-        .arg(vm.disk())
-        .output()
-        .expect("qemu-io");
-    assert!(out.status.success());
+    vm.write_offline(0x42, 4 * MIB, "6M");
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-archive", Some(libvirt.uri()));
     let api = controller.api();
@@ -341,9 +308,9 @@ fn export_delete_import_restore_keeps_everything() {
         "succeeded"
     );
     restore_replacing(&api, id);
-    assert_pattern(vm.disk(), 0, 0, 4 * MIB);
-    assert_pattern(vm.disk(), 0x42, 4 * MIB, 6 * MIB);
-    assert_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
+    assert_image_pattern(vm.disk(), 0, 0, 4 * MIB);
+    assert_image_pattern(vm.disk(), 0x42, 4 * MIB, 6 * MIB);
+    assert_image_pattern(vm.disk(), 0, 10 * MIB, DISK - 10 * MIB);
 }
 
 /// Removes a VM a test created through a restore, with its files.
@@ -425,7 +392,7 @@ fn restore_as_new_runs_beside_the_original_with_a_new_identity() {
         "the copy shares the original's disk: {disks}"
     );
     libvirt.virsh(&["destroy", &new_name]);
-    assert_pattern(&new_disk, 0x6b, 2 * MIB, 3 * MIB);
+    assert_image_pattern(&new_disk, 0x6b, 2 * MIB, 3 * MIB);
 
     // The config drive carries the new identity for cloud-init.
     let iso = disks

@@ -2,7 +2,6 @@
 //! keeps what it says and never a protected backup, and bad policies are
 //! refused.
 
-use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_e2e::*;
@@ -33,12 +32,7 @@ fn backup_times(api: &Api, vm: &TinyVm) -> Vec<String> {
 fn policy_backs_up_and_retention_keeps_the_newest_and_the_protected() {
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("policy");
-    let status = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x31 0 4M"])
-        .arg(vm.disk())
-        .status()
-        .expect("qemu-io");
-    assert!(status.success());
+    vm.write_offline(0x31, 0, "4M");
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-policy", Some(libvirt.uri()));
     let api = controller.api();

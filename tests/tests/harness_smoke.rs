@@ -2,7 +2,6 @@
 //! runs, takes a guest-style write into its disk, and is gone after its guard
 //! drops. If this fails, every libvirt end-to-end test would fail too.
 
-use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_e2e::{wait_until, Libvirt};
@@ -29,22 +28,7 @@ fn tiny_vm_runs_and_is_cleaned_up() {
     assert_eq!(vm.state(), "shut off");
 
     // The write went to the disk file, through QEMU's block layer.
-    let read = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-r", "-c", "read -P 0xab 0 1M"])
-        .arg(&disk)
-        .output()
-        .expect("run qemu-io");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&read.stdout),
-        String::from_utf8_lossy(&read.stderr)
-    );
-    assert!(
-        read.status.success()
-            && report.contains("read 1048576/1048576")
-            && !report.contains("failed"),
-        "pattern 0xab not on disk: {report}"
-    );
+    lifeboat_e2e::assert_image_pattern(&disk, 0xab, 0, 1024 * 1024);
 
     drop(vm);
     assert!(
