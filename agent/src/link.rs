@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsConnector;
 
+use crate::fence::FenceWatchdog;
 use crate::hypervisor::Hypervisor;
 use crate::{identity, tls};
 
@@ -24,6 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the back-off.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// The controller acknowledges every heartbeat; this long without any frame
+/// means the link is dead even if TCP has not noticed (a silent partition).
+const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 
 pub struct Enrollment<'a> {
     pub controller: &'a str,
@@ -105,11 +109,12 @@ pub async fn run(
         controller,
         "starting the link to the controller"
     );
+    let watchdog = FenceWatchdog::start(state_dir, &id.host_id, driver.clone());
     let config = tls::session_config(id.ca, id.cert, id.key)?;
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        match session(&controller, config.clone(), driver.clone()).await {
+        match session(&controller, config.clone(), driver.clone(), &watchdog).await {
             Ok(()) => tracing::warn!("controller closed the connection"),
             Err(e) => tracing::warn!("link to the controller lost: {e:#}"),
         }
@@ -161,6 +166,7 @@ async fn session(
     controller: &str,
     config: rustls::ClientConfig,
     driver: Arc<dyn Hypervisor>,
+    watchdog: &Arc<FenceWatchdog>,
 ) -> anyhow::Result<()> {
     let dialer = Dialer {
         controller: controller.to_string(),
@@ -199,7 +205,7 @@ async fn session(
     });
 
     let refresh = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeats(outbox.clone()));
+    let heartbeat = tokio::spawn(heartbeats(outbox.clone(), watchdog.clone()));
     let inventory = tokio::spawn(inventory_reports(
         driver.clone(),
         outbox.clone(),
@@ -208,7 +214,17 @@ async fn session(
 
     let result = async {
         loop {
-            match read_frame::<_, ControllerMessage>(&mut reader).await? {
+            let frame = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut reader))
+                .await
+                .context("the controller went silent")??;
+            match frame {
+                ControllerMessage::HeartbeatAck { seq } => {
+                    watchdog.heartbeat_acked(seq);
+                    if let Some(record) = watchdog.take_unreported() {
+                        let _ = outbox.send(AgentMessage::Fenced(record)).await;
+                    }
+                }
+                ControllerMessage::HaConfig(config) => watchdog.set_config(config),
                 ControllerMessage::Request { id, command } => {
                     let (driver, outbox, refresh) =
                         (driver.clone(), outbox.clone(), refresh.clone());
@@ -302,6 +318,16 @@ async fn run_command(
             }
             Ok(Some(Outcome::Restore(report?)))
         }
+        Command::StartVm(request) => {
+            tracing::info!(vm = request.uuid, state = ?request.state, "failover start");
+            blocking(move || driver.start_from_config(&request)).await??;
+            Ok(None)
+        }
+        Command::Undefine { uuid } => {
+            tracing::info!(vm = uuid, "undefining a stale copy (its disks stay)");
+            blocking(move || driver.undefine_keeping_disks(&uuid)).await??;
+            Ok(None)
+        }
     }
 }
 
@@ -348,12 +374,13 @@ fn throttled_progress(
     }
 }
 
-async fn heartbeats(outbox: mpsc::Sender<AgentMessage>) {
+async fn heartbeats(outbox: mpsc::Sender<AgentMessage>, watchdog: Arc<FenceWatchdog>) {
     let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
     let mut seq = 0u64;
     loop {
         tick.tick().await;
         seq += 1;
+        watchdog.heartbeat_sent(seq);
         let msg = AgentMessage::Heartbeat {
             seq,
             memory_free_bytes: memory_free_bytes(),

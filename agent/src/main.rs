@@ -2,8 +2,8 @@
 //! controller and carries out the controller's commands.
 
 mod backup;
-// Not called yet: wired into restore by the lead.
 mod config_drive;
+mod fence;
 mod hypervisor;
 mod identity;
 mod link;

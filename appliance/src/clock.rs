@@ -18,3 +18,10 @@ pub fn rfc3339(unix: u64) -> String {
         })
         .unwrap_or_else(|| unix.to_string())
 }
+
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -5,6 +5,7 @@ mod api;
 mod backup;
 mod cli;
 mod clock;
+mod ha;
 mod http;
 mod hub;
 mod inventory;
@@ -134,7 +135,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             store.clone(),
         )?,
-        policies: backup::policy_book::PolicyBook::load(store.clone())?,
+        policies: store::book::Book::load(store.clone(), store::Table::BackupPolicies)?,
+        ha: ha::Ha::load(store.clone())?,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,6 +164,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 scheduled.scheduler_tick().await;
             }
         });
+        tokio::spawn(ops.clone().ha_loop());
         tokio::select! {
             r = http::serve(ops, web) => r,
             r = hub.serve(agents) => r,

@@ -151,6 +151,68 @@ pub enum Command {
     },
     Backup(BackupRequest),
     Restore(RestoreRequest),
+    /// Define a VM from its cached configuration (failover) and bring it to
+    /// `state`: running, paused, or only defined when stopped.
+    StartVm(StartVmRequest),
+    /// Forget a VM's definition, keeping its disks: a stale copy on a host
+    /// that came back after its VMs failed over.
+    Undefine {
+        uuid: String,
+    },
+}
+
+/// Start a VM on this host from configuration the controller cached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartVmRequest {
+    pub uuid: String,
+    /// The domain XML, disk paths already remapped for this host.
+    pub config: String,
+    pub state: PowerState,
+}
+
+/// What the controller tells an agent about high availability: which VMs to
+/// hard-stop if it loses the controller, and how to tell isolation apart from
+/// a controller outage. Sent at connect and whenever it changes; the agent
+/// keeps the last one on disk so it still fences after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaAgentConfig {
+    /// Self-fence once the controller has been silent this long.
+    pub fence_timeout_ms: u64,
+    /// UUIDs of this host's HA-protected VMs.
+    pub protected: Vec<String>,
+    /// Directories on shared storage (as this host mounts them) where the
+    /// agent writes its storage heartbeat every second.
+    pub heartbeat_dirs: Vec<String>,
+    /// `IP:PORT` addresses the agent tries when the controller is silent: a
+    /// connection or a refusal proves the network works. Empty: the host's
+    /// default gateway.
+    pub isolation_addresses: Vec<String>,
+}
+
+/// The file an agent rewrites every second in each heartbeat directory,
+/// `<dir>/<host id>.json`: proof of life through the storage path, and the
+/// record of a self-fence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageHeartbeat {
+    pub host_id: String,
+    /// Increases with every write; the controller watches it change.
+    pub seq: u64,
+    /// Milliseconds since the agent last heard the controller.
+    pub controller_silent_ms: u64,
+    /// Set once the agent has hard-stopped its HA VMs in this outage.
+    #[serde(default)]
+    pub fenced: Option<FenceRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceRecord {
+    /// The outage this fence belongs to: the agent's count of lost links.
+    pub outage: u64,
+    /// UUIDs it stopped (running or paused ones; stopped VMs need nothing).
+    pub stopped: Vec<String>,
+    /// Ones it could not stop, with the reason.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 /// Recreate a VM from a backup, fetching chunks over a data channel opened
@@ -345,6 +407,8 @@ pub enum AgentMessage {
         #[serde(default)]
         outcome: Option<Outcome>,
     },
+    /// After reconnecting: the agent fenced its HA VMs while it was cut off.
+    Fenced(FenceRecord),
     /// Progress of a long request.
     Progress {
         id: u64,
@@ -369,6 +433,12 @@ pub enum ControllerMessage {
     Welcome {
         host_id: String,
     },
+    /// Answer to a heartbeat: proof the controller heard the agent. The agent
+    /// times its fence from the sending of the last acknowledged heartbeat.
+    HeartbeatAck {
+        seq: u64,
+    },
+    HaConfig(HaAgentConfig),
     Request {
         id: u64,
         command: Command,

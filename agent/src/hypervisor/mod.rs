@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use lifeboat_proto::{BackupMode, BackupRequest, HostFacts, PowerAction, RestoreRequest, VmInfo};
+use lifeboat_proto::{
+    BackupMode, BackupRequest, HostFacts, PowerAction, RestoreRequest, StartVmRequest, VmInfo,
+};
 
 pub mod libvirt;
 pub mod sim;
@@ -52,6 +54,29 @@ pub trait Hypervisor: Send + Sync + Restorer {
             "the {} driver cannot back up VMs",
             self.driver()
         )))
+    }
+    /// Self-fence one VM: stop it now, without asking the guest. Must not
+    /// depend on the management daemon being healthy.
+    fn hard_stop(&self, uuid: &str) -> Result<(), HypervisorError> {
+        Err(self.no_failover(uuid))
+    }
+    /// Defines a failed-over VM from its cached configuration and brings it
+    /// to the requested state. Idempotent: a VM already defined here with
+    /// that UUID is redefined only while stopped, and one already in the
+    /// requested state is left alone.
+    fn start_from_config(&self, request: &StartVmRequest) -> Result<(), HypervisorError> {
+        Err(self.no_failover(&request.uuid))
+    }
+    /// Forgets a stopped VM's definition; its disks stay where they are.
+    fn undefine_keeping_disks(&self, uuid: &str) -> Result<(), HypervisorError> {
+        Err(self.no_failover(uuid))
+    }
+    #[doc(hidden)]
+    fn no_failover(&self, uuid: &str) -> HypervisorError {
+        HypervisorError::Refused(format!(
+            "the {} driver takes no part in failover (VM {uuid})",
+            self.driver()
+        ))
     }
 }
 

@@ -68,6 +68,7 @@ pub enum Privilege {
     Backup,
     Restore,
     ManageHosts,
+    ManageHa,
 }
 
 impl Privilege {
@@ -78,6 +79,7 @@ impl Privilege {
             Privilege::Backup => "backup",
             Privilege::Restore => "restore",
             Privilege::ManageHosts => "manage hosts/agents",
+            Privilege::ManageHa => "manage HA",
         }
     }
 }

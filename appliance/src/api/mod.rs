@@ -2,6 +2,7 @@
 //! HTTP Basic or a bearer token from `POST /api/v1/session`; errors are
 //! `{"error": "..."}` with the matching status code.
 
+mod ha;
 mod views;
 
 use std::sync::Arc;
@@ -437,9 +438,12 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             }
             _ => not_allowed(),
         },
-        _ => Err(OpsError::NotFound(format!(
-            "no such endpoint: {}",
-            req.path
-        ))),
+        _ => match ha::route(ops, &who, req, &segments).await {
+            Some(result) => result,
+            None => Err(OpsError::NotFound(format!(
+                "no such endpoint: {}",
+                req.path
+            ))),
+        },
     }
 }

@@ -18,7 +18,6 @@ pub mod gc;
 pub mod job;
 pub mod manifest;
 pub mod policy;
-pub mod policy_book;
 pub mod prune;
 pub mod receive;
 pub mod restore;

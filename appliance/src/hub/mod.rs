@@ -82,6 +82,8 @@ pub struct Hub {
     data_channels: Mutex<HashMap<String, DataWaiter>>,
     next_connection: AtomicU64,
     next_request: AtomicU64,
+    /// Self-fences agents reported after reconnecting, for the HA engine.
+    fence_reports: Mutex<Vec<(String, lifeboat_proto::FenceRecord)>>,
 }
 
 impl Hub {
@@ -94,6 +96,7 @@ impl Hub {
             data_channels: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
+            fence_reports: Mutex::new(Vec::new()),
         }
     }
 
@@ -226,6 +229,7 @@ impl Hub {
             last_seen: unix_now(),
             agent_version: String::new(),
             facts: Default::default(),
+            address: addr.ip().to_string(),
         };
         if let Err(e) = self.inventory.add_host(host).await {
             return Self::reject(&mut stream, addr, &format!("controller store error: {e}")).await;
@@ -371,7 +375,7 @@ impl Hub {
         );
         if let Err(e) = self
             .inventory
-            .host_connected(&host.id, connection, agent_version, facts)
+            .host_connected(&host.id, connection, agent_version, facts, addr.ip())
             .await
         {
             tracing::error!(host = host.name, "cannot record connection: {e}");
@@ -382,8 +386,6 @@ impl Hub {
                 host_id: host.id.clone(),
             })
             .await;
-        drop(outbox);
-
         let writer_task = tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 if write_frame(&mut writer, &msg).await.is_err() {
@@ -393,7 +395,7 @@ impl Hub {
         });
 
         let reason = self
-            .read_loop(&mut reader, &host, connection, &pending)
+            .read_loop(&mut reader, &host, connection, &pending, &outbox)
             .await;
         tracing::info!(%addr, host = host.name, connection, "agent disconnected: {reason}");
         writer_task.abort();
@@ -418,6 +420,7 @@ impl Hub {
         host: &Host,
         connection: u64,
         pending: &Pending,
+        outbox: &mpsc::Sender<ControllerMessage>,
     ) -> String {
         loop {
             let msg =
@@ -430,10 +433,26 @@ impl Hub {
                 };
             match msg {
                 AgentMessage::Heartbeat {
-                    memory_free_bytes, ..
-                } => self
-                    .inventory
-                    .heartbeat(&host.id, connection, memory_free_bytes),
+                    seq,
+                    memory_free_bytes,
+                } => {
+                    self.inventory
+                        .heartbeat(&host.id, connection, memory_free_bytes);
+                    // Never blocks the reader: a full outbox means the link
+                    // is failing, and the agent's fence clock should run.
+                    let _ = outbox.try_send(ControllerMessage::HeartbeatAck { seq });
+                }
+                AgentMessage::Fenced(record) => {
+                    tracing::warn!(
+                        host = host.name,
+                        stopped = record.stopped.len(),
+                        "the agent reports it fenced its HA VMs while cut off"
+                    );
+                    self.fence_reports
+                        .lock()
+                        .expect("fence reports lock")
+                        .push((host.id.clone(), record));
+                }
                 AgentMessage::Inventory { vms } => {
                     let count = vms.len();
                     match self.inventory.replace_host_vms(&host.id, vms).await {
@@ -481,6 +500,29 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Self-fences reported since the last call, as (host id, record).
+    pub fn take_fence_reports(&self) -> Vec<(String, lifeboat_proto::FenceRecord)> {
+        std::mem::take(&mut *self.fence_reports.lock().expect("fence reports lock"))
+    }
+
+    /// The current connection number of a host's agent, if connected.
+    pub fn connection(&self, host_id: &str) -> Option<u64> {
+        self.agents
+            .lock()
+            .expect("agents lock")
+            .get(host_id)
+            .map(|a| a.connection)
+    }
+
+    /// Queues a message for a connected agent without waiting; false if
+    /// the agent is not connected or its queue is full.
+    pub fn notify(&self, host_id: &str, message: ControllerMessage) -> bool {
+        let agents = self.agents.lock().expect("agents lock");
+        agents
+            .get(host_id)
+            .is_some_and(|a| a.outbox.try_send(message).is_ok())
     }
 
     pub fn is_connected(&self, host_id: &str) -> bool {

@@ -28,6 +28,9 @@ pub struct Host {
     pub last_seen: u64,
     pub agent_version: String,
     pub facts: HostFacts,
+    /// The IP address its agent last connected from.
+    #[serde(default)]
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +73,10 @@ struct Data {
     hosts: BTreeMap<String, Host>,
     vms: HashMap<String, Vm>,
     live: HashMap<String, Liveness>,
+    /// The last heartbeat of each host, kept after it disconnects.
+    last_heard: HashMap<String, Instant>,
+    /// (host, VM) reports of a stopped copy of a VM that runs elsewhere.
+    stale_copies: Vec<(String, String)>,
 }
 
 pub struct Inventory {
@@ -86,7 +93,7 @@ impl Inventory {
             data: RwLock::new(Data {
                 hosts,
                 vms,
-                live: HashMap::new(),
+                ..Data::default()
             }),
         })
     }
@@ -174,9 +181,11 @@ impl Inventory {
         connection: u64,
         agent_version: String,
         facts: HostFacts,
+        address: std::net::IpAddr,
     ) -> Result<(), StoreError> {
         let ack = {
             let mut d = self.write();
+            d.last_heard.insert(id.to_string(), Instant::now());
             d.live.insert(
                 id.to_string(),
                 Liveness {
@@ -189,6 +198,7 @@ impl Inventory {
             };
             host.agent_version = agent_version;
             host.facts = facts;
+            host.address = address.to_string();
             host.last_seen = unix_now();
             let w = Write::put(Table::Hosts, id, &*host);
             self.store.enqueue(vec![w])?
@@ -201,9 +211,11 @@ impl Inventory {
     /// Records a heartbeat. Kept in memory only: liveness is not history.
     pub fn heartbeat(&self, id: &str, connection: u64, memory_free_bytes: u64) {
         let mut d = self.write();
+        let now = Instant::now();
         if let Some(l) = d.live.get_mut(id) {
             if l.connection == connection {
-                l.last_heartbeat = Instant::now();
+                l.last_heartbeat = now;
+                d.last_heard.insert(id.to_string(), now);
             }
         }
         if let Some(h) = d.hosts.get_mut(id) {
@@ -248,6 +260,23 @@ impl Inventory {
                 writes.push(Write::delete(Table::Vms, uuid));
             }
             for info in vms {
+                // A stopped copy on a host that came back after its VMs
+                // failed over must not take the record of the running VM.
+                let runs_elsewhere = d.vms.get(&info.uuid).is_some_and(|old| {
+                    old.host_id != host_id
+                        && matches!(
+                            old.info.power_state,
+                            PowerState::Running | PowerState::Paused
+                        )
+                        && !matches!(info.power_state, PowerState::Running | PowerState::Paused)
+                });
+                if runs_elsewhere {
+                    let copy = (host_id.to_string(), info.uuid.clone());
+                    if !d.stale_copies.contains(&copy) {
+                        d.stale_copies.push(copy);
+                    }
+                    continue;
+                }
                 let unchanged = d
                     .vms
                     .get(&info.uuid)
@@ -274,6 +303,17 @@ impl Inventory {
             .map_err(|_| StoreError::WriterGone)?
             .map_err(StoreError::CommitFailed)?;
         Ok(ack.1)
+    }
+
+    /// When the host's agent was last heard in this controller's life.
+    pub fn last_heard(&self, id: &str) -> Option<Instant> {
+        self.read().last_heard.get(id).copied()
+    }
+
+    /// Stopped copies of VMs that run on another host, reported since the
+    /// last call, as (host id, VM UUID).
+    pub fn take_stale_copies(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.write().stale_copies)
     }
 
     pub fn vm(&self, uuid: &str) -> Option<Vm> {

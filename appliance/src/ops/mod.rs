@@ -3,6 +3,9 @@
 //! record and does the work. Web, REST and CLI adapters only translate.
 
 mod backup;
+mod ha;
+mod ha_engine;
+mod ha_physical;
 mod policies;
 mod vm_query;
 
@@ -20,6 +23,7 @@ use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
 pub use backup::{BackupSummary, DatastoreView};
+pub use ha::ClusterView;
 pub use policies::PolicyInput;
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
@@ -72,7 +76,8 @@ pub struct Ops {
     /// Port agents dial, shown in the enrollment command.
     pub agent_port: u16,
     pub datastores: crate::backup::datastores::Datastores,
-    pub policies: crate::backup::policy_book::PolicyBook,
+    pub policies: crate::store::book::Book<crate::backup::policy::BackupPolicy>,
+    pub ha: crate::ha::Ha,
 }
 
 /// What the dashboard shows.

@@ -123,7 +123,7 @@ impl Ops {
             require(who, Privilege::Backup, "managing backup policies")?;
             let policy =
                 self.validate_policy(uuid::Uuid::new_v4().to_string(), input, unix_now())?;
-            self.policies.put(policy.clone()).await?;
+            self.policies.put(&policy.id, policy.clone()).await?;
             Ok(policy)
         }
         .await;
@@ -141,7 +141,7 @@ impl Ops {
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
             let policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
-            self.policies.put(policy.clone()).await?;
+            self.policies.put(&policy.id, policy.clone()).await?;
             Ok(policy)
         }
         .await;
@@ -359,7 +359,7 @@ impl Ops {
         for mut policy in self.policies.all().into_iter().filter(|p| p.enabled) {
             if policy.verify_due(now).is_some() {
                 policy.last_verify = now;
-                if let Err(e) = self.policies.put(policy.clone()).await {
+                if let Err(e) = self.policies.put(&policy.id, policy.clone()).await {
                     tracing::error!(policy = policy.name, "cannot record the verification: {e}");
                 } else {
                     self.verify_covered(&policy).await;
@@ -370,7 +370,7 @@ impl Ops {
             }
             // Recorded first: a crash mid-run does not repeat the run.
             policy.last_run = now;
-            if let Err(e) = self.policies.put(policy.clone()).await {
+            if let Err(e) = self.policies.put(&policy.id, policy.clone()).await {
                 tracing::error!(policy = policy.name, "cannot record the run: {e}");
                 continue;
             }

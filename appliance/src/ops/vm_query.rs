@@ -162,6 +162,7 @@ mod tests {
                 last_seen: 0,
                 agent_version: String::new(),
                 facts: Default::default(),
+                address: String::new(),
             })
             .await
             .unwrap();

@@ -5,6 +5,8 @@
 //! (fsync'd by redb). Concurrent callers share one transaction per batch, so a
 //! burst of agent updates costs one fsync, not one each.
 
+pub mod book;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,10 +34,17 @@ pub enum Table {
     Audit,
     BackupPolicies,
     Datastores,
+    HaSettings,
+    HostHa,
+    VmHa,
+    Failovers,
+    PhysicalMachines,
+    HaEvents,
+    HaProtected,
 }
 
 impl Table {
-    const ALL: [Table; 9] = [
+    const ALL: [Table; 16] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -45,6 +54,13 @@ impl Table {
         Table::Audit,
         Table::BackupPolicies,
         Table::Datastores,
+        Table::HaSettings,
+        Table::HostHa,
+        Table::VmHa,
+        Table::Failovers,
+        Table::PhysicalMachines,
+        Table::HaEvents,
+        Table::HaProtected,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -58,6 +74,13 @@ impl Table {
             Table::Audit => "audit",
             Table::BackupPolicies => "backup_policies",
             Table::Datastores => "datastores",
+            Table::HaSettings => "ha_settings",
+            Table::HostHa => "host_ha",
+            Table::VmHa => "vm_ha",
+            Table::Failovers => "failovers",
+            Table::PhysicalMachines => "physical_machines",
+            Table::HaEvents => "ha_events",
+            Table::HaProtected => "ha_protected",
         })
     }
 }

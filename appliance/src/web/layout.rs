@@ -14,10 +14,12 @@ pub struct PageCtx<'a> {
     pub agent_port: u16,
 }
 
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 9] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
+    ("/cluster", "Cluster"),
+    ("/physical", "Physical"),
     ("/jobs", "Jobs"),
     ("/policies", "Policies"),
     ("/datastores", "Datastores"),

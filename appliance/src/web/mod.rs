@@ -4,6 +4,7 @@
 
 pub mod assets;
 mod backup_pages;
+mod ha_pages;
 mod layout;
 mod pages;
 
@@ -146,8 +147,22 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                     ..Default::default()
                 },
             )?;
-            Ok(pages::host(ctx, &host, &vms.items))
+            let ha = ops.host_ha(who, id)?;
+            let events = ops.ha_history(who, Some(&host.host.id), 50)?;
+            let section = ha_pages::host_section(ctx, &host.host.id, &ha, &events);
+            Ok(pages::host(ctx, &host, &vms.items, section))
         }
+        ["cluster"] => {
+            let view = ops.cluster_view(who)?;
+            let failovers = ops.failovers(who)?;
+            let events = ops.ha_history(who, None, 30)?;
+            Ok(ha_pages::cluster(ctx, &view, &failovers, &events))
+        }
+        ["failovers", id] => Ok(ha_pages::failover(ctx, &ops.failover(who, id)?)),
+        ["physical"] => Ok(ha_pages::physical_machines(
+            ctx,
+            &ops.physical_machines(who)?,
+        )),
         ["vms"] => {
             let q = pages::vm_query_from(req);
             let page = ops.vms(who, &q)?;
@@ -161,6 +176,8 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let backups = ops.vm_backups(who, id).await?;
             let hosts = ops.hosts(who)?;
             let backup_section = backup_pages::vm_backups(ctx, id, &backups, &hosts);
+            let ha_section = ha_pages::vm_section(ctx, id, &ops.vm_ha(who, id)?);
+            let backup_section = maud::html! { (backup_section) (ha_section) };
             Ok(pages::vm(
                 ctx,
                 &vm,
@@ -322,6 +339,84 @@ async fn post(
                 )
                 .await?;
             Ok(redirect(&format!("/jobs/{}", job.id)))
+        }
+        ["vms", id, "ha"] => {
+            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
+            let settings = crate::ha::settings::VmHa {
+                enabled: field(form, "enabled").is_some(),
+                priority: serde_json::from_value(serde_json::json!(text("priority")))
+                    .map_err(|_| OpsError::BadRequest("unknown priority".into()))?,
+                anti_affinity_group: text("anti_affinity_group"),
+                method: serde_json::from_value(serde_json::json!(text("method")))
+                    .map_err(|_| OpsError::BadRequest("unknown failover method".into()))?,
+                probe_address: text("probe_address"),
+            };
+            ops.set_vm_ha(who, id, settings).await?;
+            Ok(redirect(&format!("/vms/{id}")))
+        }
+        ["hosts", id, "ha"] => {
+            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
+            let probe = match text("probe").as_str() {
+                "tcp" => crate::ha::settings::HostProbe::Tcp {
+                    port: text("port")
+                        .parse()
+                        .map_err(|_| OpsError::BadRequest("a TCP probe needs a port".into()))?,
+                },
+                _ => crate::ha::settings::HostProbe::Icmp,
+            };
+            let settings = crate::ha::settings::HostHa {
+                probe,
+                address: text("address"),
+                fence_command: text("fence_command"),
+                storage_mounts: ha_pages::parse_pairs(&text("storage_mounts"))
+                    .map_err(OpsError::BadRequest)?,
+            };
+            ops.set_host_ha(who, id, settings).await?;
+            Ok(redirect(&format!("/hosts/{id}")))
+        }
+        ["cluster", "settings"] => {
+            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
+            let number = |name: &str| {
+                text(name)
+                    .parse::<u64>()
+                    .map_err(|_| OpsError::BadRequest(format!("{name} must be a number")))
+            };
+            let settings = crate::ha::settings::ClusterHa {
+                heartbeat_interval_ms: number("heartbeat_interval_ms")?,
+                misses: number("misses")? as u32,
+                fence_timeout_ms: number("fence_timeout_ms")?,
+                fence_margin_ms: number("fence_margin_ms")?,
+                tolerated_host_failures: number("tolerated_host_failures")? as u32,
+                shared_storages: ha_pages::parse_pairs(&text("shared_storages"))
+                    .map_err(OpsError::BadRequest)?,
+                isolation_addresses: text("isolation_addresses")
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            };
+            ops.set_cluster_ha(who, settings).await?;
+            Ok(redirect("/cluster"))
+        }
+        ["physical"] => {
+            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
+            let pm = crate::ha::physical::PhysicalMachine {
+                id: String::new(),
+                name: text("name"),
+                checks: ha_pages::parse_checks(&text("checks")).map_err(OpsError::BadRequest)?,
+                failed_rounds: text("failed_rounds").parse().unwrap_or(3),
+                interval_ms: 1000,
+                standby_vm: text("standby_vm"),
+                standby_host: text("standby_host"),
+                state: crate::ha::physical::PhysicalState::Monitoring,
+            };
+            ops.add_physical_machine(who, pm).await?;
+            Ok(redirect("/physical"))
+        }
+        ["physical", id, "failback"] => {
+            ops.failback_physical(who, id, field(form, "confirm").is_some())
+                .await?;
+            Ok(redirect("/physical"))
         }
         ["agents", "tokens"] => {
             let issued = ops.issue_enrollment_token(who).await?;

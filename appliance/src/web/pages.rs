@@ -99,7 +99,7 @@ pub fn hosts(ctx: &PageCtx, hosts: &[HostView]) -> Result<Markup, crate::ops::Op
     Ok(page(ctx, "Hosts", "/hosts", None, hosts_table(hosts)))
 }
 
-pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm]) -> Markup {
+pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm], ha: Markup) -> Markup {
     let f = &h.host.facts;
     page(
         ctx,
@@ -120,6 +120,7 @@ pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm]) -> Markup {
             }
             h2 { "VMs on this host (" (vms.len()) ")" }
             (vm_table(vms, None))
+            (ha)
         },
     )
 }

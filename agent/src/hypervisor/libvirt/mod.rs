@@ -5,6 +5,7 @@
 //! `shutdown` always ends with the domain off (ACPI first, then destroy).
 
 mod backup;
+mod failover;
 mod parse;
 mod restore;
 
@@ -68,6 +69,10 @@ impl LibvirtDriver {
 
     /// Runs `virsh ARGS` and returns its stdout.
     fn virsh(&self, args: &[&str]) -> Result<String, HypervisorError> {
+        self.virsh_bounded(args, VIRSH_TIMEOUT)
+    }
+
+    fn virsh_bounded(&self, args: &[&str], limit: Duration) -> Result<String, HypervisorError> {
         let command_line = format!("virsh {}", args.join(" "));
         let mut cmd = Command::new("virsh");
         if let Some(uri) = &self.uri {
@@ -75,7 +80,7 @@ impl LibvirtDriver {
         }
         // C locale: state names and error texts are parsed, so no translations.
         cmd.args(args).env("LC_ALL", "C");
-        let output = run_bounded(cmd, VIRSH_TIMEOUT).map_err(|e| HypervisorError::Command {
+        let output = run_bounded(cmd, limit).map_err(|e| HypervisorError::Command {
             command: command_line.clone(),
             message: e.to_string(),
         })?;
@@ -296,6 +301,21 @@ impl Hypervisor for LibvirtDriver {
 
     fn driver(&self) -> &'static str {
         "libvirt"
+    }
+
+    fn hard_stop(&self, uuid: &str) -> Result<(), HypervisorError> {
+        self.hard_stop_impl(uuid)
+    }
+
+    fn start_from_config(
+        &self,
+        request: &lifeboat_proto::StartVmRequest,
+    ) -> Result<(), HypervisorError> {
+        self.start_from_config_impl(request)
+    }
+
+    fn undefine_keeping_disks(&self, uuid: &str) -> Result<(), HypervisorError> {
+        self.undefine_keeping_disks_impl(uuid)
     }
 
     fn host_facts(&self) -> Result<HostFacts, HypervisorError> {

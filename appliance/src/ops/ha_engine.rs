@@ -1,0 +1,642 @@
+//! The HA engine: every tick it keeps each agent's HA configuration
+//! current, watches silent hosts (network probe, storage heartbeat, VM
+//! probes), runs out-of-band fences, opens a failover once `detect::assess`
+//! allows it, and drives open failovers: placement, then start (or restore)
+//! on the destination, every step persisted before it is taken.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_proto::{Command, ControllerMessage, HaAgentConfig, PowerState, StartVmRequest};
+
+use super::Ops;
+use crate::access::{Principal, Role};
+use crate::ha::detect::{assess, HostState, Observation, Timing};
+use crate::ha::failover::{start_order, Failover, FailoverKind, FailoverState, MoveState, VmMove};
+use crate::ha::placement::{choose, reserve, Candidate};
+use crate::ha::probe::{read_storage_heartbeat, run_fence_command, Prober};
+use crate::ha::remap::remap_disks;
+use crate::ha::settings::{ClusterHa, FailoverMethod};
+use crate::ha::OobFence;
+use crate::inventory::HostView;
+
+const TICK: Duration = Duration::from_millis(200);
+/// Directory, on each shared storage, holding the agents' heartbeat files.
+pub const HEARTBEAT_DIR: &str = ".lifeboat-heartbeat";
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const FENCE_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// An unplaceable VM is tried again this often while its failover runs.
+const RETRY_EVERY: Duration = Duration::from_secs(3);
+
+/// The principal failovers act as; audited like anyone else.
+fn ha_engine() -> Principal {
+    Principal {
+        user: "ha".into(),
+        role: Role::Administrator,
+        source: "ha-engine".into(),
+    }
+}
+
+pub fn timing(c: &ClusterHa) -> Timing {
+    Timing {
+        interval: Duration::from_millis(c.heartbeat_interval_ms),
+        misses: c.misses,
+        fence_timeout: Duration::from_millis(c.fence_timeout_ms),
+        margin: Duration::from_millis(c.fence_margin_ms),
+    }
+}
+
+#[derive(Default)]
+pub(super) struct EngineState {
+    last_round: HashMap<String, Instant>,
+    probing: HashSet<String>,
+    driving: HashSet<String>,
+    last_drive: HashMap<String, Instant>,
+    pub(super) physical: super::ha_physical::PhysicalWatch,
+}
+
+impl Ops {
+    /// Runs the HA engine forever.
+    pub async fn ha_loop(self: Arc<Self>) {
+        let prober = Arc::new(Prober::new());
+        let state = Arc::new(Mutex::new(EngineState::default()));
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.ha_tick(&prober, &state).await;
+        }
+    }
+
+    async fn ha_tick(self: &Arc<Self>, prober: &Arc<Prober>, state: &Arc<Mutex<EngineState>>) {
+        let cluster = self.ha.cluster();
+        let t = timing(&cluster);
+        let hosts = self.inventory.hosts();
+        for h in &hosts {
+            self.send_ha_config(h, &cluster).await;
+        }
+        for (host_id, record) in self.hub.take_fence_reports() {
+            let message = format!(
+                "its agent reports a self-fence while cut off: {} VM(s) stopped{}",
+                record.stopped.len(),
+                if record.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", could not stop: {}", record.failed.join("; "))
+                }
+            );
+            self.ha.event(&host_id, HostState::Fenced, message).await;
+        }
+        for (host_id, uuid) in self.inventory.take_stale_copies() {
+            self.forget_stale_copy(host_id, uuid);
+        }
+        let now = Instant::now();
+        for h in &hosts {
+            let id = &h.host.id;
+            let last_heartbeat = self
+                .inventory
+                .last_heard(id)
+                .unwrap_or(self.ha.started)
+                .max(self.ha.started);
+            let silent = now.saturating_duration_since(last_heartbeat);
+            if silent >= t.interval {
+                self.maybe_probe(h, &cluster, prober, state);
+            }
+            let watch = self.ha.watch(id);
+            let observation = Observation {
+                now,
+                last_heartbeat,
+                probe_failures: if silent >= t.interval {
+                    watch.probe_failures
+                } else {
+                    0
+                },
+                storage_changed: watch.storage_changed,
+                storage_reports_fence: watch.storage_fenced,
+                vm_answers: watch.vm_answers,
+                oob_fenced: watch.oob == OobFence::Succeeded,
+            };
+            let (new_state, reason) = assess(&observation, &t);
+            if new_state != watch.state {
+                self.host_state_changed(id, watch.state, new_state, reason)
+                    .await;
+            }
+            if new_state != HostState::Ok
+                && watch.probe_failures >= t.misses
+                && watch.oob == OobFence::NotTried
+            {
+                self.maybe_fence_out_of_band(id);
+            }
+            if new_state.allows_failover() && !self.ha.watch(id).failover_opened {
+                self.open_failover(h, new_state, reason, last_heartbeat)
+                    .await;
+            }
+        }
+        self.drive_failovers(state);
+        self.watch_physical_machines(prober, state);
+    }
+
+    async fn host_state_changed(
+        &self,
+        id: &str,
+        old: HostState,
+        new: HostState,
+        reason: &'static str,
+    ) {
+        {
+            let mut watches = self.ha.lock_watches();
+            let w = watches.entry(id.to_string()).or_default();
+            w.state = new;
+            w.reason = reason;
+            if new == HostState::Ok {
+                // A new outage starts from scratch.
+                w.probe_failures = 0;
+                w.storage_fenced = false;
+                w.vm_answers = false;
+                w.oob = OobFence::NotTried;
+                w.failover_opened = false;
+            }
+        }
+        let what = match (old, new) {
+            (_, HostState::Ok) => format!("back: {reason}"),
+            (HostState::Ok, _) => format!("detected: {reason}"),
+            _ => reason.to_string(),
+        };
+        self.ha.event(id, new, what).await;
+    }
+
+    /// Tells a connected agent what to fence and where its storage
+    /// heartbeat goes, whenever that changes or it reconnects.
+    async fn send_ha_config(&self, h: &HostView, cluster: &ClusterHa) {
+        let id = &h.host.id;
+        let Some(connection) = self.hub.connection(id) else {
+            return;
+        };
+        let host_ha = self.ha.host(id);
+        let mut protected: Vec<String> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| v.host_id == *id)
+                .map(|v| v.info.uuid.clone())
+                .filter(|uuid| self.ha.vm(uuid).enabled)
+                .collect()
+        });
+        protected.sort();
+        let config = HaAgentConfig {
+            fence_timeout_ms: cluster.fence_timeout_ms,
+            protected,
+            heartbeat_dirs: cluster
+                .shared_storages
+                .keys()
+                .filter_map(|name| host_ha.storage_mounts.get(name))
+                .map(|mount| format!("{}/{HEARTBEAT_DIR}", mount.trim_end_matches('/')))
+                .collect(),
+            isolation_addresses: cluster.isolation_addresses.clone(),
+        };
+        let watch = self.ha.watch(id);
+        if watch.config_sent.as_ref() == Some(&(connection, config.clone())) {
+            return;
+        }
+        if !self
+            .hub
+            .notify(id, ControllerMessage::HaConfig(config.clone()))
+        {
+            return;
+        }
+        if self.ha.told_to_protect.get(id).as_ref() != Some(&config.protected) {
+            if let Err(e) = self
+                .ha
+                .told_to_protect
+                .put(id, config.protected.clone())
+                .await
+            {
+                tracing::error!("cannot record the protected VMs of {id}: {e}");
+            }
+        }
+        self.ha
+            .lock_watches()
+            .entry(id.clone())
+            .or_default()
+            .config_sent = Some((connection, config));
+    }
+
+    /// One probe round per interval for a silent host, in the background:
+    /// its network, its storage heartbeat and its HA VMs' addresses.
+    fn maybe_probe(
+        self: &Arc<Self>,
+        h: &HostView,
+        cluster: &ClusterHa,
+        prober: &Arc<Prober>,
+        state: &Arc<Mutex<EngineState>>,
+    ) {
+        let id = h.host.id.clone();
+        let interval = Duration::from_millis(cluster.heartbeat_interval_ms);
+        {
+            let mut s = state.lock().expect("engine lock");
+            let due = s
+                .last_round
+                .get(&id)
+                .is_none_or(|at| at.elapsed() >= interval);
+            if !due || s.probing.contains(&id) {
+                return;
+            }
+            s.last_round.insert(id.clone(), Instant::now());
+            s.probing.insert(id.clone());
+        }
+        let host_ha = self.ha.host(&id);
+        let address = if host_ha.address.is_empty() {
+            h.host.address.clone()
+        } else {
+            host_ha.address.clone()
+        };
+        let storage_dirs: Vec<String> = cluster
+            .shared_storages
+            .iter()
+            .filter(|(name, _)| host_ha.storage_mounts.contains_key(*name))
+            .map(|(_, path)| format!("{}/{HEARTBEAT_DIR}", path.trim_end_matches('/')))
+            .collect();
+        let vm_addresses: Vec<IpAddr> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| v.host_id == id)
+                .filter_map(|v| self.ha.vm(&v.info.uuid).probe_address.parse().ok())
+                .collect()
+        });
+        let (ops, prober, state) = (self.clone(), prober.clone(), state.clone());
+        tokio::spawn(async move {
+            let timeout = interval.mul_f32(0.8);
+            let host_answers = match address.parse::<IpAddr>() {
+                Ok(ip) => prober.answers(ip, host_ha.probe, timeout).await,
+                Err(_) => false,
+            };
+            let mut vm_answers = false;
+            for ip in vm_addresses {
+                if prober
+                    .answers(ip, crate::ha::settings::HostProbe::Icmp, timeout)
+                    .await
+                {
+                    vm_answers = true;
+                    break;
+                }
+            }
+            let host_id = id.clone();
+            let beats = tokio::task::spawn_blocking(move || {
+                storage_dirs
+                    .iter()
+                    .filter_map(|dir| read_storage_heartbeat(Path::new(dir), &host_id))
+                    .max_by_key(|b| b.seq)
+            })
+            .await
+            .ok()
+            .flatten();
+            {
+                let mut watches = ops.ha.lock_watches();
+                let w = watches.entry(id.clone()).or_default();
+                w.probe_failures = if host_answers {
+                    0
+                } else {
+                    w.probe_failures + 1
+                };
+                w.vm_answers = vm_answers;
+                if let Some(beat) = beats {
+                    if w.storage_seq != Some(beat.seq) {
+                        w.storage_seq = Some(beat.seq);
+                        w.storage_changed = Some(Instant::now());
+                    }
+                    w.storage_fenced = beat.fenced.is_some();
+                }
+            }
+            state.lock().expect("engine lock").probing.remove(&id);
+        });
+    }
+
+    fn maybe_fence_out_of_band(self: &Arc<Self>, id: &str) {
+        let command = self.ha.host(id).fence_command;
+        if command.is_empty() {
+            return;
+        }
+        self.ha
+            .lock_watches()
+            .entry(id.to_string())
+            .or_default()
+            .oob = OobFence::Running;
+        let (ops, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let result = run_fence_command(&command, FENCE_COMMAND_TIMEOUT).await;
+            let (oob, message) = match &result {
+                Ok(()) => (
+                    OobFence::Succeeded,
+                    "out-of-band fence succeeded".to_string(),
+                ),
+                Err(e) => (
+                    OobFence::Failed(e.clone()),
+                    format!("out-of-band fence failed: {e}"),
+                ),
+            };
+            ops.ha.lock_watches().entry(id.clone()).or_default().oob = oob;
+            let state = ops.ha.watch(&id).state;
+            ops.ha.event(&id, state, message).await;
+        });
+    }
+
+    /// Records a failover for the host's HA VMs. Only VMs its agent was
+    /// told to protect (and so fences) move, unless an out-of-band fence
+    /// powered the host off.
+    async fn open_failover(
+        &self,
+        h: &HostView,
+        state: HostState,
+        reason: &str,
+        last_heartbeat: Instant,
+    ) {
+        let id = &h.host.id;
+        self.ha
+            .lock_watches()
+            .entry(id.clone())
+            .or_default()
+            .failover_opened = true;
+        let already = self
+            .ha
+            .failovers
+            .all()
+            .into_iter()
+            .any(|f| f.source_id == *id && f.state == FailoverState::Running);
+        if already {
+            return; // a failover resumed after a restart covers it
+        }
+        let told = self.ha.told_to_protect.get(id).unwrap_or_default();
+        let oob = self.ha.watch(id).oob == OobFence::Succeeded;
+        let mut vms: Vec<VmMove> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| v.host_id == *id)
+                .filter_map(|v| {
+                    let ha = self.ha.vm(&v.info.uuid);
+                    let covered = oob || told.contains(&v.info.uuid);
+                    (ha.enabled && covered).then(|| VmMove {
+                        uuid: v.info.uuid.clone(),
+                        name: v.info.name.clone(),
+                        priority: ha.priority,
+                        method: ha.method,
+                        memory_mib: v.info.memory_mib,
+                        anti_affinity_group: ha.anti_affinity_group.clone(),
+                        prior_state: v.info.power_state,
+                        config: v.info.config.clone(),
+                        destination: None,
+                        state: MoveState::Pending,
+                        error: None,
+                        attempts: 0,
+                    })
+                })
+                .collect()
+        });
+        if vms.is_empty() {
+            return;
+        }
+        start_order(&mut vms);
+        let silent_ms = last_heartbeat.elapsed().as_millis() as u64;
+        let now_ms = crate::clock::unix_now_ms();
+        let mut f = Failover {
+            id: format!("fo-{now_ms}-{}", &id[..id.len().min(8)]),
+            kind: FailoverKind::Host,
+            source_id: id.clone(),
+            source_name: h.host.name.clone(),
+            last_seen_ms: now_ms.saturating_sub(silent_ms),
+            state: FailoverState::Running,
+            reason: reason.to_string(),
+            steps: Vec::new(),
+            vms,
+        };
+        let detected_after = timing(&self.ha.cluster()).interval * self.ha.cluster().misses;
+        f.steps.push(crate::ha::failover::Step {
+            at_ms: f.last_seen_ms + detected_after.as_millis() as u64,
+            what: "detected: heartbeats missed".into(),
+        });
+        f.step(format!("{}: {reason}", state.as_str()));
+        if let Err(e) = self.ha.failovers.put(&f.id, f.clone()).await {
+            tracing::error!("cannot record failover: {e}");
+            return;
+        }
+        let message = format!("failover {} opened for {} VM(s)", f.id, f.vms.len());
+        self.ha.event(id, state, message).await;
+        let _ = self
+            .audit
+            .record(
+                &ha_engine(),
+                "failover",
+                &format!("host {}", h.host.name),
+                &Ok(()),
+            )
+            .await;
+    }
+
+    fn drive_failovers(self: &Arc<Self>, state: &Arc<Mutex<EngineState>>) {
+        for f in self.ha.failovers.all() {
+            if f.state != FailoverState::Running {
+                continue;
+            }
+            {
+                let mut s = state.lock().expect("engine lock");
+                let recent = s
+                    .last_drive
+                    .get(&f.id)
+                    .is_some_and(|at| at.elapsed() < RETRY_EVERY);
+                if s.driving.contains(&f.id) || recent {
+                    continue;
+                }
+                s.driving.insert(f.id.clone());
+                s.last_drive.insert(f.id.clone(), Instant::now());
+            }
+            let (ops, state) = (self.clone(), state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ops.drive_failover(&f.id).await {
+                    tracing::error!(failover = f.id, "failover step failed: {e}");
+                }
+                state.lock().expect("engine lock").driving.remove(&f.id);
+            });
+        }
+    }
+
+    /// Places and starts every waiting VM of one failover, in priority
+    /// order, persisting each decision before acting on it.
+    async fn drive_failover(self: &Arc<Self>, id: &str) -> Result<(), super::OpsError> {
+        let Some(mut f) = self.ha.failovers.get(id) else {
+            return Ok(());
+        };
+        let mut candidates = self.placement_candidates(&f.source_id);
+        for i in 0..f.vms.len() {
+            let vm = f.vms[i].clone();
+            match vm.state {
+                MoveState::Started | MoveState::Failed => continue,
+                MoveState::Placed => {}
+                MoveState::Pending | MoveState::Unplaceable => {
+                    if self.runs_elsewhere(&vm.uuid, &f.source_id) {
+                        f.vms[i].state = MoveState::Started;
+                        f.step(format!("started: {} (found running)", vm.name));
+                        self.ha.failovers.put(id, f.clone()).await?;
+                        continue;
+                    }
+                    let memory = vm.memory_mib * 1024 * 1024;
+                    let Some(pick) = choose(memory, &vm.anti_affinity_group, &candidates) else {
+                        if vm.state == MoveState::Pending {
+                            f.vms[i].state = MoveState::Unplaceable;
+                            f.step(format!(
+                                "unplaceable: {} (no host has room); retrying",
+                                vm.name
+                            ));
+                            self.ha.failovers.put(id, f.clone()).await?;
+                            let message = format!("ALERT: VM {} cannot be placed", vm.name);
+                            self.ha
+                                .event(&f.source_id, HostState::Failed, message)
+                                .await;
+                        }
+                        continue;
+                    };
+                    reserve(&mut candidates[pick], memory, &vm.anti_affinity_group);
+                    let dest = candidates[pick].host_id.clone();
+                    f.vms[i].destination = Some(dest.clone());
+                    f.vms[i].state = MoveState::Placed;
+                    let dest_name = self.inventory.host_name(&dest);
+                    f.step(format!("placed: {} on {dest_name}", vm.name));
+                    self.ha.failovers.put(id, f.clone()).await?;
+                }
+            }
+            let dest = f.vms[i].destination.clone().unwrap_or_default();
+            f.vms[i].attempts += 1;
+            let result = self.start_moved_vm(&f.source_id, &dest, &f.vms[i]).await;
+            match result {
+                Ok(()) => {
+                    f.vms[i].state = MoveState::Started;
+                    let dest_name = self.inventory.host_name(&dest);
+                    f.step(format!("started: {} on {dest_name}", vm.name));
+                }
+                Err(e) if f.vms[i].attempts < 3 => {
+                    f.vms[i].error = Some(e);
+                }
+                Err(e) => {
+                    f.vms[i].state = MoveState::Failed;
+                    f.step(format!("failed: {}: {e}", vm.name));
+                    f.vms[i].error = Some(e);
+                }
+            }
+            self.ha.failovers.put(id, f.clone()).await?;
+        }
+        f.settle();
+        self.ha.failovers.put(id, f).await?;
+        Ok(())
+    }
+
+    /// Connected hosts other than the failed one, with their free memory.
+    fn placement_candidates(&self, source: &str) -> Vec<Candidate> {
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        self.inventory.with_vms(|vms| {
+            for v in vms.filter(|v| v.info.power_state == PowerState::Running) {
+                let group = self.ha.vm(&v.info.uuid).anti_affinity_group;
+                if !group.is_empty() {
+                    groups.entry(v.host_id.clone()).or_default().push(group);
+                }
+            }
+        });
+        self.inventory
+            .hosts()
+            .into_iter()
+            .filter(|h| h.host.id != source && self.hub.is_connected(&h.host.id))
+            .filter(|h| self.ha.watch(&h.host.id).state == HostState::Ok)
+            .map(|h| Candidate {
+                groups: groups.remove(&h.host.id).unwrap_or_default(),
+                host_id: h.host.id,
+                free_bytes: h.host.facts.memory_free_bytes,
+            })
+            .collect()
+    }
+
+    fn runs_elsewhere(&self, uuid: &str, source: &str) -> bool {
+        self.inventory.vm(uuid).is_some_and(|v| {
+            v.host_id != source
+                && matches!(v.info.power_state, PowerState::Running | PowerState::Paused)
+        })
+    }
+
+    async fn start_moved_vm(
+        self: &Arc<Self>,
+        source: &str,
+        dest: &str,
+        vm: &VmMove,
+    ) -> Result<(), String> {
+        match vm.method {
+            FailoverMethod::Restart => {
+                let from = self.ha.host(source).storage_mounts;
+                let config = if from.is_empty() {
+                    vm.config.clone()
+                } else {
+                    remap_disks(&vm.config, &from, &self.ha.host(dest).storage_mounts)?
+                };
+                let request = StartVmRequest {
+                    uuid: vm.uuid.clone(),
+                    config,
+                    state: vm.prior_state,
+                };
+                self.hub
+                    .request(dest, Command::StartVm(request), START_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            FailoverMethod::Restore => self.restore_moved_vm(dest, vm).await,
+        }
+    }
+
+    /// Failover without shared storage: the latest backup, restored exactly
+    /// onto the destination.
+    async fn restore_moved_vm(self: &Arc<Self>, dest: &str, vm: &VmMove) -> Result<(), String> {
+        let who = ha_engine();
+        let backups = self
+            .vm_backups(&who, &vm.uuid)
+            .await
+            .map_err(|e| e.to_string())?;
+        let latest = backups
+            .iter()
+            .max_by(|a, b| a.reference.id.cmp(&b.reference.id))
+            .ok_or_else(|| format!("VM {} has no backup to restore", vm.name))?;
+        let start = vm.prior_state == PowerState::Running;
+        let job = self
+            .restore(
+                &who,
+                &latest.reference.to_string(),
+                Some(dest),
+                false,
+                start,
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(6 * 3600);
+        loop {
+            match self.jobs.get(job.id) {
+                Some(j) if j.state.is_finished() => {
+                    return match j.error {
+                        None => Ok(()),
+                        Some(e) => Err(format!("restore job {}: {e}", j.id)),
+                    };
+                }
+                _ if Instant::now() > deadline => return Err("restore did not finish".into()),
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// A host that came back still has the definition of a VM that now runs
+    /// elsewhere: forget it there (disks stay), so it is never started twice.
+    fn forget_stale_copy(self: &Arc<Self>, host_id: String, uuid: String) {
+        let ops = self.clone();
+        tokio::spawn(async move {
+            let command = Command::Undefine { uuid: uuid.clone() };
+            let result = ops
+                .hub
+                .request(&host_id, command, Duration::from_secs(60))
+                .await;
+            let message = match result {
+                Ok(()) => format!("stale copy of VM {uuid} undefined (it runs elsewhere)"),
+                Err(e) => format!("could not undefine the stale copy of VM {uuid}: {e}"),
+            };
+            let state = ops.ha.watch(&host_id).state;
+            ops.ha.event(&host_id, state, message).await;
+        });
+    }
+}
