@@ -18,6 +18,9 @@ APT_PACKAGES=(
     musl-tools
     genisoimage
     dnsmasq-base iptables
+    # Cluster tests (tests/src/cluster): network namespaces and veths (ip),
+    # nsenter/unshare/taskset, kill, and Python's http.server.
+    iproute2 util-linux procps python3
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

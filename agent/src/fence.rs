@@ -37,6 +37,11 @@ struct State {
     /// When the newest heartbeat the controller acknowledged was sent.
     last_round_trip: Instant,
     sent: VecDeque<(u64, Instant)>,
+    /// Heartbeat numbers, unique across sessions: an acknowledgement from
+    /// an old session must never match a new heartbeat.
+    next_heartbeat: u64,
+    /// Storage heartbeat numbers.
+    storage_seq: u64,
     /// Counts the outages; a fence belongs to one.
     outage: u64,
     in_outage: bool,
@@ -57,24 +62,7 @@ impl FenceWatchdog {
         host_id: &str,
         driver: Arc<dyn Hypervisor>,
     ) -> Arc<FenceWatchdog> {
-        let config = std::fs::read(state_dir.join(CONFIG_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let watchdog = Arc::new(FenceWatchdog {
-            state: Mutex::new(State {
-                config,
-                last_round_trip: Instant::now(),
-                sent: VecDeque::new(),
-                outage: 0,
-                in_outage: false,
-                fenced: None,
-                unreported: None,
-                storage_ok: None,
-            }),
-            state_dir: state_dir.to_path_buf(),
-            host_id: host_id.to_string(),
-        });
+        let watchdog = Arc::new(FenceWatchdog::new(state_dir, host_id));
         let w = watchdog.clone();
         std::thread::Builder::new()
             .name("fence-watchdog".into())
@@ -86,28 +74,51 @@ impl FenceWatchdog {
         let w = watchdog.clone();
         std::thread::Builder::new()
             .name("storage-heartbeat".into())
-            .spawn(move || {
-                let mut seq = 0u64;
-                loop {
-                    seq += 1;
-                    w.write_storage_heartbeat(seq);
-                    std::thread::sleep(STORAGE_BEAT);
-                }
+            .spawn(move || loop {
+                w.write_storage_heartbeat();
+                std::thread::sleep(STORAGE_BEAT);
             })
             .expect("spawn the storage heartbeat");
         watchdog
+    }
+
+    fn new(state_dir: &Path, host_id: &str) -> FenceWatchdog {
+        let config = std::fs::read(state_dir.join(CONFIG_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        FenceWatchdog {
+            state: Mutex::new(State {
+                config,
+                last_round_trip: Instant::now(),
+                sent: VecDeque::new(),
+                next_heartbeat: 0,
+                storage_seq: 0,
+                outage: 0,
+                in_outage: false,
+                fenced: None,
+                unreported: None,
+                storage_ok: None,
+            }),
+            state_dir: state_dir.to_path_buf(),
+            host_id: host_id.to_string(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn heartbeat_sent(&self, seq: u64) {
+    /// Numbers and records a heartbeat about to be sent.
+    pub fn heartbeat_sent(&self) -> u64 {
         let mut s = self.lock();
         if s.sent.len() == SENT_WINDOW {
             s.sent.pop_front();
         }
+        s.next_heartbeat += 1;
+        let seq = s.next_heartbeat;
         s.sent.push_back((seq, Instant::now()));
+        seq
     }
 
     /// The controller heard heartbeat `seq`: the silence counts from when
@@ -126,6 +137,14 @@ impl FenceWatchdog {
             if let Some(record) = s.fenced.take() {
                 s.unreported = Some(record);
             }
+        }
+    }
+
+    /// How often to send heartbeats: as the controller says, else the default.
+    pub fn heartbeat_interval(&self) -> Duration {
+        match self.lock().config.heartbeat_interval_ms {
+            0 => Duration::from_millis(lifeboat_proto::HEARTBEAT_INTERVAL_MS),
+            ms => Duration::from_millis(ms.clamp(100, 60_000)),
         }
     }
 
@@ -198,21 +217,27 @@ impl FenceWatchdog {
             failed = record.failed.len(),
             "self-fence done"
         );
-        let mut s = self.lock();
-        // The link may have come back while we fenced; report it then.
-        if s.in_outage {
-            s.fenced = Some(record);
-        } else {
-            s.unreported = Some(record);
+        {
+            let mut s = self.lock();
+            // The link may have come back while we fenced; report it then.
+            if s.in_outage {
+                s.fenced = Some(record);
+            } else {
+                s.unreported = Some(record);
+            }
         }
+        // Tell the storage now, not at the next beat: the controller may
+        // restart the VMs as soon as it reads this.
+        self.write_storage_heartbeat();
     }
 
-    fn write_storage_heartbeat(&self, seq: u64) {
+    fn write_storage_heartbeat(&self) {
         let (dirs, beat) = {
-            let s = self.lock();
+            let mut s = self.lock();
+            s.storage_seq += 1;
             let beat = StorageHeartbeat {
                 host_id: self.host_id.clone(),
-                seq,
+                seq: s.storage_seq,
                 controller_silent_ms: s.last_round_trip.elapsed().as_millis() as u64,
                 fenced: s.fenced.clone(),
             };
@@ -289,6 +314,70 @@ mod tests {
             Some(std::net::Ipv4Addr::new(10, 77, 1, 1))
         );
         assert_eq!(parse_default_gateway("Iface\tDestination\n"), None);
+    }
+
+    #[test]
+    fn only_the_newest_acknowledged_heartbeat_moves_the_fence_clock() {
+        let dir = std::env::temp_dir().join(format!("lifeboat-fence-{}", std::process::id()));
+        let w = FenceWatchdog::new(&dir, "h1");
+        let first = w.heartbeat_sent();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = w.heartbeat_sent();
+        assert_ne!(first, second, "numbers never repeat, even across sessions");
+        w.heartbeat_acked(second);
+        let clock = w.lock().last_round_trip;
+        w.heartbeat_acked(first); // a late answer to an older heartbeat
+        assert_eq!(w.lock().last_round_trip, clock);
+        w.heartbeat_acked(999); // never sent
+        assert_eq!(w.lock().last_round_trip, clock);
+        std::thread::sleep(Duration::from_millis(5));
+        let third = w.heartbeat_sent();
+        w.heartbeat_acked(third);
+        assert!(w.lock().last_round_trip > clock);
+    }
+
+    /// The decision, with the simulated driver (which refuses to stop
+    /// anything, so an attempted fence shows as `failed`).
+    #[test]
+    fn fences_only_when_silent_and_isolated_or_unable_to_prove_life() {
+        let driver = crate::hypervisor::sim::SimDriver::new("h1", 1);
+        let dir = std::env::temp_dir().join(format!("lifeboat-fence-d-{}", std::process::id()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refusing = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let config = |isolation: &str, dirs: Vec<String>| HaAgentConfig {
+            fence_timeout_ms: 40,
+            protected: vec!["vm-1".into()],
+            heartbeat_dirs: dirs,
+            isolation_addresses: vec![isolation.to_string()],
+            ..HaAgentConfig::default()
+        };
+        let storage = vec![dir.join("hb").display().to_string()];
+
+        // Controller away, network and storage fine: no fence.
+        let w = FenceWatchdog::new(&dir, "h1");
+        w.set_config(config(&refusing, storage.clone()));
+        std::thread::sleep(Duration::from_millis(50)); // silent past the timeout
+        w.write_storage_heartbeat();
+        w.check(&driver);
+        assert!(w.lock().fenced.is_none());
+
+        // Isolated: fence, once per outage, recorded in the storage file.
+        w.set_config(config("224.0.0.1:9", storage.clone()));
+        w.check(&driver);
+        let record = w.lock().fenced.clone().expect("fenced");
+        assert_eq!(record.failed.len(), 1, "{record:?}");
+        let beat: StorageHeartbeat =
+            serde_json::from_slice(&std::fs::read(dir.join("hb/h1.json")).unwrap()).unwrap();
+        assert_eq!(beat.fenced, Some(record));
+
+        // Not isolated but no storage heartbeat to prove life: fence too.
+        let w = FenceWatchdog::new(&dir.join("other"), "h1");
+        w.set_config(config(&refusing, Vec::new()));
+        std::thread::sleep(Duration::from_millis(50));
+        w.check(&driver);
+        assert!(w.lock().fenced.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use lifeboat_proto::{
-    read_frame, write_frame, AgentMessage, Command, ControllerMessage, Outcome,
-    HEARTBEAT_INTERVAL_MS, PROTOCOL_VERSION,
+    read_frame, write_frame, AgentMessage, Command, ControllerMessage, Outcome, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -25,8 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the back-off.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
-/// The controller acknowledges every heartbeat; this long without any frame
-/// means the link is dead even if TCP has not noticed (a silent partition).
+/// The controller acknowledges every heartbeat; this long (or three
+/// heartbeat intervals, if longer) without any frame means the link is dead
+/// even if TCP has not noticed (a silent partition).
 const SILENCE_LIMIT: Duration = Duration::from_secs(4);
 
 pub struct Enrollment<'a> {
@@ -214,7 +214,8 @@ async fn session(
 
     let result = async {
         loop {
-            let frame = tokio::time::timeout(SILENCE_LIMIT, read_frame(&mut reader))
+            let silence_limit = SILENCE_LIMIT.max(watchdog.heartbeat_interval() * 3);
+            let frame = tokio::time::timeout(silence_limit, read_frame(&mut reader))
                 .await
                 .context("the controller went silent")??;
             match frame {
@@ -375,12 +376,8 @@ fn throttled_progress(
 }
 
 async fn heartbeats(outbox: mpsc::Sender<AgentMessage>, watchdog: Arc<FenceWatchdog>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    let mut seq = 0u64;
     loop {
-        tick.tick().await;
-        seq += 1;
-        watchdog.heartbeat_sent(seq);
+        let seq = watchdog.heartbeat_sent();
         let msg = AgentMessage::Heartbeat {
             seq,
             memory_free_bytes: memory_free_bytes(),
@@ -388,6 +385,7 @@ async fn heartbeats(outbox: mpsc::Sender<AgentMessage>, watchdog: Arc<FenceWatch
         if outbox.send(msg).await.is_err() {
             return;
         }
+        tokio::time::sleep(watchdog.heartbeat_interval()).await;
     }
 }
 

@@ -3,9 +3,10 @@
 // pages, for the end-to-end tests (tests/src/browser.rs) and for people.
 //
 //   node screenshot.mjs --url https://127.0.0.1:PORT --user admin --password P \
-//        --out DIR (--ca CA.pem | --ca-ignore) [--vm ID]
+//        --out DIR (--ca CA.pem | --ca-ignore) [--page PATH]...
 //
-// Writes DIR/dashboard.png and, with --vm, DIR/vm-ID.png. Exits non-zero if
+// Writes DIR/dashboard.png and, for every --page, DIR/<PATH with / as ->.png
+// (e.g. --page /vms/ID writes vms-ID.png). Exits non-zero if
 // the login fails (still on /login afterwards), a page answers other than
 // 200 or shows no text, or anything takes too long.
 //
@@ -32,7 +33,7 @@ const TOTAL_TIMEOUT_MS = 120_000;
 const STEP_TIMEOUT_MS = 30_000;
 
 function parseArgs(argv) {
-  const options = { vm: null, ca: null, caIgnore: false };
+  const options = { pages: [], ca: null, caIgnore: false };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     const value = () => {
@@ -44,7 +45,7 @@ function parseArgs(argv) {
       case '--user': options.user = value(); break;
       case '--password': options.password = value(); break;
       case '--out': options.out = value(); break;
-      case '--vm': options.vm = value(); break;
+      case '--page': options.pages.push(value()); break;
       case '--ca': options.ca = value(); break;
       case '--ca-ignore': options.caIgnore = true; break;
       default: fail(`unknown argument ${flag}`);
@@ -77,6 +78,7 @@ function verifyCertificate(url, caFile) {
 }
 
 const pathOf = (page) => new URL(page.url()).pathname;
+const pngName = (urlPath) => `${urlPath.replace(/^\/+/, '').replace(/[^A-Za-z0-9._-]+/g, '-')}.png`;
 
 async function login(page, options) {
   const response = await page.goto(`${options.url}/login`);
@@ -126,8 +128,8 @@ async function main() {
 
     await login(page, options);
     await screenshot(page, options, '/', 'dashboard.png');
-    if (options.vm) {
-      await screenshot(page, options, `/vms/${encodeURIComponent(options.vm)}`, `vm-${options.vm}.png`);
+    for (const urlPath of options.pages) {
+      await screenshot(page, options, urlPath, pngName(urlPath));
     }
   } finally {
     await browser.close();

@@ -2,8 +2,10 @@
 //! harness mints the enrollment token, the agent keeps its identity in its
 //! own state directory and can be killed and restarted without a token.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use crate::binaries::agent_binary;
 use crate::controller::Controller;
@@ -15,8 +17,22 @@ use crate::scratch::ScratchDir;
 pub struct AgentOptions {
     name: String,
     libvirt_uri: Option<String>,
+    controller_addr: Option<String>,
+    command_prefix: Option<CommandPrefix>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+}
+
+/// Words put before the agent binary on every (re)start, computed anew each
+/// time: e.g. `nsenter -t PID -m -n` for a host whose anchor changes when
+/// the host restarts.
+#[derive(Clone)]
+struct CommandPrefix(Arc<dyn Fn() -> Vec<String> + Send + Sync>);
+
+impl fmt::Debug for CommandPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandPrefix({:?})", (self.0)())
+    }
 }
 
 impl AgentOptions {
@@ -24,6 +40,27 @@ impl AgentOptions {
     /// the agent uses its own default.
     pub fn libvirt_uri(mut self, uri: &str) -> Self {
         self.libvirt_uri = Some(uri.to_string());
+        self
+    }
+
+    /// The controller address the agent dials, instead of
+    /// [`Controller::agent_addr`] (loopback): e.g. the controller's address
+    /// as seen from a cluster host, see [`crate::Host::agent_options`].
+    pub fn controller_addr(mut self, addr: &str) -> Self {
+        self.controller_addr = Some(addr.to_string());
+        self
+    }
+
+    /// Runs the agent as `PREFIX... lifeboat-agent ARGS...`, with the prefix
+    /// computed by `prefix` on every start and restart (it may panic to
+    /// refuse a start, saying why). The process the harness kills is the
+    /// prefix's first word, so the prefix must `exec` the agent (as
+    /// `nsenter` without `--fork` does), not fork it.
+    pub fn command_prefix(
+        mut self,
+        prefix: impl Fn() -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.command_prefix = Some(CommandPrefix(Arc::new(prefix)));
         self
     }
 
@@ -48,7 +85,10 @@ impl AgentOptions {
             .unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
         let mut agent = Agent {
             process: None,
-            controller_addr: controller.agent_addr(),
+            controller_addr: self
+                .controller_addr
+                .clone()
+                .unwrap_or_else(|| controller.agent_addr()),
             state_dir,
             log_path: scratch.path().join("agent.log"),
             options: self,
@@ -83,6 +123,8 @@ impl Agent {
         AgentOptions {
             name: name.to_string(),
             libvirt_uri: None,
+            controller_addr: None,
+            command_prefix: None,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -125,7 +167,18 @@ impl Agent {
     }
 
     fn launch(&mut self, enrollment: Option<(&str, &str)>) {
-        let mut command = Command::new(agent_binary());
+        let mut command = match &self.options.command_prefix {
+            None => Command::new(agent_binary()),
+            Some(CommandPrefix(prefix)) => {
+                let words = prefix();
+                let (program, args) = words
+                    .split_first()
+                    .unwrap_or_else(|| panic!("agent {}: empty command prefix", self.options.name));
+                let mut command = Command::new(program);
+                command.args(args).arg(agent_binary());
+                command
+            }
+        };
         command.arg("--controller").arg(&self.controller_addr);
         if let Some((token, ca_fingerprint)) = enrollment {
             command

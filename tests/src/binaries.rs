@@ -27,7 +27,9 @@ fn locate(name: &str, override_var: &str) -> PathBuf {
             path.display()
         );
     }
-    path
+    // Absolute: agents are started through `nsenter` in cluster hosts,
+    // where the working directory is not ours.
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// `target/<profile>`: a test executable is `target/<profile>/deps/<test>-<hash>`.

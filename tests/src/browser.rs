@@ -14,9 +14,10 @@ const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 const MIN_SCREENSHOT_BYTES: u64 = 2048;
 
 /// Logs in to `controller` as admin in Chromium, screenshots the dashboard
-/// `/` and, with `vm_id`, `/vms/ID`; returns the PNG paths. Panics with the
-/// script's output if login fails or a page does not answer 200.
-pub fn browser_screenshots(controller: &Controller, vm_id: Option<&str>) -> Vec<PathBuf> {
+/// `/` and every page in `pages` (paths such as `/vms/ID`); returns the PNG
+/// paths. Panics with the script's output if login fails or a page does not
+/// answer 200 or shows no text.
+pub fn browser_screenshots(controller: &Controller, pages: &[&str]) -> Vec<PathBuf> {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     install_node_modules(&browser_dir);
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,8 +39,8 @@ pub fn browser_screenshots(controller: &Controller, vm_id: Option<&str>) -> Vec<
         .arg(&out_dir)
         .arg("--ca")
         .arg(controller.ca_pem());
-    if let Some(id) = vm_id {
-        command.arg("--vm").arg(id);
+    for page in pages {
+        command.arg("--page").arg(page);
     }
     let output = command
         .output()
@@ -53,13 +54,27 @@ pub fn browser_screenshots(controller: &Controller, vm_id: Option<&str>) -> Vec<
     );
 
     let mut expected = vec![out_dir.join("dashboard.png")];
-    if let Some(id) = vm_id {
-        expected.push(out_dir.join(format!("vm-{id}.png")));
+    for page in pages {
+        expected.push(out_dir.join(png_name(page)));
     }
     for png in &expected {
         check_png(png);
     }
     expected
+}
+
+/// The file screenshot.mjs writes for a page: the path without its leading
+/// slashes, every run of other characters than `[A-Za-z0-9._-]` as `-`.
+fn png_name(page: &str) -> String {
+    let mut name = String::new();
+    for c in page.trim_start_matches('/').chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            name.push(c);
+        } else if !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    name + ".png"
 }
 
 /// `npm ci` once per checkout; the lock keeps parallel tests from racing.

@@ -1,4 +1,5 @@
-//! A real `lifeboat serve` process on loopback ports, with its own data
+//! A real `lifeboat serve` process on loopback ports (the agent port on all
+//! addresses if asked, for agents in cluster hosts), with its own data
 //! directory, started and restarted the way an operator would: the same data
 //! directory and ports across restarts, SIGKILL to simulate a crash.
 
@@ -23,6 +24,7 @@ const LOG_FILE: &str = "controller.log";
 pub struct ControllerOptions {
     data_dir: Option<PathBuf>,
     admin_password: String,
+    agent_listen_any: bool,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -36,6 +38,15 @@ impl ControllerOptions {
 
     pub fn admin_password(mut self, password: &str) -> Self {
         self.admin_password = password.to_string();
+        self
+    }
+
+    /// Listen for agents on `0.0.0.0:PORT` instead of `127.0.0.1:PORT`, so
+    /// that agents in cluster hosts (network namespaces) reach it at their
+    /// gateway address, see [`crate::Host::agent_options`]. The port is
+    /// still [`Controller::agent_port`], and loopback agents still work.
+    pub fn agent_listen_any(mut self) -> Self {
+        self.agent_listen_any = true;
         self
     }
 
@@ -101,6 +112,7 @@ impl Controller {
         ControllerOptions {
             data_dir: None,
             admin_password: DEFAULT_ADMIN_PASSWORD.to_string(),
+            agent_listen_any: false,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -114,6 +126,22 @@ impl Controller {
     /// `127.0.0.1:PORT` where agents connect.
     pub fn agent_addr(&self) -> String {
         format!("127.0.0.1:{}", self.agent_port)
+    }
+
+    /// The address `--agent-listen` got: `127.0.0.1:PORT`, or
+    /// `0.0.0.0:PORT` with [`ControllerOptions::agent_listen_any`].
+    pub fn agent_listen(&self) -> String {
+        if self.options.agent_listen_any {
+            format!("0.0.0.0:{}", self.agent_port)
+        } else {
+            self.agent_addr()
+        }
+    }
+
+    /// True if agents in cluster hosts can reach it, see
+    /// [`ControllerOptions::agent_listen_any`].
+    pub fn agent_listen_any(&self) -> bool {
+        self.options.agent_listen_any
     }
 
     pub fn api_port(&self) -> u16 {
@@ -187,7 +215,7 @@ impl Controller {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.api_port))
             .arg("--agent-listen")
-            .arg(self.agent_addr())
+            .arg(self.agent_listen())
             .args(&self.options.args)
             .env("LIFEBOAT_ADMIN_PASSWORD", &self.options.admin_password)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)));

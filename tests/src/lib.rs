@@ -30,6 +30,10 @@
 //! - Every libvirt domain made by [`Libvirt::define_tiny_vm`] is named
 //!   `lbe2e-<pid>-...` and is destroyed and undefined, with its disk, when its
 //!   guard drops; ones left by a killed test run are swept on the next run.
+//! - Failover tests get several hosts on this one machine, each a network
+//!   namespace with its own libvirtd and agent over shared storage, that
+//!   can be killed and partitioned: see [`Cluster`]; [`DoubleRunMonitor`]
+//!   proves no VM disk ever runs twice.
 //! - Scratch directories live under `$TMPDIR/lifeboat-e2e/` and are kept when
 //!   a test fails (or `LIFEBOAT_E2E_KEEP=1`), removed otherwise.
 //! - Nothing sleeps for a fixed time: every wait polls against a deadline and
@@ -46,7 +50,9 @@ mod agent;
 mod api;
 mod binaries;
 mod browser;
+mod cluster;
 mod controller;
+mod ha_cluster;
 mod host_lock;
 mod image;
 mod libvirt;
@@ -60,7 +66,12 @@ pub use agent::{Agent, AgentOptions};
 pub use api::{Api, RawResponse};
 pub use binaries::{agent_binary, controller_binary};
 pub use browser::browser_screenshots;
+pub use cluster::{
+    probe_tcp, running_qemu_hosts, Cluster, DoubleRun, DoubleRunMonitor, Host, PhysicalMachine,
+    QemuProcess, TcpProbe, SHARED_ROOT,
+};
 pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PASSWORD};
+pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
 pub use image::{assert_image_pattern, write_image_pattern};
 pub use libvirt::{virt_type, Libvirt};

@@ -1,12 +1,16 @@
-//! The machine's own libvirtd at `qemu:///system`, started by hand when it
-//! is not running (there is no systemd), driven with `virsh` like the agent.
+//! A libvirtd at `qemu:///system`, driven with `virsh` like the agent: the
+//! machine's own ([`Libvirt::ensure`], started by hand when it is not running:
+//! there is no systemd), or that of one simulated host of a
+//! [`crate::Cluster`] ([`crate::Host::libvirt`]), whose commands run inside
+//! the host's namespaces through `nsenter`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use crate::cluster::{HostNs, SharedStorage};
 use crate::host_lock::HostLock;
 use crate::tiny_vm::TinyVm;
 use crate::wait::poll_until;
@@ -20,9 +24,21 @@ const SYSTEM_URI: &str = "qemu:///system";
 const LIBVIRTD_LOG: &str = "/var/log/libvirt/libvirtd.log";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A handle on one libvirtd; cheap to clone. A host's handle follows the
+/// host across [`crate::Host::restart`], and its commands fail (never reach
+/// another libvirtd) while the host is down.
 #[derive(Clone, Debug)]
 pub struct Libvirt {
     uri: String,
+    /// `None` for the machine's own libvirtd.
+    in_host: Option<InHost>,
+}
+
+/// Where a cluster host's libvirtd lives, and the storage all hosts share.
+#[derive(Clone, Debug)]
+pub(crate) struct InHost {
+    pub(crate) host: Arc<HostNs>,
+    pub(crate) storage: Arc<SharedStorage>,
 }
 
 impl Libvirt {
@@ -33,6 +49,7 @@ impl Libvirt {
     pub fn ensure() -> Libvirt {
         let libvirt = Libvirt {
             uri: SYSTEM_URI.to_string(),
+            in_host: None,
         };
         if !libvirt.answers() {
             let _lock = HostLock::acquire("libvirtd");
@@ -51,8 +68,37 @@ impl Libvirt {
         libvirt
     }
 
+    /// The libvirtd of a cluster host, at `qemu:///system` inside it.
+    pub(crate) fn in_host(host: Arc<HostNs>, storage: Arc<SharedStorage>) -> Libvirt {
+        Libvirt {
+            uri: SYSTEM_URI.to_string(),
+            in_host: Some(InHost { host, storage }),
+        }
+    }
+
+    pub(crate) fn host_context(&self) -> Option<&InHost> {
+        self.in_host.as_ref()
+    }
+
+    /// The URI as seen from where virsh runs: for a cluster host, inside it.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The cluster host this libvirtd runs in (`lbh1`...), or `None` for
+    /// the machine's own.
+    pub fn host_name(&self) -> Option<&str> {
+        self.in_host.as_ref().map(|h| h.host.name.as_str())
+    }
+
+    /// A command that runs `program` where this libvirtd runs: as is for the
+    /// machine's own, through `nsenter -t ANCHOR -m -n` for a cluster host.
+    /// `Err` while the host is down.
+    pub fn command(&self, program: &str) -> Result<Command, String> {
+        match &self.in_host {
+            None => Ok(Command::new(program)),
+            Some(in_host) => in_host.host.command(program),
+        }
     }
 
     /// Runs `virsh -c URI ARGS...` and returns its stdout; panics with its
@@ -63,17 +109,23 @@ impl Libvirt {
 
     /// Like [`Libvirt::virsh`], but a failure is an `Err` with the stderr.
     pub fn try_virsh(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new("virsh")
+        let on = match self.host_name() {
+            Some(host) => format!(" on {host}"),
+            None => String::new(),
+        };
+        let output = self
+            .command("virsh")
+            .map_err(|e| format!("virsh {}{on}: {e}", args.join(" ")))?
             .arg("-c")
             .arg(&self.uri)
             .args(args)
             .output()
-            .map_err(|e| format!("virsh {}: cannot run: {e}", args.join(" ")))?;
+            .map_err(|e| format!("virsh {}{on}: cannot run: {e}", args.join(" ")))?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
             Err(format!(
-                "virsh {} failed ({}): {}",
+                "virsh {}{on} failed ({}): {}",
                 args.join(" "),
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
@@ -87,15 +139,28 @@ impl Libvirt {
     }
 
     /// Defines (does not start) a 64 MiB, one-vCPU VM with an empty 64 MiB
-    /// qcow2 disk `vda` and one NIC; see [`TinyVm`].
+    /// qcow2 disk `vda` and one NIC; see [`TinyVm`]. On a cluster host the
+    /// disk is on the cluster's shared storage.
     pub fn define_tiny_vm(&self, label: &str) -> TinyVm {
         TinyVm::define(self.clone(), label)
     }
 
     /// Destroys and undefines `name` (with its snapshot and checkpoint
     /// metadata) if it exists; its disks stay. For domains a test made
-    /// through the product, e.g. a restore as a new VM.
+    /// through the product, e.g. a restore as a new VM. Panics only if the
+    /// domain is still there afterwards.
     pub fn remove_domain(&self, name: &str) {
+        if let Err(error) = self.try_remove_domain(name) {
+            if self.try_virsh(&["domstate", name]).is_ok() {
+                panic!("could not remove domain {name}: {error}");
+            }
+        }
+    }
+
+    /// Like [`Libvirt::remove_domain`], but a failure is an `Err`, not a
+    /// panic. A domain that is not defined counts as removed; a libvirtd
+    /// that does not answer (a cluster host that is down) is an `Err`.
+    pub fn try_remove_domain(&self, name: &str) -> Result<(), String> {
         let _ = self.try_virsh(&["destroy", name]);
         let undefine = [
             "undefine",
@@ -104,21 +169,38 @@ impl Libvirt {
             "--snapshots-metadata",
             "--checkpoints-metadata",
         ];
-        if let Err(error) = self.try_virsh(&undefine) {
-            if self.try_virsh(&["domstate", name]).is_ok() {
-                panic!("could not remove domain {name}: {error}");
-            }
+        match self.try_virsh(&undefine) {
+            Ok(_) => Ok(()),
+            Err(error) => match self.try_virsh(&["domstate", name]) {
+                Ok(_) => Err(error),
+                Err(_) if self.answers() => Ok(()),
+                Err(_) => Err(error),
+            },
         }
     }
 
-    fn answers(&self) -> bool {
+    /// The names of all domains this libvirtd knows, running or not.
+    pub fn domain_names(&self) -> Vec<String> {
+        self.virsh(&["list", "--all", "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// True if the libvirtd answers (`virsh uri` succeeds).
+    pub fn answers(&self) -> bool {
         self.try_virsh(&["uri"]).is_ok()
     }
 
-    /// Removes `lbe2e-<pid>-...` domains and disks whose test process is gone.
+    /// Removes `lbe2e-<pid>-...` domains and disks whose test process is
+    /// gone, from the machine's own libvirtd and [`IMAGE_DIR`] only: cluster
+    /// hosts keep their domain definitions in their own `/etc/libvirt/qemu`
+    /// and their disks in the shared directory, which [`crate::Cluster`]
+    /// sweeps itself, so the two never touch each other's.
     fn sweep_leftovers(&self) {
-        let names = self.virsh(&["list", "--all", "--name"]);
-        for name in names.lines().map(str::trim).filter(|n| is_leftover(n)) {
+        for name in self.domain_names().iter().filter(|n| is_leftover(n)) {
             self.remove_domain(name);
         }
         if let Ok(entries) = std::fs::read_dir(IMAGE_DIR) {
@@ -165,7 +247,7 @@ fn start_daemons() {
 /// Debian's udev rules give /dev/kvm to group `kvm`, which `libvirt-qemu`
 /// is in; without udev (containers, this build machine) it can be root-only,
 /// and QEMU then fails with "Could not access KVM kernel module".
-fn let_qemu_use_kvm() {
+pub(crate) fn let_qemu_use_kvm() {
     let kvm = Path::new("/dev/kvm");
     let Ok(metadata) = std::fs::metadata(kvm) else {
         return;
@@ -181,7 +263,7 @@ fn let_qemu_use_kvm() {
 }
 
 /// True for `lbe2e-<pid>-...` when no process `<pid>` exists.
-fn is_leftover(name: &str) -> bool {
+pub(crate) fn is_leftover(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
         return false;
     };

@@ -1,6 +1,12 @@
 //! A tiny real VM for tests: 64 MiB RAM, one vCPU, no OS, an empty 64 MiB
 //! qcow2 disk `vda` and one user-mode NIC (needs no libvirt network). Its
 //! guard destroys and undefines it and deletes its disk on drop.
+//!
+//! On the machine's own libvirtd the disk is in [`IMAGE_DIR`]. On a cluster
+//! host ([`crate::Host::define_tiny_vm`]) it is on the cluster's shared
+//! storage: created from the root side in [`crate::Cluster::shared_dir`], and
+//! named in the domain XML by the defining host's own path to it
+//! ([`crate::Host::shared_mount`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -21,23 +27,51 @@ pub struct TinyVm {
     libvirt: Libvirt,
     name: String,
     uuid: String,
+    /// The disk as the test process sees it.
     disk: PathBuf,
+    /// The disk as the defining libvirtd sees it: the path in the XML.
+    domain_disk: PathBuf,
     mac: String,
 }
 
 impl TinyVm {
     pub(crate) fn define(libvirt: Libvirt, label: &str) -> TinyVm {
+        Self::define_on(libvirt, label, false)
+    }
+
+    /// On a cluster host: the disk in the host's own image directory.
+    pub(crate) fn define_local(libvirt: Libvirt, label: &str) -> TinyVm {
+        Self::define_on(libvirt, label, true)
+    }
+
+    fn define_on(libvirt: Libvirt, label: &str, host_local: bool) -> TinyVm {
         // The pid right after the prefix: see `Libvirt::sweep_leftovers`.
         let name = format!("{NAME_PREFIX}{}-{}", unique_suffix(), safe_label(label));
-        let disk = Path::new(IMAGE_DIR).join(format!("{name}.qcow2"));
+        let file = format!("{name}.qcow2");
+        let (disk, domain_disk) = match libvirt.host_context() {
+            Some(in_host) if host_local => {
+                let images = in_host.host.local_images.get().expect("host images");
+                let in_host_dir = Path::new("/var/lib/libvirt/images");
+                (images.join(&file), in_host_dir.join(&file))
+            }
+            Some(in_host) => (
+                in_host.storage.dir.join(&file),
+                in_host.host.shared_mount.join(&file),
+            ),
+            None => {
+                create_image_dir();
+                let disk = Path::new(IMAGE_DIR).join(&file);
+                (disk.clone(), disk)
+            }
+        };
         let mut vm = TinyVm {
             libvirt,
             mac: mac_for(&name),
             uuid: String::new(),
             disk,
+            domain_disk,
             name,
         };
-        create_image_dir();
         let output = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&vm.disk)
@@ -50,12 +84,14 @@ impl TinyVm {
             vm.disk.display(),
             String::from_utf8_lossy(&output.stderr)
         );
+        // Written next to the disk, where the defining libvirtd sees it too.
         let xml_path = vm.disk.with_extension("xml");
         std::fs::write(&xml_path, vm.domain_xml())
             .unwrap_or_else(|e| panic!("write {}: {e}", xml_path.display()));
-        let defined = vm
-            .libvirt
-            .try_virsh(&["define", &xml_path.to_string_lossy()]);
+        let defined = vm.libvirt.try_virsh(&[
+            "define",
+            &vm.domain_disk.with_extension("xml").to_string_lossy(),
+        ]);
         let _ = std::fs::remove_file(&xml_path);
         defined.unwrap_or_else(|e| panic!("{e}"));
         vm.uuid = vm.libvirt.virsh(&["domuuid", &vm.name]).trim().to_string();
@@ -70,9 +106,30 @@ impl TinyVm {
         &self.uuid
     }
 
-    /// The qcow2 disk behind `vda`.
+    /// The qcow2 disk behind `vda`, as this test process sees it (for a VM
+    /// on a cluster host: in [`crate::Cluster::shared_dir`]).
     pub fn disk(&self) -> &Path {
         &self.disk
+    }
+
+    /// The disk's file name, `lbe2e-....qcow2`: the same on every host, and
+    /// what [`crate::DoubleRunMonitor`] looks for in QEMU command lines.
+    pub fn disk_file_name(&self) -> &str {
+        self.disk
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("disk names are built from safe ASCII")
+    }
+
+    /// The disk's path in the domain XML: the defining host's own path to
+    /// it (for the machine's own libvirtd, the same as [`TinyVm::disk`]).
+    pub fn domain_disk(&self) -> &Path {
+        &self.domain_disk
+    }
+
+    /// The libvirtd the VM was defined on.
+    pub fn libvirt(&self) -> &Libvirt {
+        &self.libvirt
     }
 
     pub fn mac(&self) -> &str {
@@ -103,7 +160,12 @@ impl TinyVm {
     /// runs, as a guest would (through QEMU's block layer, so a backup in
     /// progress sees it as a guest write). `len` takes qemu-io units: `1M`.
     pub fn write_pattern(&self, pattern: u8, offset: u64, len: &str) {
-        let command = format!("qemu-io -d {VDA_DEVICE} \"write -P {pattern:#04x} {offset} {len}\"");
+        self.hmp_qemu_io(&format!("write -P {pattern:#04x} {offset} {len}"));
+    }
+
+    /// Runs a qemu-io command on `vda` through QEMU's monitor.
+    fn hmp_qemu_io(&self, io_command: &str) {
+        let command = format!("qemu-io -d {VDA_DEVICE} \"{io_command}\"");
         let output = self
             .libvirt
             .virsh(&["qemu-monitor-command", &self.name, "--hmp", &command]);
@@ -115,6 +177,13 @@ impl TinyVm {
             self.name,
             output.trim()
         );
+    }
+
+    /// Flushes `vda` as a guest's flush would: what was written before is
+    /// on the disk file (qcow2 metadata included) even if QEMU is then
+    /// killed, e.g. with its host.
+    pub fn flush_disk(&self) {
+        self.hmp_qemu_io("flush");
     }
 
     fn domain_xml(&self) -> String {
@@ -144,15 +213,33 @@ impl TinyVm {
 ",
             virt_type = virt_type(),
             name = self.name,
-            disk = self.disk.display(),
+            disk = self.domain_disk.display(),
             mac = self.mac,
         )
     }
 }
 
+/// On the machine's own libvirtd: destroys and undefines the VM (panics if
+/// that fails) and deletes its disk. On a cluster host: destroys and
+/// undefines it on every host of the cluster that is up and knows it (a
+/// failover may have moved it), reporting what it could not remove, then
+/// deletes its disk. [`crate::Cluster`]'s own drop removes what is left.
 impl Drop for TinyVm {
     fn drop(&mut self) {
-        self.libvirt.remove_domain(&self.name);
+        match self.libvirt.host_context() {
+            None => self.libvirt.remove_domain(&self.name),
+            Some(in_host) => {
+                for host in &in_host.storage.hosts {
+                    if !host.is_up() {
+                        continue;
+                    }
+                    let libvirt = Libvirt::in_host(host.clone(), in_host.storage.clone());
+                    if let Err(error) = libvirt.try_remove_domain(&self.name) {
+                        eprintln!("could not remove {} from {}: {error}", self.name, host.name);
+                    }
+                }
+            }
+        }
         let _ = std::fs::remove_file(&self.disk);
     }
 }

@@ -17,18 +17,29 @@ const MAX_POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub fn poll_until<T, E: Display>(
     what: &str,
     timeout: Duration,
-    mut attempt: impl FnMut() -> Result<T, E>,
+    attempt: impl FnMut() -> Result<T, E>,
 ) -> T {
+    try_poll_until(timeout, attempt).unwrap_or_else(|last_error| {
+        panic!("timed out after {timeout:?} waiting for {what}; last seen: {last_error}")
+    })
+}
+
+/// Like [`poll_until`], but a timeout returns the last error instead of
+/// panicking: for cleanup in `Drop`, which must not panic.
+pub(crate) fn try_poll_until<T, E>(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let deadline = Instant::now() + timeout;
     let mut interval = FIRST_POLL_INTERVAL;
     loop {
         let last_error = match attempt() {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(error) => error,
         };
         let now = Instant::now();
         if now >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last_error}");
+            return Err(last_error);
         }
         sleep(interval.min(deadline - now));
         interval = (interval * 2).min(MAX_POLL_INTERVAL);

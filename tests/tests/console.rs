@@ -338,7 +338,8 @@ fn console_screenshots_in_chromium() {
         Duration::from_secs(120),
     );
     assert_eq!(job["state"], "succeeded", "{job}");
-    let shots = browser_screenshots(&controller, Some(vm.uuid()));
+    let vm_page = format!("/vms/{}", vm.uuid());
+    let shots = browser_screenshots(&controller, &[&vm_page]);
     for shot in &shots {
         eprintln!("screenshot: {}", shot.display());
     }

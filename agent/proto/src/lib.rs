@@ -176,6 +176,9 @@ pub struct StartVmRequest {
 /// keeps the last one on disk so it still fences after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaAgentConfig {
+    /// How often to send heartbeats (0: [`HEARTBEAT_INTERVAL_MS`]).
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
     /// Self-fence once the controller has been silent this long.
     pub fence_timeout_ms: u64,
     /// UUIDs of this host's HA-protected VMs.

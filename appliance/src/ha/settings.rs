@@ -35,7 +35,7 @@ impl Default for ClusterHa {
             heartbeat_interval_ms: 1000,
             misses: 3,
             fence_timeout_ms: 5000,
-            fence_margin_ms: 2000,
+            fence_margin_ms: 1000,
             tolerated_host_failures: 1,
             shared_storages: BTreeMap::new(),
             isolation_addresses: Vec::new(),
@@ -45,8 +45,10 @@ impl Default for ClusterHa {
 
 impl ClusterHa {
     pub fn validate(&self) -> Result<(), String> {
-        if !(200..=60_000).contains(&self.heartbeat_interval_ms) {
-            return Err("heartbeat_interval_ms must be between 200 and 60000".into());
+        // Sessions idle for 10 s are dropped, and agents drop a link silent
+        // for three intervals: longer intervals would cut healthy links.
+        if !(200..=3000).contains(&self.heartbeat_interval_ms) {
+            return Err("heartbeat_interval_ms must be between 200 and 3000".into());
         }
         if !(1..=100).contains(&self.misses) {
             return Err("misses must be between 1 and 100".into());

@@ -184,6 +184,7 @@ impl Ops {
         });
         protected.sort();
         let config = HaAgentConfig {
+            heartbeat_interval_ms: cluster.heartbeat_interval_ms,
             fence_timeout_ms: cluster.fence_timeout_ms,
             protected,
             heartbeat_dirs: cluster
@@ -263,6 +264,26 @@ impl Ops {
         });
         let (ops, prober, state) = (self.clone(), prober.clone(), state.clone());
         tokio::spawn(async move {
+            // The storage heartbeat first: a reported fence needs no probe.
+            let host_id = id.clone();
+            let beats = tokio::task::spawn_blocking(move || {
+                storage_dirs
+                    .iter()
+                    .filter_map(|dir| read_storage_heartbeat(Path::new(dir), &host_id))
+                    .max_by_key(|b| b.seq)
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(beat) = beats {
+                let mut watches = ops.ha.lock_watches();
+                let w = watches.entry(id.clone()).or_default();
+                if w.storage_seq != Some(beat.seq) {
+                    w.storage_seq = Some(beat.seq);
+                    w.storage_changed = Some(Instant::now());
+                }
+                w.storage_fenced = beat.fenced.is_some();
+            }
             let timeout = interval.mul_f32(0.8);
             let host_answers = match address.parse::<IpAddr>() {
                 Ok(ip) => prober.answers(ip, host_ha.probe, timeout).await,
@@ -278,16 +299,6 @@ impl Ops {
                     break;
                 }
             }
-            let host_id = id.clone();
-            let beats = tokio::task::spawn_blocking(move || {
-                storage_dirs
-                    .iter()
-                    .filter_map(|dir| read_storage_heartbeat(Path::new(dir), &host_id))
-                    .max_by_key(|b| b.seq)
-            })
-            .await
-            .ok()
-            .flatten();
             {
                 let mut watches = ops.ha.lock_watches();
                 let w = watches.entry(id.clone()).or_default();
@@ -297,13 +308,6 @@ impl Ops {
                     w.probe_failures + 1
                 };
                 w.vm_answers = vm_answers;
-                if let Some(beat) = beats {
-                    if w.storage_seq != Some(beat.seq) {
-                        w.storage_seq = Some(beat.seq);
-                        w.storage_changed = Some(Instant::now());
-                    }
-                    w.storage_fenced = beat.fenced.is_some();
-                }
             }
             state.lock().expect("engine lock").probing.remove(&id);
         });

@@ -69,10 +69,6 @@ impl LibvirtDriver {
 
     /// Runs `virsh ARGS` and returns its stdout.
     fn virsh(&self, args: &[&str]) -> Result<String, HypervisorError> {
-        self.virsh_bounded(args, VIRSH_TIMEOUT)
-    }
-
-    fn virsh_bounded(&self, args: &[&str], limit: Duration) -> Result<String, HypervisorError> {
         let command_line = format!("virsh {}", args.join(" "));
         let mut cmd = Command::new("virsh");
         if let Some(uri) = &self.uri {
@@ -80,7 +76,7 @@ impl LibvirtDriver {
         }
         // C locale: state names and error texts are parsed, so no translations.
         cmd.args(args).env("LC_ALL", "C");
-        let output = run_bounded(cmd, limit).map_err(|e| HypervisorError::Command {
+        let output = run_bounded(cmd, VIRSH_TIMEOUT).map_err(|e| HypervisorError::Command {
             command: command_line.clone(),
             message: e.to_string(),
         })?;

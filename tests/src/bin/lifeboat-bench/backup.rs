@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use lifeboat_e2e::*;
 
+use crate::median;
+
 const MIB: u64 = 1024 * 1024;
 const BLOCK: usize = 4 * MIB as usize;
 
@@ -50,11 +52,6 @@ fn timed(what: &str, mut cmd: Command) -> f64 {
         String::from_utf8_lossy(&out.stderr)
     );
     t.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn backup_once(api: &Api, vm: &TinyVm, mode: &str) -> (f64, Value) {

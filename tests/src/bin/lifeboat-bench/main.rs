@@ -1,15 +1,17 @@
 //! Benchmarks that need real processes. Build first:
 //! `cargo build --release -p lifeboat -p lifeboat-agent -p lifeboat-e2e`, then
-//! `./target/release/lifeboat-bench console|backup [--flag N ...]`.
+//! `./target/release/lifeboat-bench console|backup|failover [--flag N ...]`.
 //! Results go to docs/PERFORMANCE.md by hand, with the machine and date.
 
 mod backup;
 mod console;
+mod failover;
 
 fn usage() -> ! {
     eprintln!(
         "usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]\n       \
-         lifeboat-bench backup [--size-mib N] [--runs N]"
+         lifeboat-bench backup [--size-mib N] [--runs N]\n       \
+         lifeboat-bench failover [--runs N]"
     );
     std::process::exit(2)
 }
@@ -28,11 +30,18 @@ fn flag_values(flags: &[String]) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("console") => console::run(&args[1..]),
         Some("backup") => backup::run(&args[1..]),
+        Some("failover") => failover::run(&args[1..]),
         _ => usage(),
     }
 }
