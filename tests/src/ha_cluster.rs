@@ -82,24 +82,25 @@ impl HaCluster {
             &format!("/api/v1/vms/{id}/ha"),
             json!({"enabled": true, "priority": "high"}),
         );
-        self.wait_protected_on(n);
+        self.wait_protected_on(n, 1);
         wait_until("the VM to show running", READY_TIMEOUT, || {
             api.get(&format!("/api/v1/vms/{}", vm.uuid())).1["power_state"] == "running"
         });
         vm
     }
 
-    /// Waits until host `n`'s agent was last told to fence exactly one VM.
-    pub fn wait_protected_on(&self, n: usize) {
+    /// Waits until host `n`'s agent was last told to fence `count` VMs.
+    pub fn wait_protected_on(&self, n: usize, count: usize) {
         let agent = &self.agents[n - 1];
-        let what = format!("h{n}'s agent to be told to protect its VM");
+        let what = format!("h{n}'s agent to be told to protect {count} VM(s)");
+        let wanted = format!("protected={count} ");
         wait_until(&what, READY_TIMEOUT, || {
             agent
                 .log()
                 .lines()
                 .rev()
                 .find(|l| l.contains("HA configuration received"))
-                .is_some_and(|l| l.contains("protected=1"))
+                .is_some_and(|l| l.contains(&wanted))
         });
     }
 

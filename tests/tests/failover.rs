@@ -237,7 +237,7 @@ fn a_vm_without_shared_storage_fails_over_by_restoring_its_latest_backup_on_anot
         &json!({"enabled": true, "method": "restore"}),
     );
     assert_eq!(status, 200, "{body}");
-    ha.wait_protected_on(1);
+    ha.wait_protected_on(1, 1);
     let job = api.post_job(
         &format!("/api/v1/vms/{}/backups", vm.uuid()),
         &json!({"mode": "full"}),
@@ -265,4 +265,122 @@ fn a_vm_without_shared_storage_fails_over_by_restoring_its_latest_backup_on_anot
     assert_image_pattern(&restored, 0xab, 0, 1024 * 1024);
     let (_, v) = api.get(&format!("/api/v1/vms/{}", vm.uuid()));
     assert_eq!(v["host"], ha.host_ids[1].as_str(), "{v}");
+}
+
+/// Protects an existing VM with the given settings.
+fn protect(ha: &HaCluster, vm: &TinyVm, settings: Value) {
+    let api = ha.api();
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    let (status, body) = api.put(&format!("/api/v1/vms/{}/ha", vm.uuid()), &settings);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn each_vm_returns_to_its_state_before_the_failure_in_priority_order() {
+    let ha = HaCluster::start(2);
+    let h1 = ha.cluster.host(1);
+    let running = h1.define_tiny_vm("was-running");
+    let paused = h1.define_tiny_vm("was-paused");
+    let stopped = h1.define_tiny_vm("was-stopped");
+    running.start();
+    paused.start();
+    h1.libvirt().virsh(&["suspend", paused.name()]);
+    protect(&ha, &running, json!({"enabled": true, "priority": "low"}));
+    protect(&ha, &paused, json!({"enabled": true, "priority": "high"}));
+    protect(
+        &ha,
+        &stopped,
+        json!({"enabled": true, "priority": "medium"}),
+    );
+    ha.wait_protected_on(1, 3);
+    let api = ha.api();
+    wait_until(
+        "the controller to know the paused VM",
+        READY_TIMEOUT,
+        || api.get(&format!("/api/v1/vms/{}", paused.uuid())).1["power_state"] == "paused",
+    );
+    let disks = [
+        running.disk_file_name(),
+        paused.disk_file_name(),
+        stopped.disk_file_name(),
+    ];
+    let monitor = DoubleRunMonitor::start(&disks);
+
+    h1.kill();
+    let failover = ha.wait_failover_done();
+    let on_h2 = ha.cluster.host(2).libvirt();
+    assert_eq!(on_h2.domstate(running.name()), "running");
+    assert_eq!(on_h2.domstate(paused.name()), "paused");
+    assert_eq!(
+        on_h2.domstate(stopped.name()),
+        "shut off",
+        "defined, not started"
+    );
+    let started: Vec<String> = failover_steps(&failover)
+        .into_iter()
+        .filter(|s| s.starts_with("started:"))
+        .collect();
+    let order = [paused.name(), stopped.name(), running.name()];
+    assert_eq!(started.len(), 3, "{started:?}");
+    for (step, name) in started.iter().zip(order) {
+        assert!(step.contains(name), "priority order: {started:?}");
+    }
+    monitor.assert_never_doubled();
+}
+
+#[test]
+fn a_vm_that_cannot_be_placed_is_raised_and_placed_once_room_appears() {
+    let ha = HaCluster::start(2);
+    // h2 runs a VM of anti-affinity group "db": a second one may not join it.
+    let blocker = ha.cluster.host(2).define_tiny_vm("db-a");
+    blocker.start();
+    protect(
+        &ha,
+        &blocker,
+        json!({"enabled": false, "anti_affinity_group": "db"}),
+    );
+    let vm = ha.cluster.host(1).define_tiny_vm("db-b");
+    vm.start();
+    protect(
+        &ha,
+        &vm,
+        json!({"enabled": true, "anti_affinity_group": "db"}),
+    );
+    ha.wait_protected_on(1, 1);
+    let api = ha.api();
+    wait_until("the controller to know both run", READY_TIMEOUT, || {
+        [&vm, &blocker]
+            .iter()
+            .all(|v| api.get(&format!("/api/v1/vms/{}", v.uuid())).1["power_state"] == "running")
+    });
+
+    ha.cluster.host(1).kill();
+    wait_until(
+        "the VM to be raised as unplaceable",
+        FAILOVER_DEADLINE,
+        || {
+            let (_, events) = api.get(&format!("/api/v1/ha/events?source={}", ha.host_ids[0]));
+            events.as_array().unwrap().iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ALERT") && m.contains(vm.name()))
+            })
+        },
+    );
+    assert_eq!(ha.failovers()[0]["state"], "running", "still trying");
+    assert!(running_qemu_hosts(vm.disk_file_name()).is_empty());
+
+    // Room appears: the other "db" VM stops; the retry places it.
+    ha.cluster
+        .host(2)
+        .libvirt()
+        .virsh(&["destroy", blocker.name()]);
+    ha.wait_running_only_on(&vm, 2);
+    let failover = ha.wait_failover_done();
+    let steps = failover_steps(&failover);
+    assert!(
+        steps.iter().any(|s| s.starts_with("unplaceable:")),
+        "{steps:?}"
+    );
+    assert!(steps.iter().any(|s| s.starts_with("placed:")), "{steps:?}");
 }

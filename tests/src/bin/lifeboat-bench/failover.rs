@@ -38,7 +38,7 @@ pub fn run(args: &[String]) {
         ha.wait_running_only_on(&vm, other);
         ha.revive(on);
         wait_forgotten(&ha, &vm, other);
-        ha.wait_protected_on(other);
+        ha.wait_protected_on(other, 1);
         on = other;
     }
 
@@ -67,7 +67,7 @@ pub fn run(args: &[String]) {
         ha.api()
             .wait_host_status(&format!("h{on}"), "online", FAILOVER_DEADLINE);
         wait_forgotten(&ha, &vm, other);
-        ha.wait_protected_on(other);
+        ha.wait_protected_on(other, 1);
         on = other;
     }
     monitor.assert_never_doubled();
@@ -157,6 +157,6 @@ fn bare_start_secs(ha: &HaCluster, vm: &TinyVm) -> f64 {
     // The controller must know it runs (not "paused" while starting) before
     // a failure, or the failover brings it back paused.
     ha.wait_running_only_on(vm, 1);
-    ha.wait_protected_on(1);
+    ha.wait_protected_on(1, 1);
     median(times)
 }
