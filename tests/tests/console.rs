@@ -345,3 +345,80 @@ fn console_screenshots_in_chromium() {
     }
     assert_eq!(shots.len(), 2);
 }
+
+#[test]
+fn console_manages_users_and_roles_and_exports_the_audit_trail() {
+    let controller = Controller::start();
+    let mut b = Browser::new(&controller);
+    assert_eq!(b.login(controller.admin_password()).status, 303);
+    let page = b.get("/users");
+    assert_eq!(page.status, 200);
+    let csrf = csrf_of(&page.text());
+    let r = b.request(
+        "POST",
+        "/users",
+        &[
+            ("csrf", &csrf),
+            ("name", "frank"),
+            ("password", "ten-chars-or-more"),
+            ("role", "auditor"),
+        ],
+    );
+    assert_eq!((r.status, r.header("location")), (303, Some("/users")));
+    assert!(b.get("/users").text().contains("frank"));
+    let r = b.request(
+        "POST",
+        "/users",
+        &[
+            ("csrf", &csrf),
+            ("name", "gina"),
+            ("password", "short"),
+            ("role", "auditor"),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = b.request(
+        "POST",
+        "/roles",
+        &[
+            ("csrf", &csrf),
+            ("name", "night-shift"),
+            ("privilege", "view"),
+            ("privilege", "power"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let (_, role) = controller.api().get("/api/v1/roles/night-shift");
+    assert_eq!(role["privileges"], json!(["view", "power"]));
+    let r = b.request(
+        "POST",
+        "/users/frank",
+        &[("csrf", &csrf), ("disabled", "true")],
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        controller.api().get("/api/v1/users/frank").1["disabled"],
+        true
+    );
+
+    let audit = b.get("/audit?user=admin").text();
+    assert!(
+        audit.contains("create user") && audit.contains("user frank"),
+        "{audit}"
+    );
+    let csv = b.get("/audit.csv?action=create%20role");
+    assert_eq!(csv.status, 200);
+    assert!(csv
+        .header("content-disposition")
+        .unwrap()
+        .contains("attachment"));
+    let text = csv.text();
+    assert!(
+        text.starts_with("seq,time,user,source,action,object,result"),
+        "{text}"
+    );
+    assert!(
+        text.contains("role night-shift,ok") && !text.contains("user frank"),
+        "{text}"
+    );
+}

@@ -1,7 +1,9 @@
 //! The append-only audit trail: who did what, from where, to which object,
 //! with what result. Records are only ever added, never rewritten.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,19 +25,24 @@ pub struct AuditRecord {
 pub struct AuditLog {
     store: Store,
     next: AtomicU64,
+    recent: Mutex<VecDeque<AuditRecord>>,
 }
+
+/// Records are kept in memory too, for filtering without a transaction;
+/// the store is the durable, append-only copy.
+const KEPT_IN_MEMORY: usize = 200_000;
 
 impl AuditLog {
     pub fn load(store: Store) -> Result<AuditLog, StoreError> {
-        let last = store
-            .load::<AuditRecord>(Table::Audit)?
-            .into_iter()
-            .map(|(_, r)| r.seq)
-            .max()
-            .unwrap_or(0);
+        // Keys are zero-padded sequence numbers: loaded in order.
+        let all = store.load::<AuditRecord>(Table::Audit)?;
+        let last = all.last().map_or(0, |(_, r)| r.seq);
+        let skip = all.len().saturating_sub(KEPT_IN_MEMORY);
+        let recent = all.into_iter().skip(skip).map(|(_, r)| r).collect();
         Ok(AuditLog {
             store,
             next: AtomicU64::new(last + 1),
+            recent: Mutex::new(recent),
         })
     }
 
@@ -66,6 +73,26 @@ impl AuditLog {
                 format!("{seq:020}"),
                 &record,
             )])
-            .await
+            .await?;
+        let mut recent = self.recent.lock().expect("audit lock");
+        if recent.len() == KEPT_IN_MEMORY {
+            recent.pop_front();
+        }
+        // Concurrent records may commit out of order; keep them sorted.
+        let at = recent.partition_point(|r| r.seq < seq);
+        recent.insert(at, record);
+        Ok(())
+    }
+
+    /// Up to `limit` records that `keep` accepts, newest first.
+    pub fn newest(&self, limit: usize, keep: impl Fn(&AuditRecord) -> bool) -> Vec<AuditRecord> {
+        let recent = self.recent.lock().expect("audit lock");
+        recent
+            .iter()
+            .rev()
+            .filter(|r| keep(r))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }

@@ -5,6 +5,8 @@
 //! stored as SHA-256 hashes, so a copy of the database grants no access.
 
 pub mod audit;
+pub mod roles;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -18,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::unix_now;
+use crate::store::book::Book;
 use crate::store::{Store, StoreError, Table, Write};
+pub use roles::{Privilege, Privileges, RoleDef};
+pub use users::UserInput;
 
 /// A session unused for this long ends.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -31,72 +36,39 @@ const LOCKOUT: Duration = Duration::from_secs(60);
 /// send them on every request do not pay an argon2 verification each time.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Administrator,
-    Operator,
-    Viewer,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Administrator => "administrator",
-            Role::Operator => "operator",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    pub fn allows(self, privilege: Privilege) -> bool {
-        match self {
-            Role::Administrator => true,
-            Role::Operator => matches!(
-                privilege,
-                Privilege::View | Privilege::Power | Privilege::Backup | Privilege::Restore
-            ),
-            Role::Viewer => privilege == Privilege::View,
-        }
-    }
-}
-
-/// Named controller functions a role may grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Privilege {
-    View,
-    Power,
-    Backup,
-    Restore,
-    ManageHosts,
-    ManageHa,
-}
-
-impl Privilege {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Privilege::View => "view",
-            Privilege::Power => "power",
-            Privilege::Backup => "backup",
-            Privilege::Restore => "restore",
-            Privilege::ManageHosts => "manage hosts/agents",
-            Privilege::ManageHa => "manage HA",
-        }
-    }
-}
-
 /// Who is acting, and from where; handed to every operation.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: String,
-    pub role: Role,
+    /// The role's name, for display; `privileges` is what it grants.
+    pub role: String,
+    pub privileges: Privileges,
     pub source: String,
+}
+
+impl Principal {
+    pub fn can(&self, privilege: Privilege) -> bool {
+        self.privileges.contains(privilege)
+    }
+
+    /// The controller itself acting (scheduler, HA engine): every
+    /// privilege, audited under `user`.
+    pub fn system(user: &str, source: &str) -> Principal {
+        Principal {
+            user: user.to_string(),
+            role: roles::ADMINISTRATOR.to_string(),
+            privileges: Privileges::all(),
+            source: source.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
     pub password_hash: String,
-    pub role: Role,
+    /// A built-in or custom role's name.
+    pub role: String,
     pub disabled: bool,
     pub created_at: u64,
 }
@@ -121,12 +93,20 @@ pub enum AccessError {
     LockedOut(u64),
     #[error("permission denied: {0} requires the '{1}' privilege")]
     Forbidden(&'static str, &'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 pub struct Access {
     store: Store,
+    /// Custom roles; built-in ones are in code.
+    pub custom_roles: Book<RoleDef>,
     users: RwLock<HashMap<String, User>>,
     sessions: RwLock<HashMap<String, LiveSession>>,
     basic_cache: Mutex<HashMap<String, (String, Instant)>>,
@@ -180,6 +160,7 @@ impl Access {
             })
             .collect();
         Ok(Access {
+            custom_roles: Book::load(store.clone(), Table::Roles)?,
             store,
             users: RwLock::new(users),
             sessions: RwLock::new(sessions),
@@ -199,7 +180,7 @@ impl Access {
         let user = User {
             name: "admin".into(),
             password_hash: hash_password(&password),
-            role: Role::Administrator,
+            role: roles::ADMINISTRATOR.to_string(),
             disabled: false,
             created_at: unix_now(),
         };
@@ -267,11 +248,7 @@ impl Access {
                     .lock()
                     .expect("failures lock")
                     .remove(&keys[0]);
-                Ok(Principal {
-                    user: u.name,
-                    role: u.role,
-                    source: source.to_string(),
-                })
+                Ok(self.principal(&u, source))
             }
             _ => {
                 self.record_failure(&keys);
@@ -309,14 +286,29 @@ impl Access {
         Ok(principal)
     }
 
+    /// The user's current rights: the role is looked up at every request,
+    /// so a changed role or a disabled user takes effect at once.
     fn principal_for(&self, user: &str, source: &str) -> Option<Principal> {
         let users = self.users.read().expect("users lock");
         let u = users.get(user).filter(|u| !u.disabled)?;
-        Some(Principal {
+        Some(self.principal(u, source))
+    }
+
+    fn principal(&self, u: &User, source: &str) -> Principal {
+        Principal {
             user: u.name.clone(),
-            role: u.role,
+            privileges: self
+                .role(&u.role)
+                .map(|r| r.privileges())
+                .unwrap_or_default(),
+            role: u.role.clone(),
             source: source.to_string(),
-        })
+        }
+    }
+
+    /// A built-in or custom role by name.
+    pub fn role(&self, name: &str) -> Option<RoleDef> {
+        roles::builtin_role(name).or_else(|| self.custom_roles.get(name))
     }
 
     /// Starts a session; returns (token, csrf token). Only the token's hash is kept.
@@ -389,7 +381,7 @@ pub fn require(
     privilege: Privilege,
     what: &'static str,
 ) -> Result<(), AccessError> {
-    if principal.role.allows(privilege) {
+    if principal.can(privilege) {
         Ok(())
     } else {
         Err(AccessError::Forbidden(what, privilege.as_str()))
@@ -399,15 +391,6 @@ pub fn require(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_grant_what_they_say() {
-        assert!(Role::Administrator.allows(Privilege::ManageHosts));
-        assert!(Role::Operator.allows(Privilege::Power));
-        assert!(!Role::Operator.allows(Privilege::ManageHosts));
-        assert!(Role::Viewer.allows(Privilege::View));
-        assert!(!Role::Viewer.allows(Privilege::Power));
-    }
 
     fn access() -> Access {
         let dir = std::env::temp_dir().join(format!(

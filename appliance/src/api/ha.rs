@@ -90,14 +90,11 @@ pub(super) async fn route(
                 | ["physical-machines", _, "failback"],
                 _,
             ) => wrong_method(),
-            _ => Err(OpsError::NotFound(String::new())),
+            _ => Err(super::not_mine()),
         }
     }
     .await;
-    match result {
-        Err(OpsError::NotFound(msg)) if msg.is_empty() => None,
-        other => Some(other),
-    }
+    super::claimed(result)
 }
 
 pub fn cluster_json(c: &ClusterView) -> Value {

@@ -3,6 +3,7 @@
 //! `{"error": "..."}` with the matching status code.
 
 mod ha;
+mod users;
 mod views;
 
 use std::sync::Arc;
@@ -165,6 +166,19 @@ fn query_from(req: &Req) -> Result<VmQuery, OpsError> {
     })
 }
 
+/// What a sub-router answers for a path that is not its own.
+fn not_mine() -> OpsError {
+    OpsError::NotFound(String::new())
+}
+
+/// A sub-router's answer: `None` when the path was not its own.
+fn claimed(result: Result<Response<Body>, OpsError>) -> Option<Result<Response<Body>, OpsError>> {
+    match result {
+        Err(OpsError::NotFound(msg)) if msg.is_empty() => None,
+        other => Some(other),
+    }
+}
+
 async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
     let segments: Vec<&str> = req
         .path
@@ -185,7 +199,8 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             &json!({
                 "token": token,
                 "user": principal.user,
-                "role": principal.role.as_str(),
+                "role": principal.role,
+                "privileges": principal.privileges.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
                 "idle_timeout_secs": crate::access::SESSION_IDLE.as_secs(),
             }),
         ));
@@ -438,12 +453,17 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             }
             _ => not_allowed(),
         },
-        _ => match ha::route(ops, &who, req, &segments).await {
-            Some(result) => result,
-            None => Err(OpsError::NotFound(format!(
+        _ => {
+            if let Some(result) = ha::route(ops, &who, req, &segments).await {
+                return result;
+            }
+            if let Some(result) = users::route(ops, &who, req, &segments).await {
+                return result;
+            }
+            Err(OpsError::NotFound(format!(
                 "no such endpoint: {}",
                 req.path
-            ))),
-        },
+            )))
+        }
     }
 }

@@ -250,6 +250,7 @@ impl Ops {
             let request = match &as_new {
                 None => exact,
                 Some(new) => {
+                    require(who, Privilege::CreateVm, "restoring as a new VM")?;
                     new.validate().map_err(OpsError::BadRequest)?;
                     let taken = self
                         .inventory
@@ -328,7 +329,7 @@ impl Ops {
     ) -> Result<DatastoreView, OpsError> {
         let object = format!("datastore {}", input.name);
         let result = async {
-            require(who, Privilege::ManageHosts, "managing datastores")?;
+            require(who, Privilege::ManageDatastores, "managing datastores")?;
             let datastores = self.datastores.clone();
             tokio::task::spawn_blocking(move || datastores.add(input).map(DatastoreView::of))
                 .await
@@ -342,7 +343,7 @@ impl Ops {
     /// Removes a datastore that holds no backups (its files stay).
     pub async fn delete_datastore(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
         let result = async {
-            require(who, Privilege::ManageHosts, "managing datastores")?;
+            require(who, Privilege::ManageDatastores, "managing datastores")?;
             if let Some(p) = self
                 .policies
                 .all()
@@ -377,7 +378,7 @@ impl Ops {
         name: &str,
     ) -> Result<DatastoreView, OpsError> {
         let result = async {
-            require(who, Privilege::ManageHosts, "managing datastores")?;
+            require(who, Privilege::ManageDatastores, "managing datastores")?;
             let (datastores, name) = (self.datastores.clone(), name.to_string());
             tokio::task::spawn_blocking(move || datastores.remount(&name).map(DatastoreView::of))
                 .await

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use lifeboat_proto::{Command, ControllerMessage, HaAgentConfig, PowerState, StartVmRequest};
 
 use super::Ops;
-use crate::access::{Principal, Role};
+use crate::access::Principal;
 use crate::ha::detect::{assess, HostState, Observation, Timing};
 use crate::ha::failover::{start_order, Failover, FailoverKind, FailoverState, MoveState, VmMove};
 use crate::ha::placement::{choose, reserve, Candidate};
@@ -33,11 +33,7 @@ const RETRY_EVERY: Duration = Duration::from_secs(3);
 
 /// The principal failovers act as; audited like anyone else.
 fn ha_engine() -> Principal {
-    Principal {
-        user: "ha".into(),
-        role: Role::Administrator,
-        source: "ha-engine".into(),
-    }
+    Principal::system("ha", "ha-engine")
 }
 
 pub fn timing(c: &ClusterHa) -> Timing {

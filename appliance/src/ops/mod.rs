@@ -7,6 +7,7 @@ mod ha;
 mod ha_engine;
 mod ha_physical;
 mod policies;
+mod users;
 mod vm_query;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::store::StoreError;
 pub use backup::{BackupSummary, DatastoreView};
 pub use ha::ClusterView;
 pub use policies::PolicyInput;
+pub use users::{audit_csv, AuditFilter, UserView};
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
 /// Guest ACPI shutdown waits this long before powering off, unless told otherwise.
@@ -61,6 +63,9 @@ impl From<AccessError> for OpsError {
                 OpsError::Unauthorized(e.to_string())
             }
             AccessError::Forbidden(..) => OpsError::Forbidden(e.to_string()),
+            AccessError::Invalid(m) => OpsError::BadRequest(m),
+            AccessError::Conflict(m) => OpsError::Conflict(m),
+            AccessError::NotFound(m) => OpsError::NotFound(m),
             AccessError::Store(e) => e.into(),
         }
     }

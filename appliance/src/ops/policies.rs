@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use super::{Ops, OpsError};
-use crate::access::{require, Principal, Privilege, Role};
+use crate::access::{require, Principal, Privilege};
 use crate::backup::calendar::CalendarEvent;
 use crate::backup::datastores::DEFAULT_DATASTORE;
 use crate::backup::gc::{collect_garbage, prune_backup};
@@ -47,11 +47,7 @@ fn yes() -> bool {
 
 /// The principal scheduled runs act as; audited like anyone else.
 fn scheduler() -> Principal {
-    Principal {
-        user: "scheduler".into(),
-        role: Role::Administrator,
-        source: "schedule".into(),
-    }
+    Principal::system("scheduler", "schedule")
 }
 
 impl Ops {

@@ -41,10 +41,11 @@ pub enum Table {
     PhysicalMachines,
     HaEvents,
     HaProtected,
+    Roles,
 }
 
 impl Table {
-    const ALL: [Table; 16] = [
+    const ALL: [Table; 17] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -61,6 +62,7 @@ impl Table {
         Table::PhysicalMachines,
         Table::HaEvents,
         Table::HaProtected,
+        Table::Roles,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -81,6 +83,7 @@ impl Table {
             Table::PhysicalMachines => "physical_machines",
             Table::HaEvents => "ha_events",
             Table::HaProtected => "ha_protected",
+            Table::Roles => "roles",
         })
     }
 }

@@ -14,7 +14,7 @@ use crate::ha::HostEvent;
 use crate::ops::ClusterView;
 
 fn can_manage(ctx: &PageCtx) -> bool {
-    ctx.who.role.allows(Privilege::ManageHa)
+    ctx.who.can(Privilege::ManageHa)
 }
 
 fn ms_time(ms: u64) -> String {

@@ -14,7 +14,7 @@ pub struct PageCtx<'a> {
     pub agent_port: u16,
 }
 
-const NAV: [(&str, &str); 9] = [
+const NAV: [(&str, &str); 11] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
@@ -24,6 +24,8 @@ const NAV: [(&str, &str); 9] = [
     ("/policies", "Policies"),
     ("/datastores", "Datastores"),
     ("/agents", "Add host"),
+    ("/users", "Users"),
+    ("/audit", "Audit"),
 ];
 
 pub fn page(
@@ -53,7 +55,7 @@ pub fn page(
                         }
                     }
                     form.logout method="post" action="/logout" {
-                        span.user { (ctx.who.user) " · " (ctx.who.role.as_str()) }
+                        span.user { (ctx.who.user) " · " (ctx.who.role) }
                         input type="hidden" name="csrf" value=(ctx.csrf);
                         button type="submit" { "Log out" }
                     }

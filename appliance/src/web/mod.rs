@@ -2,6 +2,7 @@
 //! JavaScript. Sessions live in an HttpOnly, Secure, SameSite=Strict cookie;
 //! every form carries the session's CSRF token and is refused without it.
 
+mod admin_pages;
 pub mod assets;
 mod backup_pages;
 mod ha_pages;
@@ -125,9 +126,38 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
             "method not allowed",
         );
     }
+    if req.path == "/audit.csv" {
+        return match ops.audit_records(&who, &audit_filter(&req, 100_000)) {
+            Ok(records) => {
+                let mut r = response(
+                    StatusCode::OK,
+                    "text/csv; charset=utf-8",
+                    crate::ops::audit_csv(&records),
+                );
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_DISPOSITION,
+                    HeaderValue::from_static("attachment; filename=\"lifeboat-audit.csv\""),
+                );
+                r
+            }
+            Err(e) => error_page(&ctx, &e),
+        };
+    }
     match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
         Err(e) => error_page(&ctx, &e),
+    }
+}
+
+/// The audit filter from a page's query string.
+fn audit_filter(req: &Req, limit: usize) -> crate::ops::AuditFilter {
+    crate::ops::AuditFilter {
+        user: req.query_param("user"),
+        action: req.query_param("action"),
+        object: req.query_param("object"),
+        since: None,
+        until: None,
+        limit,
     }
 }
 
@@ -159,6 +189,13 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             Ok(ha_pages::cluster(ctx, &view, &failovers, &events))
         }
         ["failovers", id] => Ok(ha_pages::failover(ctx, &ops.failover(who, id)?)),
+        ["users"] => Ok(admin_pages::users(ctx, &ops.users(who)?, &ops.roles(who)?)),
+        ["roles"] => Ok(admin_pages::roles(ctx, &ops.roles(who)?)),
+        ["audit"] => {
+            let records = ops.audit_records(who, &audit_filter(req, 500))?;
+            let query = req.query.clone();
+            Ok(admin_pages::audit(ctx, &records, &query))
+        }
         ["physical"] => Ok(ha_pages::physical_machines(
             ctx,
             &ops.physical_machines(who)?,
@@ -417,6 +454,51 @@ async fn post(
             ops.failback_physical(who, id, field(form, "confirm").is_some())
                 .await?;
             Ok(redirect("/physical"))
+        }
+        ["users"] => {
+            let input = crate::access::UserInput {
+                name: field(form, "name"),
+                password: field(form, "password"),
+                role: field(form, "role"),
+                disabled: None,
+            };
+            ops.create_user(who, input).await?;
+            Ok(redirect("/users"))
+        }
+        ["users", name] => {
+            let input = crate::access::UserInput {
+                role: field(form, "role"),
+                disabled: field(form, "disabled").map(|d| d == "true"),
+                ..Default::default()
+            };
+            ops.update_user(who, name, input).await?;
+            Ok(redirect("/users"))
+        }
+        ["users", name, "delete"] => {
+            ops.delete_user(who, name).await?;
+            Ok(redirect("/users"))
+        }
+        ["roles"] => {
+            let privileges = form
+                .iter()
+                .filter(|(k, _)| k == "privilege")
+                .map(|(_, v)| {
+                    serde_json::from_value(serde_json::json!(v))
+                        .map_err(|_| OpsError::BadRequest(format!("unknown privilege {v:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+            let role = crate::access::RoleDef {
+                name: field(form, "name").unwrap_or_default(),
+                description: field(form, "description").unwrap_or_default(),
+                privileges,
+                builtin: false,
+            };
+            ops.put_role(who, role, true).await?;
+            Ok(redirect("/roles"))
+        }
+        ["roles", name, "delete"] => {
+            ops.delete_role(who, name).await?;
+            Ok(redirect("/roles"))
         }
         ["agents", "tokens"] => {
             let issued = ops.issue_enrollment_token(who).await?;

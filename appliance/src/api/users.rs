@@ -1,0 +1,101 @@
+//! REST routes for users, roles and the audit trail: `/api/v1/users`,
+//! `/roles`, `/privileges`, `/audit` (JSON, or CSV with `format=csv`).
+
+use std::sync::Arc;
+
+use hyper::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::parse_body;
+use crate::access::{Principal, Privilege};
+use crate::http::{json, json_error, response, Body, Req};
+use crate::ops::{audit_csv, AuditFilter, Ops, OpsError};
+
+/// `None` when the path is not one of these routes.
+pub(super) async fn route(
+    ops: &Arc<Ops>,
+    who: &Principal,
+    req: &Req,
+    segments: &[&str],
+) -> Option<Result<Response<Body>, OpsError>> {
+    let m = &req.method;
+    let ok = |v: Value| Ok(json(StatusCode::OK, &v));
+    let result = async {
+        match (segments, m) {
+            (["users"], &Method::GET) => ok(json!(ops.users(who)?)),
+            (["users"], &Method::POST) => {
+                let user = ops.create_user(who, parse_body(req)?).await?;
+                Ok(json(StatusCode::CREATED, &json!(user)))
+            }
+            (["users", name], &Method::GET) => ok(json!(ops.user(who, name)?)),
+            (["users", name], &Method::PUT | &Method::PATCH) => {
+                ok(json!(ops.update_user(who, name, parse_body(req)?).await?))
+            }
+            (["users", name], &Method::DELETE) => {
+                ops.delete_user(who, name).await?;
+                ok(json!({"deleted": true}))
+            }
+            (["roles"], &Method::GET) => ok(json!(ops.roles(who)?)),
+            (["roles"], &Method::POST) => {
+                let role = ops.put_role(who, parse_body(req)?, true).await?;
+                Ok(json(StatusCode::CREATED, &json!(role)))
+            }
+            (["roles", name], &Method::GET) => ok(json!(ops.role(who, name)?)),
+            (["roles", name], &Method::PUT) => {
+                let mut role: crate::access::RoleDef = parse_body(req)?;
+                if role.name != *name {
+                    return Err(OpsError::BadRequest("a role cannot be renamed".into()));
+                }
+                role.builtin = false;
+                ok(json!(ops.put_role(who, role, false).await?))
+            }
+            (["roles", name], &Method::DELETE) => {
+                ops.delete_role(who, name).await?;
+                ok(json!({"deleted": true}))
+            }
+            (["privileges"], &Method::GET) => ok(json!(Privilege::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>())),
+            (["audit"], &Method::GET) => {
+                let number = |name: &str| -> Result<Option<u64>, OpsError> {
+                    req.query_param(name)
+                        .map(|v| {
+                            v.parse().map_err(|_| {
+                                OpsError::BadRequest(format!("{name} must be UNIX seconds"))
+                            })
+                        })
+                        .transpose()
+                };
+                let filter = AuditFilter {
+                    user: req.query_param("user"),
+                    action: req.query_param("action"),
+                    object: req.query_param("object"),
+                    since: number("since")?,
+                    until: number("until")?,
+                    limit: number("limit")?.unwrap_or(1000) as usize,
+                };
+                let records = ops.audit_records(who, &filter)?;
+                match req.query_param("format").as_deref() {
+                    None | Some("json") => ok(json!(records)),
+                    Some("csv") => Ok(response(
+                        StatusCode::OK,
+                        "text/csv; charset=utf-8",
+                        audit_csv(&records),
+                    )),
+                    Some(other) => Err(OpsError::BadRequest(format!("unknown format {other:?}"))),
+                }
+            }
+            (
+                ["users"] | ["users", _] | ["roles"] | ["roles", _] | ["privileges"] | ["audit"],
+                _,
+            ) => Ok(json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("method {m} not allowed on {}", req.path),
+            )),
+            _ => Err(super::not_mine()),
+        }
+    }
+    .await;
+    super::claimed(result)
+}
