@@ -137,6 +137,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?,
         policies: store::book::Book::load(store.clone(), store::Table::BackupPolicies)?,
         ha: ha::Ha::load(store.clone())?,
+        vm_tags: store::book::Book::load(store.clone(), store::Table::VmCategories)?,
+        category_rules: store::book::Book::load(store.clone(), store::Table::CategoryRules)?,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

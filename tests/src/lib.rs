@@ -51,6 +51,7 @@ mod api;
 mod binaries;
 mod browser;
 mod cluster;
+mod console_client;
 mod controller;
 mod ha_cluster;
 mod host_lock;
@@ -70,6 +71,7 @@ pub use cluster::{
     probe_tcp, running_qemu_hosts, Cluster, DoubleRun, DoubleRunMonitor, Host, PhysicalMachine,
     QemuProcess, TcpProbe, SHARED_ROOT,
 };
+pub use console_client::{csrf_of, ConsoleClient};
 pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PASSWORD};
 pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;

@@ -6,99 +6,6 @@ use std::time::Duration;
 
 use lifeboat_e2e::*;
 
-/// A cookie-carrying client of the console, without JavaScript.
-struct Browser {
-    api: Api,
-    cookies: Vec<(String, String)>,
-}
-
-impl Browser {
-    fn new(controller: &Controller) -> Browser {
-        Browser {
-            api: controller.api().anonymous(),
-            cookies: Vec::new(),
-        }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn request(&mut self, method: &str, path: &str, form: &[(&str, &str)]) -> RawResponse {
-        let body = form
-            .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let cookie = self.cookie_header();
-        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
-        if !cookie.is_empty() {
-            headers.push(("cookie", cookie.as_str()));
-        }
-        let r = self
-            .api
-            .raw_request(method, path, &headers, body.as_bytes());
-        for (name, value) in &r.headers {
-            if name == "set-cookie" {
-                let pair = value.split(';').next().unwrap_or_default();
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                self.cookies.retain(|(n, _)| n != k);
-                if !v.is_empty() && !value.contains("Max-Age=0") {
-                    self.cookies.push((k.to_string(), v.to_string()));
-                }
-            }
-        }
-        r
-    }
-
-    fn get(&mut self, path: &str) -> RawResponse {
-        self.request("GET", path, &[])
-    }
-
-    fn login(&mut self, password: &str) -> RawResponse {
-        let page = self.get("/login");
-        assert_eq!(page.status, 200);
-        let csrf = csrf_of(&page.text());
-        self.request(
-            "POST",
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("username", ADMIN_USER),
-                ("password", password),
-            ],
-        )
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn csrf_of(html: &str) -> String {
-    let marker = r#"name="csrf" value=""#;
-    let start = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no CSRF field in {html}"))
-        + marker.len();
-    html[start..]
-        .split('"')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn console_login_pages_power_button_and_logout() {
     let libvirt = Libvirt::ensure();
@@ -112,7 +19,7 @@ fn console_login_pages_power_button_and_logout() {
     for vm in &vms {
         api.wait_vm(vm.name(), READY_TIMEOUT);
     }
-    let mut b = Browser::new(&controller);
+    let mut b = ConsoleClient::new(&controller);
 
     // Not logged in: every page sends you to the login form.
     let r = b.get("/vms");
@@ -262,7 +169,7 @@ fn console_login_pages_power_button_and_logout() {
 fn enrollment_page_shows_a_command_that_works() {
     let libvirt = Libvirt::ensure();
     let controller = Controller::start();
-    let mut b = Browser::new(&controller);
+    let mut b = ConsoleClient::new(&controller);
     assert_eq!(b.login(controller.admin_password()).status, 303);
     let page = b.get("/agents").text();
     let r = b.request("POST", "/agents/tokens", &[("csrf", &csrf_of(&page))]);
@@ -349,7 +256,7 @@ fn console_screenshots_in_chromium() {
 #[test]
 fn console_manages_users_and_roles_and_exports_the_audit_trail() {
     let controller = Controller::start();
-    let mut b = Browser::new(&controller);
+    let mut b = ConsoleClient::new(&controller);
     assert_eq!(b.login(controller.admin_password()).status, 303);
     let page = b.get("/users");
     assert_eq!(page.status, 200);

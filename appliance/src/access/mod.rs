@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod roles;
+pub mod scope;
 mod users;
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub struct Principal {
     /// The role's name, for display; `privileges` is what it grants.
     pub role: String,
     pub privileges: Privileges,
+    /// Which VMs the principal sees; `None`: all of them.
+    pub scope: Option<std::sync::Arc<scope::Scope>>,
     pub source: String,
 }
 
@@ -58,8 +61,14 @@ impl Principal {
             user: user.to_string(),
             role: roles::ADMINISTRATOR.to_string(),
             privileges: Privileges::all(),
+            scope: None,
             source: source.to_string(),
         }
+    }
+
+    /// Whether the principal may see a VM with these categories.
+    pub fn sees(&self, categories: &std::collections::BTreeMap<String, String>) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.allows(categories))
     }
 }
 
@@ -71,6 +80,9 @@ pub struct User {
     pub role: String,
     pub disabled: bool,
     pub created_at: u64,
+    /// Access policies limiting which VMs the user sees; empty: all.
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +119,7 @@ pub struct Access {
     store: Store,
     /// Custom roles; built-in ones are in code.
     pub custom_roles: Book<RoleDef>,
+    pub policies: Book<scope::AccessPolicy>,
     users: RwLock<HashMap<String, User>>,
     sessions: RwLock<HashMap<String, LiveSession>>,
     basic_cache: Mutex<HashMap<String, (String, Instant)>>,
@@ -161,6 +174,7 @@ impl Access {
             .collect();
         Ok(Access {
             custom_roles: Book::load(store.clone(), Table::Roles)?,
+            policies: Book::load(store.clone(), Table::AccessPolicies)?,
             store,
             users: RwLock::new(users),
             sessions: RwLock::new(sessions),
@@ -183,6 +197,7 @@ impl Access {
             role: roles::ADMINISTRATOR.to_string(),
             disabled: false,
             created_at: unix_now(),
+            policies: Vec::new(),
         };
         self.store
             .commit_blocking(vec![Write::put(Table::Users, "admin", &user)])?;
@@ -302,8 +317,20 @@ impl Access {
                 .map(|r| r.privileges())
                 .unwrap_or_default(),
             role: u.role.clone(),
+            scope: self.scope_of(&u.policies),
             source: source.to_string(),
         }
+    }
+
+    /// The scope of a list of policy names; `None` (everything) only for an
+    /// empty list. A name no longer defined narrows, never widens.
+    pub fn scope_of(&self, names: &[String]) -> Option<std::sync::Arc<scope::Scope>> {
+        if names.is_empty() {
+            return None;
+        }
+        let policies: Vec<scope::AccessPolicy> =
+            names.iter().filter_map(|n| self.policies.get(n)).collect();
+        Some(std::sync::Arc::new(scope::Scope::of(&policies)))
     }
 
     /// A built-in or custom role by name.

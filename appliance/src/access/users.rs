@@ -19,6 +19,8 @@ pub struct UserInput {
     pub password: Option<String>,
     pub role: Option<String>,
     pub disabled: Option<bool>,
+    /// Access policies; empty: every VM.
+    pub policies: Option<Vec<String>>,
 }
 
 fn invalid(message: impl Into<String>) -> AccessError {
@@ -76,6 +78,8 @@ impl Access {
         let role = input.role.ok_or_else(|| invalid("a role is required"))?;
         self.role(&role)
             .ok_or_else(|| invalid(format!("no role {role:?}")))?;
+        let policies = input.policies.unwrap_or_default();
+        self.check_policies(&policies)?;
         if self.user(&name).is_some() {
             return Err(AccessError::Conflict(format!("user {name} exists")));
         }
@@ -88,6 +92,7 @@ impl Access {
             role,
             disabled: input.disabled.unwrap_or(false),
             created_at: unix_now(),
+            policies,
         };
         self.put_user(user.clone()).await?;
         Ok(user)
@@ -107,6 +112,10 @@ impl Access {
         }
         if let Some(disabled) = input.disabled {
             user.disabled = disabled;
+        }
+        if let Some(policies) = input.policies {
+            self.check_policies(&policies)?;
+            user.policies = policies;
         }
         if let Some(password) = input.password {
             check_password(&password)?;
@@ -139,9 +148,17 @@ impl Access {
         Ok(())
     }
 
+    fn check_policies(&self, names: &[String]) -> Result<(), AccessError> {
+        match names.iter().find(|n| self.policies.get(n).is_none()) {
+            Some(unknown) => Err(invalid(format!("no access policy {unknown:?}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a change that would leave no enabled administrator.
     fn keep_an_administrator(&self, name: &str, after: Option<&User>) -> Result<(), AccessError> {
-        let is_admin = |u: &User| !u.disabled && u.role == roles::ADMINISTRATOR;
+        let is_admin =
+            |u: &User| !u.disabled && u.role == roles::ADMINISTRATOR && u.policies.is_empty();
         let others = self
             .users
             .read()

@@ -2,8 +2,8 @@
 //! HTTP Basic or a bearer token from `POST /api/v1/session`; errors are
 //! `{"error": "..."}` with the matching status code.
 
+mod access;
 mod ha;
-mod users;
 mod views;
 
 use std::sync::Arc;
@@ -457,7 +457,7 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             if let Some(result) = ha::route(ops, &who, req, &segments).await {
                 return result;
             }
-            if let Some(result) = users::route(ops, &who, req, &segments).await {
+            if let Some(result) = access::route(ops, &who, req, &segments).await {
                 return result;
             }
             Err(OpsError::NotFound(format!(

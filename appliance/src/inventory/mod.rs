@@ -5,6 +5,8 @@
 //! Writes are queued to the store while the inventory lock is held, so the
 //! commit order always matches the order of in-memory updates.
 
+pub mod categories;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};

@@ -467,7 +467,9 @@ impl Ops {
         require(who, Privilege::View, "listing backups")?;
         let vm: VmUuid = vm_id
             .parse()
-            .map_err(|_| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
+            .ok()
+            .filter(|_| self.visible_uuid(who, vm_id))
+            .ok_or_else(|| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
         let stores = self.datastores.ready();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -512,7 +514,9 @@ impl Ops {
         reference: &str,
     ) -> Result<OpenedBackup, OpsError> {
         require(who, Privilege::View, "viewing backups")?;
-        let r = BackupRef::parse(reference).ok_or_else(|| not_found(reference))?;
+        let r = BackupRef::parse(reference)
+            .filter(|r| self.visible_uuid(who, r.vm.as_str()))
+            .ok_or_else(|| not_found(reference))?;
         let store = self
             .datastores
             .get(&r.datastore)

@@ -130,9 +130,12 @@ impl Ops {
             .await
     }
 
+    /// Failovers; one that moved a VM hidden from `who` is hidden too.
     pub fn failovers(&self, who: &Principal) -> Result<Vec<Failover>, OpsError> {
         require(who, Privilege::View, "viewing failovers")?;
-        Ok(self.ha.failover_list())
+        let mut list = self.ha.failover_list();
+        list.retain(|f| self.failover_visible(who, f));
+        Ok(list)
     }
 
     pub fn failover(&self, who: &Principal, id: &str) -> Result<Failover, OpsError> {
@@ -140,7 +143,12 @@ impl Ops {
         self.ha
             .failovers
             .get(id)
+            .filter(|f| self.failover_visible(who, f))
             .ok_or_else(|| OpsError::NotFound(format!("no failover {id}")))
+    }
+
+    fn failover_visible(&self, who: &Principal, f: &Failover) -> bool {
+        f.vms.iter().all(|v| self.visible_uuid(who, &v.uuid))
     }
 
     /// History of a host or physical machine (all when `None`), newest first.
@@ -151,12 +159,18 @@ impl Ops {
         limit: usize,
     ) -> Result<Vec<HostEvent>, OpsError> {
         require(who, Privilege::View, "viewing HA history")?;
-        Ok(self.ha.history(source, limit.min(1000)))
+        let hidden = self.hidden_vm_words(who);
+        let events = self.ha.history(source, limit.min(1000));
+        Ok(super::scope::without_hidden(events, &hidden, |e| {
+            e.message.clone()
+        }))
     }
 
     pub fn physical_machines(&self, who: &Principal) -> Result<Vec<PhysicalMachine>, OpsError> {
         require(who, Privilege::View, "listing physical machines")?;
-        Ok(self.ha.physical.all())
+        let mut all = self.ha.physical.all();
+        all.retain(|pm| self.visible_uuid(who, &pm.standby_vm));
+        Ok(all)
     }
 
     pub fn physical_machine(&self, who: &Principal, id: &str) -> Result<PhysicalMachine, OpsError> {
@@ -164,6 +178,7 @@ impl Ops {
         self.ha
             .physical
             .get(id)
+            .filter(|pm| self.visible_uuid(who, &pm.standby_vm))
             .ok_or_else(|| OpsError::NotFound(format!("no physical machine {id}")))
     }
 

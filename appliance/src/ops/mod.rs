@@ -7,6 +7,7 @@ mod ha;
 mod ha_engine;
 mod ha_physical;
 mod policies;
+mod scope;
 mod users;
 mod vm_query;
 
@@ -83,6 +84,9 @@ pub struct Ops {
     pub datastores: crate::backup::datastores::Datastores,
     pub policies: crate::store::book::Book<crate::backup::policy::BackupPolicy>,
     pub ha: crate::ha::Ha,
+    /// VMs' own category tags, by UUID.
+    pub vm_tags: crate::store::book::Book<crate::inventory::categories::Categories>,
+    pub category_rules: crate::store::book::Book<crate::inventory::categories::CategoryRule>,
 }
 
 /// What the dashboard shows.
@@ -157,32 +161,74 @@ impl Ops {
         Ok(Summary {
             hosts_online: online,
             hosts_offline: hosts.len() - online,
-            vm_states: self.inventory.power_state_counts(),
-            recent_jobs: self.jobs.recent(10, |_| true),
+            vm_states: self.power_state_counts(who),
+            recent_jobs: self.jobs.recent(10, |j| self.job_visible(who, j)),
         })
     }
 
     pub fn hosts(&self, who: &Principal) -> Result<Vec<HostView>, OpsError> {
         require(who, Privilege::View, "listing hosts")?;
-        Ok(self.inventory.hosts())
+        Ok(self
+            .inventory
+            .hosts()
+            .into_iter()
+            .map(|h| self.scoped_host(who, h))
+            .collect())
     }
 
     pub fn host(&self, who: &Principal, id: &str) -> Result<HostView, OpsError> {
         require(who, Privilege::View, "viewing a host")?;
         self.inventory
             .host(id)
+            .map(|h| self.scoped_host(who, h))
             .ok_or_else(|| OpsError::NotFound(format!("no host with id {id}")))
+    }
+
+    /// A host with only the VMs `who` may see counted.
+    fn scoped_host(&self, who: &Principal, mut h: HostView) -> HostView {
+        if who.scope.is_some() {
+            h.vm_count = self.inventory.with_vms(|vms| {
+                vms.filter(|v| v.host_id == h.host.id && self.visible(who, v))
+                    .count()
+            });
+        }
+        h
+    }
+
+    /// VM counts per power state, of the VMs `who` may see.
+    fn power_state_counts(&self, who: &Principal) -> Vec<(&'static str, usize)> {
+        let mut counts = self.inventory.power_state_counts();
+        if who.scope.is_some() {
+            for (state, count) in counts.iter_mut() {
+                *count = self.inventory.with_vms(|vms| {
+                    vms.filter(|v| v.info.power_state.as_str() == *state && self.visible(who, v))
+                        .count()
+                });
+            }
+        }
+        counts
+    }
+
+    fn job_visible(&self, who: &Principal, job: &Job) -> bool {
+        job.vm
+            .as_deref()
+            .is_none_or(|uuid| self.visible_uuid(who, uuid))
     }
 
     pub fn vms(&self, who: &Principal, query: &VmQuery) -> Result<VmPage, OpsError> {
         require(who, Privilege::View, "listing VMs")?;
-        Ok(vm_query::run(&self.inventory, query))
+        Ok(vm_query::run(&self.inventory, query, &|vm| {
+            self.visible(who, vm)
+        }))
     }
 
+    /// A VM by UUID; one outside `who`'s scope is "not found", exactly like
+    /// one that does not exist.
     pub fn vm(&self, who: &Principal, id: &str) -> Result<Vm, OpsError> {
         require(who, Privilege::View, "viewing a VM")?;
         self.inventory
             .vm(id)
+            .filter(|vm| self.visible(who, vm))
             .ok_or_else(|| OpsError::NotFound(format!("no VM with id {id}")))
     }
 
@@ -193,15 +239,16 @@ impl Ops {
         limit: usize,
     ) -> Result<Vec<Job>, OpsError> {
         require(who, Privilege::View, "listing jobs")?;
-        Ok(self
-            .jobs
-            .recent(limit, |j| vm.is_none() || j.vm.as_deref() == vm))
+        Ok(self.jobs.recent(limit, |j| {
+            (vm.is_none() || j.vm.as_deref() == vm) && self.job_visible(who, j)
+        }))
     }
 
     pub fn job(&self, who: &Principal, id: u64) -> Result<Job, OpsError> {
         require(who, Privilege::View, "viewing a job")?;
         self.jobs
             .get(id)
+            .filter(|j| self.job_visible(who, j))
             .ok_or_else(|| OpsError::NotFound(format!("no job with id {id}")))
     }
 
@@ -237,11 +284,7 @@ impl Ops {
         action: PowerAction,
         shutdown_timeout_secs: Option<u64>,
     ) -> Result<Job, OpsError> {
-        require(who, Privilege::View, "viewing a VM")?;
-        let vm = self
-            .inventory
-            .vm(vm_id)
-            .ok_or_else(|| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
+        let vm = self.vm(who, vm_id)?;
         let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
         let result = self
             .start_power_job(who, &vm, action, shutdown_timeout_secs)

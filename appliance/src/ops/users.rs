@@ -13,6 +13,7 @@ use crate::access::{require, Principal, Privilege, Privileges, RoleDef, User, Us
 pub struct UserView {
     pub name: String,
     pub role: String,
+    pub policies: Vec<String>,
     pub disabled: bool,
     pub created_at: u64,
 }
@@ -22,6 +23,7 @@ impl From<User> for UserView {
         UserView {
             name: u.name,
             role: u.role,
+            policies: u.policies,
             disabled: u.disabled,
             created_at: u.created_at,
         }
@@ -234,7 +236,11 @@ impl Ops {
                 && filter.since.is_none_or(|t| r.time >= t)
                 && filter.until.is_none_or(|t| r.time <= t)
         };
-        Ok(self.audit.newest(filter.limit.clamp(1, 100_000), keep))
+        let hidden = self.hidden_vm_words(who);
+        let records = self.audit.newest(filter.limit.clamp(1, 100_000), keep);
+        Ok(super::scope::without_hidden(records, &hidden, |r| {
+            r.object.clone()
+        }))
     }
 }
 

@@ -57,7 +57,8 @@ pub struct VmPage {
     pub items: Vec<Vm>,
 }
 
-pub fn run(inventory: &Inventory, q: &VmQuery) -> VmPage {
+/// `visible` leaves out VMs outside the caller's scope.
+pub fn run(inventory: &Inventory, q: &VmQuery, visible: &dyn Fn(&Vm) -> bool) -> VmPage {
     let hosts = inventory.hosts();
     let host_name = |id: &str| -> String {
         hosts
@@ -93,6 +94,9 @@ pub fn run(inventory: &Inventory, q: &VmQuery) -> VmPage {
                 if vm.info.power_state.as_str() != s {
                     continue;
                 }
+            }
+            if !visible(vm) {
+                continue;
             }
             matched.push(vm);
         }
@@ -176,10 +180,14 @@ mod tests {
         inv
     }
 
+    fn run_all(inv: &Inventory, q: &VmQuery) -> VmPage {
+        run(inv, q, &|_| true)
+    }
+
     #[tokio::test]
     async fn filters_sorts_and_pages() {
         let inv = inventory(100).await;
-        let all = run(
+        let all = run_all(
             &inv,
             &VmQuery {
                 per_page: 1000,
@@ -192,7 +200,7 @@ mod tests {
             .windows(2)
             .all(|w| w[0].info.name < w[1].info.name));
 
-        let page = run(
+        let page = run_all(
             &inv,
             &VmQuery {
                 per_page: 30,
@@ -203,7 +211,7 @@ mod tests {
         assert_eq!((page.total, page.items.len()), (100, 10));
         assert_eq!(page.items[0].info.name, "vm-00090");
 
-        let running = run(
+        let running = run_all(
             &inv,
             &VmQuery {
                 state: Some("running".into()),
@@ -217,7 +225,7 @@ mod tests {
             .iter()
             .all(|v| v.info.power_state == PowerState::Running));
 
-        let named = run(
+        let named = run_all(
             &inv,
             &VmQuery {
                 name: Some("VM-0004".into()),
@@ -227,7 +235,7 @@ mod tests {
         );
         assert_eq!(named.total, 10, "case-insensitive substring");
 
-        let by_host_name = run(
+        let by_host_name = run_all(
             &inv,
             &VmQuery {
                 host: Some("host-h1".into()),
@@ -235,7 +243,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let by_host_id = run(
+        let by_host_id = run_all(
             &inv,
             &VmQuery {
                 host: Some("h1".into()),
@@ -246,7 +254,7 @@ mod tests {
         assert_eq!(by_host_name.total, by_host_id.total);
         assert!(by_host_id.items.iter().all(|v| v.host_id == "h1"));
 
-        let mem = run(
+        let mem = run_all(
             &inv,
             &VmQuery {
                 sort: VmSort::Memory,
@@ -260,7 +268,7 @@ mod tests {
             .windows(2)
             .all(|w| w[0].info.memory_mib >= w[1].info.memory_mib));
 
-        let beyond = run(
+        let beyond = run_all(
             &inv,
             &VmQuery {
                 page: 99,

@@ -42,10 +42,13 @@ pub enum Table {
     HaEvents,
     HaProtected,
     Roles,
+    AccessPolicies,
+    VmCategories,
+    CategoryRules,
 }
 
 impl Table {
-    const ALL: [Table; 17] = [
+    const ALL: [Table; 20] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -63,6 +66,9 @@ impl Table {
         Table::HaEvents,
         Table::HaProtected,
         Table::Roles,
+        Table::AccessPolicies,
+        Table::VmCategories,
+        Table::CategoryRules,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -84,6 +90,9 @@ impl Table {
             Table::HaEvents => "ha_events",
             Table::HaProtected => "ha_protected",
             Table::Roles => "roles",
+            Table::AccessPolicies => "access_policies",
+            Table::VmCategories => "vm_categories",
+            Table::CategoryRules => "category_rules",
         })
     }
 }

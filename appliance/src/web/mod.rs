@@ -460,7 +460,7 @@ async fn post(
                 name: field(form, "name"),
                 password: field(form, "password"),
                 role: field(form, "role"),
-                disabled: None,
+                ..Default::default()
             };
             ops.create_user(who, input).await?;
             Ok(redirect("/users"))

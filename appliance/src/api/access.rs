@@ -1,5 +1,6 @@
-//! REST routes for users, roles and the audit trail: `/api/v1/users`,
-//! `/roles`, `/privileges`, `/audit` (JSON, or CSV with `format=csv`).
+//! REST routes for access control: `/api/v1/users`, `/roles`,
+//! `/privileges`, `/policies` (access policies), `/category-rules`,
+//! `/vms/{id}/categories`, and `/audit` (JSON, or CSV with `format=csv`).
 
 use std::sync::Arc;
 
@@ -53,6 +54,39 @@ pub(super) async fn route(
                 ops.delete_role(who, name).await?;
                 ok(json!({"deleted": true}))
             }
+            (["policies"], &Method::GET) => ok(json!(ops.access_policies(who)?)),
+            (["policies"], &Method::POST) => {
+                let policy = ops.put_access_policy(who, parse_body(req)?, true).await?;
+                Ok(json(StatusCode::CREATED, &json!(policy)))
+            }
+            (["policies", name], &Method::GET) => ok(json!(ops.access_policy(who, name)?)),
+            (["policies", name], &Method::PUT) => {
+                let policy: crate::access::scope::AccessPolicy = parse_body(req)?;
+                if policy.name != *name {
+                    return Err(OpsError::BadRequest("a policy cannot be renamed".into()));
+                }
+                ok(json!(ops.put_access_policy(who, policy, false).await?))
+            }
+            (["policies", name], &Method::DELETE) => {
+                ops.delete_access_policy(who, name).await?;
+                ok(json!({"deleted": true}))
+            }
+            (["category-rules"], &Method::GET) => ok(json!(ops.category_rules(who)?)),
+            (["category-rules"], &Method::POST) => {
+                let rule = ops.add_category_rule(who, parse_body(req)?).await?;
+                Ok(json(StatusCode::CREATED, &json!(rule)))
+            }
+            (["category-rules", id], &Method::DELETE) => {
+                ops.delete_category_rule(who, id).await?;
+                ok(json!({"deleted": true}))
+            }
+            (["vms", id, "categories"], &Method::GET) => {
+                let (own, effective) = ops.vm_own_categories(who, id)?;
+                ok(json!({"own": own, "effective": effective}))
+            }
+            (["vms", id, "categories"], &Method::PUT) => ok(json!(
+                ops.set_vm_categories(who, id, parse_body(req)?).await?
+            )),
             (["privileges"], &Method::GET) => ok(json!(Privilege::ALL
                 .iter()
                 .map(|p| p.as_str())

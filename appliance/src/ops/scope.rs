@@ -1,0 +1,240 @@
+//! What a principal may see: VM categories (own tags and derived rules),
+//! access policies, and the visibility checks every listing and lookup
+//! goes through. A VM outside the principal's scope is treated exactly
+//! like one that does not exist.
+
+use std::collections::HashSet;
+
+use super::{Ops, OpsError};
+use crate::access::scope::AccessPolicy;
+use crate::access::{require, Principal, Privilege};
+use crate::inventory::categories::{
+    categories_of, check_key, check_value, Categories, CategoryRule,
+};
+use crate::inventory::Vm;
+
+impl Ops {
+    /// A VM's categories: derived by the rules, then its own tags.
+    pub fn vm_categories(&self, vm: &Vm) -> Categories {
+        let rules = self.category_rules.all();
+        let host_name = self.inventory.host_name(&vm.host_id);
+        categories_of(
+            &rules,
+            self.vm_tags.get(&vm.info.uuid).as_ref(),
+            &vm.info.name,
+            &vm.host_id,
+            &host_name,
+        )
+    }
+
+    pub fn visible(&self, who: &Principal, vm: &Vm) -> bool {
+        who.scope.is_none() || who.sees(&self.vm_categories(vm))
+    }
+
+    /// Whether a VM known only by UUID (a job's, a backup's) is visible:
+    /// one no longer in the inventory only to unrestricted principals.
+    pub fn visible_uuid(&self, who: &Principal, uuid: &str) -> bool {
+        if who.scope.is_none() {
+            return true;
+        }
+        self.inventory
+            .vm(uuid)
+            .is_some_and(|vm| self.visible(who, &vm))
+    }
+
+    /// Names and UUIDs of the VMs hidden from `who`, for filtering text
+    /// that mentions VMs (events, audit records); empty when unrestricted.
+    pub fn hidden_vm_words(&self, who: &Principal) -> Vec<String> {
+        if who.scope.is_none() {
+            return Vec::new();
+        }
+        let rules = self.category_rules.all();
+        self.inventory.with_vms(|vms| {
+            vms.filter(|vm| {
+                let host_name = self.inventory.host_name(&vm.host_id);
+                let own = self.vm_tags.get(&vm.info.uuid);
+                let c = categories_of(&rules, own.as_ref(), &vm.info.name, &vm.host_id, &host_name);
+                !who.sees(&c)
+            })
+            .flat_map(|vm| [vm.info.name.clone(), vm.info.uuid.clone()])
+            .collect()
+        })
+    }
+
+    pub fn vm_own_categories(
+        &self,
+        who: &Principal,
+        vm_id: &str,
+    ) -> Result<(Categories, Categories), OpsError> {
+        let vm = self.vm(who, vm_id)?;
+        Ok((
+            self.vm_tags.get(&vm.info.uuid).unwrap_or_default(),
+            self.vm_categories(&vm),
+        ))
+    }
+
+    /// Replaces a VM's own tags.
+    pub async fn set_vm_categories(
+        &self,
+        who: &Principal,
+        vm_id: &str,
+        tags: Categories,
+    ) -> Result<Categories, OpsError> {
+        let vm = self.vm(who, vm_id)?;
+        let result = async {
+            require(who, Privilege::ManageUsers, "setting VM categories")?;
+            for (k, v) in &tags {
+                check_key(k).map_err(OpsError::BadRequest)?;
+                check_value(v).map_err(OpsError::BadRequest)?;
+            }
+            if tags.len() > 32 {
+                return Err(OpsError::BadRequest("at most 32 categories per VM".into()));
+            }
+            self.vm_tags.put(&vm.info.uuid, tags.clone()).await?;
+            Ok(tags)
+        }
+        .await;
+        let object = format!("vm {} ({})", vm.info.name, vm.info.uuid);
+        self.audited(who, "set VM categories", &object, result)
+            .await
+    }
+
+    pub fn category_rules(&self, who: &Principal) -> Result<Vec<CategoryRule>, OpsError> {
+        require(who, Privilege::View, "listing category rules")?;
+        Ok(self.category_rules.all())
+    }
+
+    pub async fn add_category_rule(
+        &self,
+        who: &Principal,
+        mut rule: CategoryRule,
+    ) -> Result<CategoryRule, OpsError> {
+        let object = format!("category rule {}={}", rule.key, rule.value);
+        let result = async {
+            require(who, Privilege::ManageUsers, "managing category rules")?;
+            rule.validate().map_err(OpsError::BadRequest)?;
+            rule.id = uuid::Uuid::new_v4().to_string();
+            self.category_rules.put(&rule.id, rule.clone()).await?;
+            Ok(rule)
+        }
+        .await;
+        self.audited(who, "add category rule", &object, result)
+            .await
+    }
+
+    pub async fn delete_category_rule(&self, who: &Principal, id: &str) -> Result<(), OpsError> {
+        let result = async {
+            require(who, Privilege::ManageUsers, "managing category rules")?;
+            if !self.category_rules.delete(id).await? {
+                return Err(OpsError::NotFound(format!("no category rule {id}")));
+            }
+            Ok(())
+        }
+        .await;
+        self.audited(
+            who,
+            "delete category rule",
+            &format!("category rule {id}"),
+            result,
+        )
+        .await
+    }
+
+    pub fn access_policies(&self, who: &Principal) -> Result<Vec<AccessPolicy>, OpsError> {
+        require(who, Privilege::ManageUsers, "listing access policies")?;
+        Ok(self.access.policies.all())
+    }
+
+    pub fn access_policy(&self, who: &Principal, name: &str) -> Result<AccessPolicy, OpsError> {
+        require(who, Privilege::ManageUsers, "viewing access policies")?;
+        self.access
+            .policies
+            .get(name)
+            .ok_or_else(|| OpsError::NotFound(format!("no access policy {name}")))
+    }
+
+    /// Creates (`create`) or replaces an access policy.
+    pub async fn put_access_policy(
+        &self,
+        who: &Principal,
+        policy: AccessPolicy,
+        create: bool,
+    ) -> Result<AccessPolicy, OpsError> {
+        let object = format!("access policy {}", policy.name);
+        let result = async {
+            require(who, Privilege::ManageUsers, "managing access policies")?;
+            policy.validate().map_err(OpsError::BadRequest)?;
+            let exists = self.access.policies.get(&policy.name).is_some();
+            if create && exists {
+                return Err(OpsError::Conflict(format!(
+                    "access policy {} exists",
+                    policy.name
+                )));
+            }
+            if !create && !exists {
+                return Err(OpsError::NotFound(format!(
+                    "no access policy {}",
+                    policy.name
+                )));
+            }
+            self.access
+                .policies
+                .put(&policy.name, policy.clone())
+                .await?;
+            Ok(policy)
+        }
+        .await;
+        let action = if create {
+            "create access policy"
+        } else {
+            "update access policy"
+        };
+        self.audited(who, action, &object, result).await
+    }
+
+    pub async fn delete_access_policy(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
+        let result = async {
+            require(who, Privilege::ManageUsers, "managing access policies")?;
+            let holders: Vec<String> = self
+                .access
+                .users()
+                .into_iter()
+                .filter(|u| u.policies.iter().any(|p| p == name))
+                .map(|u| u.name)
+                .collect();
+            if !holders.is_empty() {
+                return Err(OpsError::Conflict(format!(
+                    "access policy {name} is assigned to {}",
+                    holders.join(", ")
+                )));
+            }
+            if !self.access.policies.delete(name).await? {
+                return Err(OpsError::NotFound(format!("no access policy {name}")));
+            }
+            Ok(())
+        }
+        .await;
+        self.audited(
+            who,
+            "delete access policy",
+            &format!("access policy {name}"),
+            result,
+        )
+        .await
+    }
+}
+
+/// Drops the texts that mention a hidden VM.
+pub fn without_hidden<T>(items: Vec<T>, hidden: &[String], text: impl Fn(&T) -> String) -> Vec<T> {
+    if hidden.is_empty() {
+        return items;
+    }
+    let hidden: HashSet<&str> = hidden.iter().map(String::as_str).collect();
+    items
+        .into_iter()
+        .filter(|item| {
+            let t = text(item);
+            !hidden.iter().any(|h| t.contains(h))
+        })
+        .collect()
+}
