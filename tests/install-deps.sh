@@ -21,6 +21,9 @@ APT_PACKAGES=(
     # Cluster tests (tests/src/cluster): network namespaces and veths (ip),
     # nsenter/unshare/taskset, kill, and Python's http.server.
     iproute2 util-linux procps python3
+    # Directory tests (tests/src/slapd.rs): a throwaway OpenLDAP, its tools,
+    # and openssl for its private CA.
+    slapd ldap-utils openssl
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

@@ -139,6 +139,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ha: ha::Ha::load(store.clone())?,
         vm_tags: store::book::Book::load(store.clone(), store::Table::VmCategories)?,
         category_rules: store::book::Book::load(store.clone(), store::Table::CategoryRules)?,
+        directories: store::book::Book::load(store.clone(), store::Table::Directories)?,
+        secrets: Arc::new(secrets::Secrets::load_or_create(&args.data_dir)?),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

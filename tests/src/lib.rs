@@ -60,6 +60,7 @@ mod libvirt;
 mod ports;
 mod process;
 mod scratch;
+mod slapd;
 mod tiny_vm;
 mod wait;
 
@@ -80,5 +81,9 @@ pub use libvirt::{virt_type, Libvirt};
 pub use ports::free_port;
 pub use scratch::ScratchDir;
 pub use serde_json::{json, Value};
+pub use slapd::{
+    user_dn, Slapd, ADMIN_DN as LDAP_ADMIN_DN, ADMIN_PASSWORD as LDAP_ADMIN_PASSWORD,
+    BASE_DN as LDAP_BASE_DN,
+};
 pub use tiny_vm::TinyVm;
 pub use wait::{poll_until, wait_until, READY_TIMEOUT};

@@ -5,6 +5,7 @@
 //! stored as SHA-256 hashes, so a copy of the database grants no access.
 
 pub mod audit;
+pub mod directory;
 pub mod roles;
 pub mod scope;
 mod users;
@@ -83,6 +84,10 @@ pub struct User {
     /// Access policies limiting which VMs the user sees; empty: all.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Set for a directory user: the directory that vouched for them at
+    /// their last login (they have no local password).
+    #[serde(default)]
+    pub directory: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +203,7 @@ impl Access {
             disabled: false,
             created_at: unix_now(),
             policies: Vec::new(),
+            directory: None,
         };
         self.store
             .commit_blocking(vec![Write::put(Table::Users, "admin", &user)])?;
@@ -232,6 +238,58 @@ impl Access {
             entry.0 += 1;
             entry.1 = Instant::now();
         }
+    }
+
+    /// Whether `user` logs in with a local password (not a directory user).
+    pub fn is_local(&self, user: &str) -> bool {
+        self.user(user).is_some_and(|u| u.directory.is_none())
+    }
+
+    /// Refuses while `user` or `source` is locked out after failures.
+    pub fn check_lockout_for(&self, user: &str, source: &str) -> Result<(), AccessError> {
+        self.check_lockout(&[format!("user:{user}"), format!("addr:{source}")])
+    }
+
+    pub fn login_failed(&self, user: &str, source: &str) {
+        self.record_failure(&[format!("user:{user}"), format!("addr:{source}")]);
+        tracing::warn!(user, source, "failed login");
+    }
+
+    /// Records a directory user as the directory describes them now (role
+    /// and policies from their groups) and returns their principal.
+    pub async fn directory_login(
+        &self,
+        user: &str,
+        directory: &str,
+        role: String,
+        policies: Vec<String>,
+        source: &str,
+    ) -> Result<Principal, AccessError> {
+        if self.user(user).is_some_and(|u| u.disabled) {
+            self.login_failed(user, source);
+            return Err(AccessError::InvalidCredentials);
+        }
+        let record = User {
+            name: user.to_string(),
+            password_hash: String::new(),
+            role,
+            disabled: false,
+            created_at: self.user(user).map_or_else(unix_now, |u| u.created_at),
+            policies,
+            directory: Some(directory.to_string()),
+        };
+        self.store
+            .commit(vec![Write::put(Table::Users, user, &record)])
+            .await?;
+        self.users
+            .write()
+            .expect("users lock")
+            .insert(user.to_string(), record.clone());
+        self.failures
+            .lock()
+            .expect("failures lock")
+            .remove(&format!("user:{user}"));
+        Ok(self.principal(&record, source))
     }
 
     /// Checks a user name and password. Rate limited per user and per source.

@@ -93,6 +93,7 @@ impl Access {
             disabled: input.disabled.unwrap_or(false),
             created_at: unix_now(),
             policies,
+            directory: None,
         };
         self.put_user(user.clone()).await?;
         Ok(user)

@@ -87,6 +87,25 @@ pub(super) async fn route(
             (["vms", id, "categories"], &Method::PUT) => ok(json!(
                 ops.set_vm_categories(who, id, parse_body(req)?).await?
             )),
+            (["directories"], &Method::GET) => ok(Value::Array(
+                ops.directories(who)?.iter().map(directory_json).collect(),
+            )),
+            (["directories"], &Method::POST) => {
+                let d = ops.put_directory(who, parse_body(req)?, true).await?;
+                Ok(json(StatusCode::CREATED, &directory_json(&d)))
+            }
+            (["directories", name], &Method::GET) => ok(directory_json(&ops.directory(who, name)?)),
+            (["directories", name], &Method::PUT) => {
+                let d: crate::access::directory::Directory = parse_body(req)?;
+                if d.name != *name {
+                    return Err(OpsError::BadRequest("a directory cannot be renamed".into()));
+                }
+                ok(directory_json(&ops.put_directory(who, d, false).await?))
+            }
+            (["directories", name], &Method::DELETE) => {
+                ops.delete_directory(who, name).await?;
+                ok(json!({"deleted": true}))
+            }
             (["privileges"], &Method::GET) => ok(json!(Privilege::ALL
                 .iter()
                 .map(|p| p.as_str())
@@ -132,4 +151,17 @@ pub(super) async fn route(
     }
     .await;
     super::claimed(result)
+}
+
+/// A directory as shown: the sealed bind password is left out.
+fn directory_json(d: &crate::access::directory::Directory) -> Value {
+    let mut v = json!(d);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("bind_password_sealed");
+        o.insert(
+            "bind_password_set".into(),
+            json!(!d.bind_password_sealed.is_empty()),
+        );
+    }
+    v
 }

@@ -67,7 +67,10 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
         let (user, password) = decoded
             .split_once(':')
             .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
-        return Ok(ops.access.basic(user, password, &source).await?);
+        if ops.access.is_local(user) || ops.directories.all().is_empty() {
+            return Ok(ops.access.basic(user, password, &source).await?);
+        }
+        return ops.authenticate_password(user, password, &source).await;
     }
     if let Some(token) = auth.strip_prefix("Bearer ") {
         return ops

@@ -3,6 +3,7 @@
 //! record and does the work. Web, REST and CLI adapters only translate.
 
 mod backup;
+mod directories;
 mod ha;
 mod ha_engine;
 mod ha_physical;
@@ -87,6 +88,9 @@ pub struct Ops {
     /// VMs' own category tags, by UUID.
     pub vm_tags: crate::store::book::Book<crate::inventory::categories::Categories>,
     pub category_rules: crate::store::book::Book<crate::inventory::categories::CategoryRule>,
+    pub directories: crate::store::book::Book<crate::access::directory::Directory>,
+    /// Seals directory bind passwords.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// What the dashboard shows.
@@ -123,7 +127,7 @@ impl Ops {
         password: &str,
         source: &str,
     ) -> Result<(Principal, String, String), OpsError> {
-        let principal = self.access.login(user, password, source).await?;
+        let principal = self.authenticate_password(user, password, source).await?;
         let (token, csrf) = self.access.create_session(&principal).await?;
         self.audit
             .record(&principal, "login", "session", &Ok(()))

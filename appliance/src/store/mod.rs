@@ -45,10 +45,11 @@ pub enum Table {
     AccessPolicies,
     VmCategories,
     CategoryRules,
+    Directories,
 }
 
 impl Table {
-    const ALL: [Table; 20] = [
+    const ALL: [Table; 21] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -69,6 +70,7 @@ impl Table {
         Table::AccessPolicies,
         Table::VmCategories,
         Table::CategoryRules,
+        Table::Directories,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -93,6 +95,7 @@ impl Table {
             Table::AccessPolicies => "access_policies",
             Table::VmCategories => "vm_categories",
             Table::CategoryRules => "category_rules",
+            Table::Directories => "directories",
         })
     }
 }
