@@ -264,3 +264,85 @@ fn roles_grant_exactly_their_privileges_and_changes_apply_at_once() {
     );
     assert_eq!(admin.get("/api/v1/audit?since=yesterday").0, 400);
 }
+
+#[test]
+fn api_tokens_carry_their_own_privileges_and_expiry_and_never_outrank_their_owner() {
+    let controller = Controller::start();
+    let admin = controller.api();
+    create_user(&admin, "tina", "operator");
+    create_user(&admin, "uwe", "operator");
+    let tina = login(&admin, "tina");
+
+    for (body, status) in [
+        (json!({"name": "ci", "expires_in_days": 0}), 400),
+        (json!({"name": "ci", "expires_in_days": 400}), 400),
+        (
+            json!({"name": "ci", "expires_in_days": 7, "privileges": ["manage-users"]}),
+            403,
+        ),
+        (json!({"name": "", "expires_in_days": 7}), 400),
+    ] {
+        let (got, answer) = tina.post("/api/v1/tokens", &body);
+        assert_eq!(got, status, "{body} → {answer}");
+    }
+    let (status, made) = tina.post(
+        "/api/v1/tokens",
+        &json!({"name": "read-only script", "expires_in_days": 7, "privileges": ["view"]}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().unwrap().to_string();
+    let script = admin.with_bearer(&token);
+    assert_eq!(script.get("/api/v1/hosts").0, 200);
+    let policy = |name: &str| json!({"name": name, "schedule": "daily 02:00", "name_pattern": "*"});
+    let (status, body) = script.post("/api/v1/backup-policies", &policy("by-script"));
+    assert_eq!(status, 403, "the token has only view: {body}");
+    let (_, listed) = tina.get("/api/v1/tokens");
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&token),
+        "the token is shown once only"
+    );
+    let (_, seen_by_uwe) = login(&admin, "uwe").get("/api/v1/tokens");
+    assert_eq!(seen_by_uwe, json!([]));
+    assert_eq!(
+        login(&admin, "uwe")
+            .delete(&format!("/api/v1/tokens/{id}"))
+            .0,
+        404
+    );
+
+    // The owner disabled: the token is dead; enabled again: it lives.
+    assert_eq!(
+        admin
+            .put("/api/v1/users/tina", &json!({"disabled": true}))
+            .0,
+        200
+    );
+    assert_eq!(script.get("/api/v1/hosts").0, 401);
+    assert_eq!(
+        admin
+            .put("/api/v1/users/tina", &json!({"disabled": false}))
+            .0,
+        200
+    );
+    assert_eq!(script.get("/api/v1/hosts").0, 200);
+    // A token with all her rights, then the owner demoted: the token can
+    // do no more than she now can. (Disabling ended her session.)
+    let tina = login(&admin, "tina");
+    let (_, full) = tina.post(
+        "/api/v1/tokens",
+        &json!({"name": "full", "expires_in_days": 1}),
+    );
+    let full = admin.with_bearer(full["token"].as_str().unwrap());
+    assert_eq!(full.post("/api/v1/backup-policies", &policy("one")).0, 201);
+    assert_eq!(
+        admin
+            .put("/api/v1/users/tina", &json!({"role": "auditor"}))
+            .0,
+        200
+    );
+    assert_eq!(full.post("/api/v1/backup-policies", &policy("two")).0, 403);
+    assert_eq!(tina.delete(&format!("/api/v1/tokens/{id}")).0, 200);
+    assert_eq!(script.get("/api/v1/hosts").0, 401, "revoked");
+}

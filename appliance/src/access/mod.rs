@@ -8,6 +8,7 @@ pub mod audit;
 pub mod directory;
 pub mod roles;
 pub mod scope;
+pub mod tokens;
 mod users;
 
 use std::collections::HashMap;
@@ -125,6 +126,8 @@ pub struct Access {
     /// Custom roles; built-in ones are in code.
     pub custom_roles: Book<RoleDef>,
     pub policies: Book<scope::AccessPolicy>,
+    /// API tokens by the SHA-256 of the token.
+    api_tokens: Book<tokens::ApiToken>,
     users: RwLock<HashMap<String, User>>,
     sessions: RwLock<HashMap<String, LiveSession>>,
     basic_cache: Mutex<HashMap<String, (String, Instant)>>,
@@ -180,6 +183,7 @@ impl Access {
         Ok(Access {
             custom_roles: Book::load(store.clone(), Table::Roles)?,
             policies: Book::load(store.clone(), Table::AccessPolicies)?,
+            api_tokens: Book::load(store.clone(), Table::ApiTokens)?,
             store,
             users: RwLock::new(users),
             sessions: RwLock::new(sessions),

@@ -106,6 +106,17 @@ pub(super) async fn route(
                 ops.delete_directory(who, name).await?;
                 ok(json!({"deleted": true}))
             }
+            (["tokens"], &Method::GET) => ok(json!(ops.api_tokens(who))),
+            (["tokens"], &Method::POST) => {
+                let (token, record) = ops.create_api_token(who, parse_body(req)?).await?;
+                let mut v = json!(record);
+                v["token"] = json!(token);
+                Ok(json(StatusCode::CREATED, &v))
+            }
+            (["tokens", id], &Method::DELETE) => {
+                ops.revoke_api_token(who, id).await?;
+                ok(json!({"revoked": true}))
+            }
             (["privileges"], &Method::GET) => ok(json!(Privilege::ALL
                 .iter()
                 .map(|p| p.as_str())

@@ -73,10 +73,12 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
         return ops.authenticate_password(user, password, &source).await;
     }
     if let Some(token) = auth.strip_prefix("Bearer ") {
+        let token = token.trim();
         return ops
             .access
-            .session(token.trim(), &source)
+            .session(token, &source)
             .map(|(p, _)| p)
+            .or_else(|| ops.access.api_token_principal(token, &source))
             .ok_or_else(|| OpsError::Unauthorized("invalid or expired token".into()));
     }
     Err(unauthorized())

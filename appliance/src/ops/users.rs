@@ -301,3 +301,44 @@ mod tests {
         );
     }
 }
+
+impl Ops {
+    /// Makes an API token for the caller; the token is in the answer only.
+    pub async fn create_api_token(
+        &self,
+        who: &Principal,
+        request: crate::access::tokens::TokenRequest,
+    ) -> Result<(String, crate::access::tokens::ApiToken), OpsError> {
+        let object = format!("api token {}", request.name);
+        let result = async { Ok(self.access.create_api_token(who, request).await?) }.await;
+        self.audited(who, "create api token", &object, result).await
+    }
+
+    /// The caller's tokens; everyone's for those who manage users.
+    pub fn api_tokens(&self, who: &Principal) -> Vec<crate::access::tokens::ApiToken> {
+        if who.can(Privilege::ManageUsers) {
+            self.access.all_api_tokens()
+        } else {
+            self.access.api_tokens_of(&who.user)
+        }
+    }
+
+    /// Revokes one of the caller's tokens (anyone's, for those who manage
+    /// users); another user's token is "not found" to the rest.
+    pub async fn revoke_api_token(&self, who: &Principal, id: &str) -> Result<(), OpsError> {
+        let result = async {
+            let manage = who.can(Privilege::ManageUsers);
+            if !self
+                .access
+                .revoke_api_token(id, |owner| manage || owner == who.user)
+                .await?
+            {
+                return Err(OpsError::NotFound(format!("no API token {id}")));
+            }
+            Ok(())
+        }
+        .await;
+        self.audited(who, "revoke api token", &format!("api token {id}"), result)
+            .await
+    }
+}

@@ -46,10 +46,11 @@ pub enum Table {
     VmCategories,
     CategoryRules,
     Directories,
+    ApiTokens,
 }
 
 impl Table {
-    const ALL: [Table; 21] = [
+    const ALL: [Table; 22] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -71,6 +72,7 @@ impl Table {
         Table::VmCategories,
         Table::CategoryRules,
         Table::Directories,
+        Table::ApiTokens,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -96,6 +98,7 @@ impl Table {
             Table::VmCategories => "vm_categories",
             Table::CategoryRules => "category_rules",
             Table::Directories => "directories",
+            Table::ApiTokens => "api_tokens",
         })
     }
 }
