@@ -278,30 +278,6 @@ pub fn audit_csv(records: &[AuditRecord]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_quotes_what_needs_it_and_defuses_formulas() {
-        let record = AuditRecord {
-            seq: 7,
-            time: 0,
-            user: "=cmd".into(),
-            source: "10.0.0.1".into(),
-            action: "update user".into(),
-            object: "user \"bob\", again".into(),
-            result: "ok".into(),
-        };
-        let csv = audit_csv(&[record]);
-        let line = csv.lines().nth(1).unwrap();
-        assert_eq!(
-            line,
-            "7,1970-01-01T00:00:00Z,'=cmd,10.0.0.1,update user,\"user \"\"bob\"\", again\",ok"
-        );
-    }
-}
-
 impl Ops {
     /// Makes an API token for the caller; the token is in the answer only.
     pub async fn create_api_token(
@@ -340,5 +316,29 @@ impl Ops {
         .await;
         self.audited(who, "revoke api token", &format!("api token {id}"), result)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_defuses_formulas() {
+        let record = AuditRecord {
+            seq: 7,
+            time: 0,
+            user: "=cmd".into(),
+            source: "10.0.0.1".into(),
+            action: "update user".into(),
+            object: "user \"bob\", again".into(),
+            result: "ok".into(),
+        };
+        let csv = audit_csv(&[record]);
+        let line = csv.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "7,1970-01-01T00:00:00Z,'=cmd,10.0.0.1,update user,\"user \"\"bob\"\", again\",ok"
+        );
     }
 }
