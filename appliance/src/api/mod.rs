@@ -4,6 +4,7 @@
 
 mod access;
 mod ha;
+pub mod routes;
 mod views;
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use lifeboat_proto::{BackupMode, PowerAction};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::access::Principal;
+use crate::access::{require, Principal};
 use crate::backup::datastores::DatastoreInput;
 use crate::http::{json, json_error, Body, Req};
 use crate::ops::{Ops, OpsError, PolicyInput, VmQuery, VmSort};
@@ -218,6 +219,32 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
     }
 
     let who = authenticate(ops, req).await?;
+    match routes::find(m.as_str(), &segments) {
+        routes::Lookup::Found(route) => {
+            if let Some(privilege) = route.privilege {
+                require(&who, privilege, "this request")?;
+            }
+        }
+        routes::Lookup::WrongMethod => {
+            return Ok(json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("method {m} not allowed on {}", req.path),
+            ))
+        }
+        routes::Lookup::NotFound => {
+            return Err(OpsError::NotFound(format!(
+                "no such endpoint: {}",
+                req.path
+            )))
+        }
+    }
+    if segments == ["routes"] {
+        let list: Vec<_> = routes::ROUTES
+            .iter()
+            .map(|r| json!({"method": r.method, "path": r.path, "privilege": r.privilege.map(|p| p.as_str())}))
+            .collect();
+        return Ok(json(StatusCode::OK, &json!(list)));
+    }
     let not_allowed = || {
         Ok(json_error(
             StatusCode::METHOD_NOT_ALLOWED,

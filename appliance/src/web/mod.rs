@@ -16,7 +16,7 @@ use hyper::{Method, Response, StatusCode};
 use lifeboat_proto::{BackupMode, PowerAction};
 use maud::Markup;
 
-use crate::access::{random_token, Principal};
+use crate::access::{random_token, Principal, Privilege};
 use crate::http::{redirect, response, Body, Req};
 use crate::ops::{Ops, OpsError};
 use layout::PageCtx;
@@ -105,6 +105,11 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
                 pages::error(&ctx, StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again."),
             );
         }
+        if let Some(privilege) = action_privilege(&req.path) {
+            if let Err(e) = crate::access::require(&who, privilege, "this action") {
+                return error_page(&ctx, &e.into());
+            }
+        }
         return match post(
             ops,
             &req,
@@ -146,6 +151,26 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
         Err(e) => error_page(&ctx, &e),
+    }
+}
+
+/// What each console form needs, checked before the form is even read (so
+/// a role without it is refused, not told its input is wrong). Operations
+/// check again; `None`: any signed-in user (logging out).
+fn action_privilege(path: &str) -> Option<Privilege> {
+    use Privilege::*;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["vms", _, "power"] => Some(Power),
+        ["vms", _, "backups"] | ["policies", ..] | ["backups", _, "verify"] => Some(Backup),
+        ["backups", _, "restore"] => Some(Restore),
+        ["vms", _, "ha"] | ["hosts", _, "ha"] | ["cluster", "settings"] | ["physical", ..] => {
+            Some(ManageHa)
+        }
+        ["datastores", ..] => Some(ManageDatastores),
+        ["users", ..] | ["roles", ..] => Some(ManageUsers),
+        ["agents", "tokens"] => Some(ManageHosts),
+        _ => None,
     }
 }
 
