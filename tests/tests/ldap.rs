@@ -80,15 +80,18 @@ fn directory_groups_decide_role_and_scope_at_every_login() {
         &directory(&slapd, "plain", &slapd.ldap_url(), false),
     );
     assert_eq!(status, 400, "{body}");
-    let (status, body) = admin.post(
-        "/api/v1/directories",
-        &directory(&slapd, "corp", &slapd.ldaps_url(), false),
-    );
-    assert_eq!(status, 201, "{body}");
+    // Two directories; the first is down (nothing listens there), so every
+    // login below also proves a dead directory is skipped.
+    let dead = format!("ldaps://127.0.0.1:{}", free_port());
+    for (name, url) in [("branch", dead), ("corp", slapd.ldaps_url())] {
+        let (status, body) =
+            admin.post("/api/v1/directories", &directory(&slapd, name, &url, false));
+        assert_eq!(status, 201, "{body}");
+    }
     let (_, listed) = admin.get("/api/v1/directories");
     let text = listed.to_string();
     assert!(
-        !text.contains(LDAP_ADMIN_PASSWORD) && listed[0]["bind_password_set"] == true,
+        !text.contains(LDAP_ADMIN_PASSWORD) && listed[1]["bind_password_set"] == true,
         "{listed}"
     );
 
