@@ -112,7 +112,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
         );
         let vm_page = format!("/vms/{}", vm.uuid());
         let host_page = format!("/hosts/{host_id}");
-        let pages: [(&str, &str); 15] = [
+        let pages: [(&str, &str); 18] = [
             ("/", "view"),
             ("/hosts", "view"),
             (&host_page, "view"),
@@ -126,6 +126,9 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             ("/roles", "view"),
             ("/agents", "manage-hosts"),
             ("/users", "manage-users"),
+            ("/access-policies", "manage-users"),
+            ("/directories", "manage-users"),
+            ("/tokens", "view"),
             ("/audit", "view-reports"),
             ("/audit.csv", "view-reports"),
         ];
@@ -164,6 +167,18 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             ("/physical".into(), vec![("name", "")], "manage-ha"),
             ("/users".into(), vec![("name", "")], "manage-users"),
             ("/roles".into(), vec![("name", "")], "manage-users"),
+            (
+                "/access-policies".into(),
+                vec![("name", "")],
+                "manage-users",
+            ),
+            ("/category-rules".into(), vec![("key", "")], "manage-users"),
+            ("/directories".into(), vec![("name", "")], "manage-users"),
+            (
+                format!("{vm_page}/categories"),
+                vec![("categories", "x")],
+                "manage-users",
+            ),
             ("/agents/tokens".into(), vec![], "manage-hosts"),
             (
                 "/datastores".into(),

@@ -308,6 +308,85 @@ fn console_manages_users_and_roles_and_exports_the_audit_trail() {
         true
     );
 
+    // Access policies, category rules, directories and tokens by form.
+    let r = b.request(
+        "POST",
+        "/access-policies",
+        &[
+            ("csrf", &csrf),
+            ("name", "finance"),
+            ("rules", "allow department=Finance\ndeny site=lab"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let (_, policy) = controller.api().get("/api/v1/policies/finance");
+    assert_eq!(
+        policy["rules"][1],
+        json!({"effect": "deny", "key": "site", "value": "lab"})
+    );
+    let r = b.request(
+        "POST",
+        "/access-policies",
+        &[("csrf", &csrf), ("name", "bad"), ("rules", "maybe x=y")],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = b.request(
+        "POST",
+        "/category-rules",
+        &[
+            ("csrf", &csrf),
+            ("key", "department"),
+            ("value", "Finance"),
+            ("name_pattern", "fin-*"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(b.get("/access-policies").text().contains("fin-*"));
+    let r = b.request(
+        "POST",
+        "/directories",
+        &[
+            ("csrf", &csrf),
+            ("name", "corp"),
+            ("url", "ldap://dc1:389"),
+            ("bind_dn", "cn=svc"),
+            ("bind_password", "pw"),
+            ("user_base", "ou=people"),
+            ("user_attribute", "uid"),
+            ("group_base", "ou=groups"),
+            ("mappings", "admins=administrator"),
+        ],
+    );
+    assert_eq!(
+        r.status,
+        400,
+        "plain LDAP without StartTLS is refused: {}",
+        r.text()
+    );
+    let r = b.request(
+        "POST",
+        "/tokens",
+        &[
+            ("csrf", &csrf),
+            ("name", "nightly"),
+            ("expires_in_days", "3"),
+            ("privilege", "view"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.text();
+    let token = page
+        .split("<code>lbt_")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .map(|t| format!("lbt_{t}"))
+        .expect("the new token on the page");
+    assert_eq!(
+        controller.api().with_bearer(&token).get("/api/v1/hosts").0,
+        200
+    );
+    assert!(!b.get("/tokens").text().contains(&token), "shown once");
+
     let audit = b.get("/audit?user=admin").text();
     assert!(
         audit.contains("create user") && audit.contains("user frank"),

@@ -2,6 +2,7 @@
 //! JavaScript. Sessions live in an HttpOnly, Secure, SameSite=Strict cookie;
 //! every form carries the session's CSRF token and is refused without it.
 
+mod admin_forms;
 mod admin_pages;
 pub mod assets;
 mod backup_pages;
@@ -168,7 +169,10 @@ fn action_privilege(path: &str) -> Option<Privilege> {
             Some(ManageHa)
         }
         ["datastores", ..] => Some(ManageDatastores),
-        ["users", ..] | ["roles", ..] => Some(ManageUsers),
+        ["users", ..] | ["roles", ..] | ["access-policies", ..] | ["category-rules", ..] => {
+            Some(ManageUsers)
+        }
+        ["directories", ..] | ["vms", _, "categories"] => Some(ManageUsers),
         ["agents", "tokens"] => Some(ManageHosts),
         _ => None,
     }
@@ -216,6 +220,13 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
         ["failovers", id] => Ok(ha_pages::failover(ctx, &ops.failover(who, id)?)),
         ["users"] => Ok(admin_pages::users(ctx, &ops.users(who)?, &ops.roles(who)?)),
         ["roles"] => Ok(admin_pages::roles(ctx, &ops.roles(who)?)),
+        ["access-policies"] => Ok(admin_pages::access_policies(
+            ctx,
+            &ops.access_policies(who)?,
+            &ops.category_rules(who)?,
+        )),
+        ["directories"] => Ok(admin_pages::directories(ctx, &ops.directories(who)?)),
+        ["tokens"] => Ok(admin_pages::tokens(ctx, &ops.api_tokens(who), None)),
         ["audit"] => {
             let records = ops.audit_records(who, &audit_filter(req, 500))?;
             let query = req.query.clone();
@@ -239,7 +250,9 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let hosts = ops.hosts(who)?;
             let backup_section = backup_pages::vm_backups(ctx, id, &backups, &hosts);
             let ha_section = ha_pages::vm_section(ctx, id, &ops.vm_ha(who, id)?);
-            let backup_section = maud::html! { (backup_section) (ha_section) };
+            let (own, effective) = ops.vm_own_categories(who, id)?;
+            let categories = admin_pages::vm_categories(ctx, id, &own, &effective);
+            let backup_section = maud::html! { (backup_section) (ha_section) (categories) };
             Ok(pages::vm(
                 ctx,
                 &vm,
@@ -480,51 +493,6 @@ async fn post(
                 .await?;
             Ok(redirect("/physical"))
         }
-        ["users"] => {
-            let input = crate::access::UserInput {
-                name: field(form, "name"),
-                password: field(form, "password"),
-                role: field(form, "role"),
-                ..Default::default()
-            };
-            ops.create_user(who, input).await?;
-            Ok(redirect("/users"))
-        }
-        ["users", name] => {
-            let input = crate::access::UserInput {
-                role: field(form, "role"),
-                disabled: field(form, "disabled").map(|d| d == "true"),
-                ..Default::default()
-            };
-            ops.update_user(who, name, input).await?;
-            Ok(redirect("/users"))
-        }
-        ["users", name, "delete"] => {
-            ops.delete_user(who, name).await?;
-            Ok(redirect("/users"))
-        }
-        ["roles"] => {
-            let privileges = form
-                .iter()
-                .filter(|(k, _)| k == "privilege")
-                .map(|(_, v)| {
-                    serde_json::from_value(serde_json::json!(v))
-                        .map_err(|_| OpsError::BadRequest(format!("unknown privilege {v:?}")))
-                })
-                .collect::<Result<_, _>>()?;
-            let role = crate::access::RoleDef {
-                name: field(form, "name").unwrap_or_default(),
-                description: field(form, "description").unwrap_or_default(),
-                privileges,
-                builtin: false,
-            };
-            ops.put_role(who, role, true).await?;
-            Ok(redirect("/roles"))
-        }
-        ["roles", name, "delete"] => {
-            ops.delete_role(who, name).await?;
-            Ok(redirect("/roles"))
-        }
         ["agents", "tokens"] => {
             let issued = ops.issue_enrollment_token(who).await?;
             let pending = ops.pending_enrollment_tokens(who)?;
@@ -533,7 +501,10 @@ async fn post(
                 pages::agents(ctx, &pending, Some(&issued), req),
             ))
         }
-        _ => Err(OpsError::NotFound(format!("no action at {}", req.path))),
+        _ => match admin_forms::post(ops, who, form, &segments, ctx).await {
+            Some(result) => result,
+            None => Err(OpsError::NotFound(format!("no action at {}", req.path))),
+        },
     }
 }
 
