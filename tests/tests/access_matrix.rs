@@ -203,5 +203,60 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             walked += 1;
         }
     }
+
+    // Hidden: an operator whose only policy matches no VM gets 404 for
+    // every route and page naming the VM, whatever the privilege.
+    let (status, body) = admin.post(
+        "/api/v1/policies",
+        &json!({"name": "nothing", "rules": [{"effect": "allow", "key": "department", "value": "none"}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin.post(
+        "/api/v1/users",
+        &json!({"name": "hidden-op", "password": PASSWORD, "role": "operator", "policies": ["nothing"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let hidden = admin.with_basic("hidden-op", PASSWORD);
+    let backup_ref = format!("local:{}@2026-01-01T00:00:00Z", vm.uuid());
+    for route in &routes {
+        let pattern = route["path"].as_str().unwrap();
+        if !(pattern.starts_with("/vms/{id}") || pattern.starts_with("/backups/{ref}")) {
+            continue;
+        }
+        let method = route["method"].as_str().unwrap();
+        let path = pattern
+            .replace("{id}", vm.uuid())
+            .replace("{ref}", &backup_ref);
+        let answer = hidden.raw_request(
+            method,
+            &format!("/api/v1{path}"),
+            &[("content-type", "application/json")],
+            b"{}",
+        );
+        assert_eq!(
+            answer.status,
+            404,
+            "hidden: {method} {path} → {}",
+            answer.text()
+        );
+        walked += 1;
+    }
+    let mut console = ConsoleClient::new(&controller);
+    assert_eq!(console.login_as("hidden-op", PASSWORD).status, 303);
+    let vm_page = format!("/vms/{}", vm.uuid());
+    assert_eq!(console.get(&vm_page).status, 404);
+    let csrf = csrf_of(&console.get("/").text());
+    for action in ["power", "backups", "ha", "categories"] {
+        let answer = console.request(
+            "POST",
+            &format!("{vm_page}/{action}"),
+            &[("csrf", &csrf), ("action", "start")],
+        );
+        assert_eq!(
+            answer.status, 404,
+            "hidden: console POST {vm_page}/{action}"
+        );
+        walked += 1;
+    }
     eprintln!("walked {walked} route × role pairs");
 }

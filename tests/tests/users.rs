@@ -225,7 +225,7 @@ fn roles_grant_exactly_their_privileges_and_changes_apply_at_once() {
     assert!(
         actions
             .iter()
-            .any(|(a, r)| a == "power start" && r.starts_with("refused")),
+            .any(|(a, r)| a == "POST /vms/{id}/power" && r.starts_with("refused")),
         "{actions:?}"
     );
     assert!(
@@ -263,6 +263,18 @@ fn roles_grant_exactly_their_privileges_and_changes_apply_at_once() {
         "look-only has no view-reports"
     );
     assert_eq!(admin.get("/api/v1/audit?since=yesterday").0, 400);
+    let (status, _) = admin.anonymous().post(
+        "/api/v1/session",
+        &json!({"username": "alice", "password": "not her password"}),
+    );
+    assert_eq!(status, 401);
+    let (_, failed) = admin.get("/api/v1/audit?user=alice&action=login");
+    let first = &failed[0];
+    assert!(
+        first["result"].as_str().unwrap().starts_with("refused"),
+        "{failed}"
+    );
+    assert_eq!(first["source"], "127.0.0.1", "{failed}");
 }
 
 #[test]

@@ -166,14 +166,7 @@ impl Directory {
             return Err(DirectoryError::Rejected);
         }
         let _ = as_user.unbind().await;
-        let member = if self.nested_groups {
-            format!("(member:{IN_CHAIN}:={})", ldap_escape(&user_dn))
-        } else {
-            format!(
-                "(|(member={dn})(uniqueMember={dn}))",
-                dn = ldap_escape(&user_dn)
-            )
-        };
+        let member = member_filter(&user_dn, self.nested_groups);
         let (groups, _) = ldap
             .search(&self.group_base, LdapScope::Subtree, &member, vec!["cn"])
             .await
@@ -244,9 +237,32 @@ impl Directory {
     }
 }
 
+/// The filter for the groups `user_dn` is in: directly, or with AD's
+/// in-chain rule through nested groups too.
+fn member_filter(user_dn: &str, nested: bool) -> String {
+    let dn = ldap_escape(user_dn);
+    if nested {
+        format!("(member:{IN_CHAIN}:={dn})")
+    } else {
+        format!("(|(member={dn})(uniqueMember={dn}))")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_filters_escape_the_dn_and_use_the_in_chain_rule_for_nesting() {
+        assert_eq!(
+            member_filter("cn=a*b,dc=x", false),
+            "(|(member=cn=a\\2ab,dc=x)(uniqueMember=cn=a\\2ab,dc=x))"
+        );
+        assert_eq!(
+            member_filter("cn=Ann (HR),dc=corp", true),
+            "(member:1.2.840.113556.1.4.1941:=cn=Ann \\28HR\\29,dc=corp)"
+        );
+    }
 
     fn directory(url: &str, starttls: bool, allow_plain: bool) -> Directory {
         Directory {

@@ -221,8 +221,19 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
     let who = authenticate(ops, req).await?;
     match routes::find(m.as_str(), &segments) {
         routes::Lookup::Found(route) => {
+            // A VM the caller may not see stays unseen: 404, as for one that
+            // does not exist, before anything (a 403 or a 400) could tell.
+            if ops.names_hidden_vm(&who, &segments) {
+                return Err(OpsError::NotFound(format!("no such object: {}", req.path)));
+            }
             if let Some(privilege) = route.privilege {
-                require(&who, privilege, "this request")?;
+                if let Err(e) = require(&who, privilege, "this request") {
+                    let action = format!("{} {}", route.method, route.path);
+                    ops.audit
+                        .record(&who, &action, &req.path, &Err(e.to_string()))
+                        .await?;
+                    return Err(e.into());
+                }
             }
         }
         routes::Lookup::WrongMethod => {

@@ -25,7 +25,7 @@ use crate::inventory::{HostStatus, HostView, Inventory, Vm};
 use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
-pub use backup::{BackupSummary, DatastoreView};
+pub use backup::{BackupRef, BackupSummary, DatastoreView};
 pub use ha::ClusterView;
 pub use policies::PolicyInput;
 pub use users::{audit_csv, AuditFilter, UserView};
@@ -127,7 +127,21 @@ impl Ops {
         password: &str,
         source: &str,
     ) -> Result<(Principal, String, String), OpsError> {
-        let principal = self.authenticate_password(user, password, source).await?;
+        let principal = match self.authenticate_password(user, password, source).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Failed logins are in the trail too, under the name tried
+                // (cut short: it is whatever the client sent).
+                let mut tried =
+                    Principal::system(&user.chars().take(64).collect::<String>(), source);
+                tried.privileges = Default::default();
+                tried.role = String::new();
+                self.audit
+                    .record(&tried, "login", "session", &Err(e.to_string()))
+                    .await?;
+                return Err(e);
+            }
+        };
         let (token, csrf) = self.access.create_session(&principal).await?;
         self.audit
             .record(&principal, "login", "session", &Ok(()))

@@ -42,6 +42,21 @@ impl Ops {
             .is_some_and(|vm| self.visible(who, &vm))
     }
 
+    /// Whether a request path (`vms/ID/...`, `backups/REF/...`) names a VM
+    /// hidden from `who` (or, for a restricted principal, one that does
+    /// not exist: the two must look the same).
+    pub fn names_hidden_vm(&self, who: &Principal, segments: &[&str]) -> bool {
+        let uuid = match segments {
+            ["vms", id, ..] => id.to_string(),
+            ["backups", reference, ..] => match super::BackupRef::parse(reference) {
+                Some(r) => r.vm.as_str().to_string(),
+                None => return who.scope.is_some(),
+            },
+            _ => return false,
+        };
+        !self.visible_uuid(who, &uuid)
+    }
+
     /// Names and UUIDs of the VMs hidden from `who`, for filtering text
     /// that mentions VMs (events, audit records); empty when unrestricted.
     pub fn hidden_vm_words(&self, who: &Principal) -> Vec<String> {

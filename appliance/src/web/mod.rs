@@ -106,8 +106,18 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
                 pages::error(&ctx, StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again."),
             );
         }
+        let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        if ops.names_hidden_vm(&who, &segments) {
+            let e = OpsError::NotFound(format!("no such object: {}", req.path));
+            return error_page(&ctx, &e);
+        }
         if let Some(privilege) = action_privilege(&req.path) {
             if let Err(e) = crate::access::require(&who, privilege, "this action") {
+                let action = format!("console POST {}", req.path);
+                let _ = ops
+                    .audit
+                    .record(&who, &action, &req.path, &Err(e.to_string()))
+                    .await;
                 return error_page(&ctx, &e.into());
             }
         }
