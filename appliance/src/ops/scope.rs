@@ -31,6 +31,35 @@ impl Ops {
         who.scope.is_none() || who.sees(&self.vm_categories(vm))
     }
 
+    /// [`Ops::visible`] for many VMs: rules and host names read once.
+    pub fn visibility<'a>(&'a self, who: &'a Principal) -> impl Fn(&Vm) -> bool + 'a {
+        let (rules, hosts) = if who.scope.is_some() {
+            let hosts: std::collections::HashMap<String, String> = self
+                .inventory
+                .hosts()
+                .into_iter()
+                .map(|h| (h.host.id, h.host.name))
+                .collect();
+            (self.category_rules.all(), hosts)
+        } else {
+            Default::default()
+        };
+        move |vm: &Vm| {
+            if who.scope.is_none() {
+                return true;
+            }
+            let host_name = hosts.get(&vm.host_id).map_or("", String::as_str);
+            let own = self.vm_tags.get(&vm.info.uuid);
+            who.sees(&categories_of(
+                &rules,
+                own.as_ref(),
+                &vm.info.name,
+                &vm.host_id,
+                host_name,
+            ))
+        }
+    }
+
     /// Whether a VM known only by UUID (a job's, a backup's) is visible:
     /// one no longer in the inventory only to unrestricted principals.
     pub fn visible_uuid(&self, who: &Principal, uuid: &str) -> bool {
@@ -63,16 +92,11 @@ impl Ops {
         if who.scope.is_none() {
             return Vec::new();
         }
-        let rules = self.category_rules.all();
+        let visible = self.visibility(who);
         self.inventory.with_vms(|vms| {
-            vms.filter(|vm| {
-                let host_name = self.inventory.host_name(&vm.host_id);
-                let own = self.vm_tags.get(&vm.info.uuid);
-                let c = categories_of(&rules, own.as_ref(), &vm.info.name, &vm.host_id, &host_name);
-                !who.sees(&c)
-            })
-            .flat_map(|vm| [vm.info.name.clone(), vm.info.uuid.clone()])
-            .collect()
+            vms.filter(|vm| !visible(vm))
+                .flat_map(|vm| [vm.info.name.clone(), vm.info.uuid.clone()])
+                .collect()
         })
     }
 

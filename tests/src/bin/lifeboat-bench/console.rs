@@ -109,6 +109,35 @@ pub fn run(flags: &[String]) {
         "lb_session={}",
         session["token"].as_str().unwrap_or_default()
     );
+    // A user restricted by an access policy: every listing is filtered by
+    // VM categories (a name rule matching a tenth of the VMs).
+    let admin = controller.api();
+    for (path, body) in [
+        (
+            "/api/v1/category-rules",
+            json!({"key": "department", "value": "Finance", "name_pattern": "sim-simhost0*"}),
+        ),
+        (
+            "/api/v1/policies",
+            json!({"name": "finance", "rules": [{"effect": "allow", "key": "department", "value": "Finance"}]}),
+        ),
+        (
+            "/api/v1/users",
+            json!({"name": "finance-viewer", "password": "bench-passw0rd", "role": "auditor", "policies": ["finance"]}),
+        ),
+    ] {
+        let (status, answer) = admin.post(path, &body);
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+    let (status, restricted) = api.anonymous().post(
+        "/api/v1/session",
+        &json!({"username": "finance-viewer", "password": "bench-passw0rd"}),
+    );
+    assert_eq!(status, 201, "{restricted}");
+    let restricted_cookie = format!(
+        "lb_session={}",
+        restricted["token"].as_str().unwrap_or_default()
+    );
     let pages = total.div_ceil(50);
     let n = args.requests;
     // A fixed pseudo-random page sequence, the same in every run.
@@ -144,6 +173,16 @@ pub fn run(flags: &[String]) {
             measure(&api, &cookie, n, |i| {
                 format!("/api/v1/vms?per_page=50&page={}", page(i))
             }),
+        ),
+        (
+            "console: VM list page, user with an access policy",
+            measure(&api, &restricted_cookie, n, |i| {
+                format!("/vms?page={}", page(i) % 50 + 1)
+            }),
+        ),
+        (
+            "console: dashboard, user with an access policy",
+            measure(&api, &restricted_cookie, n, |_| "/".into()),
         ),
     ];
     let pid = controller.pid().unwrap_or(0);
