@@ -141,6 +141,13 @@ fn a_vm_outside_a_users_policies_does_not_exist_for_them() {
         !audit_text.contains(hr.uuid()) && !audit_text.contains(hr.name()),
         "{audit}"
     );
+    let (status, policy) = admin.post(
+        "/api/v1/backup-policies",
+        &json!({"name": "nightly", "schedule": "daily 02:00", "vms": [fin.uuid(), hr.uuid()]}),
+    );
+    assert_eq!(status, 201, "{policy}");
+    let (_, seen) = finance.get("/api/v1/backup-policies");
+    assert_eq!(seen[0]["vms"], json!([fin.uuid()]), "{seen}");
     let (_, hosts) = finance.get("/api/v1/hosts");
     assert_eq!(hosts[0]["vm_count"], 1, "{hosts}");
 

@@ -53,14 +53,28 @@ fn scheduler() -> Principal {
 impl Ops {
     pub fn policies(&self, who: &Principal) -> Result<Vec<BackupPolicy>, OpsError> {
         require(who, Privilege::View, "listing backup policies")?;
-        Ok(self.policies.all())
+        Ok(self
+            .policies
+            .all()
+            .into_iter()
+            .map(|p| self.scoped_policy(who, p))
+            .collect())
     }
 
     pub fn policy(&self, who: &Principal, id: &str) -> Result<BackupPolicy, OpsError> {
         require(who, Privilege::View, "viewing backup policies")?;
         self.policies
             .get(id)
+            .map(|p| self.scoped_policy(who, p))
             .ok_or_else(|| OpsError::NotFound(format!("no backup policy {id}")))
+    }
+
+    /// A policy as `who` may see it: VMs outside their scope left out.
+    fn scoped_policy(&self, who: &Principal, mut policy: BackupPolicy) -> BackupPolicy {
+        if who.scope.is_some() {
+            policy.vms.retain(|uuid| self.visible_uuid(who, uuid));
+        }
+        policy
     }
 
     fn validate_policy(
@@ -136,7 +150,17 @@ impl Ops {
         let old = self.policy(who, id)?;
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
-            let policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
+            let mut policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
+            // VMs the caller cannot see stay in the policy: they could not
+            // have meant to remove what they were not shown.
+            if who.scope.is_some() {
+                let stored = self.policies.get(id).map(|p| p.vms).unwrap_or_default();
+                policy.vms.extend(
+                    stored
+                        .into_iter()
+                        .filter(|uuid| !self.visible_uuid(who, uuid)),
+                );
+            }
             self.policies.put(&policy.id, policy.clone()).await?;
             Ok(policy)
         }
