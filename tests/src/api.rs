@@ -253,6 +253,30 @@ impl Api {
         })
     }
 
+    /// Logs `user` in through `POST /api/v1/session` and returns a client
+    /// using the session's bearer token. Panics if the login fails.
+    pub fn login_as(&self, user: &str, password: &str) -> Api {
+        let (status, body) = self.anonymous().post(
+            "/api/v1/session",
+            &serde_json::json!({"username": user, "password": password}),
+        );
+        assert_eq!(status, 201, "login as {user}: {body}");
+        self.with_bearer(body["token"].as_str().unwrap_or_default())
+    }
+
+    /// Runs a full backup of `vm` to the default datastore, waits for it
+    /// to succeed and returns the new backup's id.
+    pub fn full_backup(&self, vm: &str) -> String {
+        let job = self.post_job(
+            &format!("/api/v1/vms/{vm}/backups"),
+            &serde_json::json!({"mode": "full"}),
+            Duration::from_secs(120),
+        );
+        assert_eq!(job["state"], "succeeded", "backup of {vm}: {job}");
+        let newest = self.backups(vm).pop().unwrap_or_default();
+        newest["id"].as_str().unwrap_or_default().to_string()
+    }
+
     /// `GET /api/v1/vms/{vm}/backups`: the VM's backups, oldest first.
     pub fn backups(&self, vm: &str) -> Vec<Value> {
         let (status, list) = self.get(&format!("/api/v1/vms/{vm}/backups"));

@@ -128,16 +128,8 @@ impl Slapd {
     }
 
     fn ldap_tool(&self, tool: &str, ldif: &str) {
-        let mut child = Command::new(tool)
-            .args([
-                "-x",
-                "-H",
-                &self.ldap_url(),
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PASSWORD,
-            ])
+        let mut child = self
+            .as_admin(tool)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -158,17 +150,24 @@ impl Slapd {
         );
     }
 
+    /// An OpenLDAP tool bound as the directory's administrator.
+    fn as_admin(&self, tool: &str) -> Command {
+        let mut command = Command::new(tool);
+        command.args([
+            "-x",
+            "-H",
+            &self.ldap_url(),
+            "-D",
+            ADMIN_DN,
+            "-w",
+            ADMIN_PASSWORD,
+        ]);
+        command
+    }
+
     fn try_search(&self, filter: &str) -> Result<(), String> {
-        let out = Command::new("ldapsearch")
-            .args([
-                "-x",
-                "-H",
-                &self.ldap_url(),
-                "-D",
-                ADMIN_DN,
-                "-w",
-                ADMIN_PASSWORD,
-            ])
+        let out = self
+            .as_admin("ldapsearch")
             .args(["-b", "", "-s", "base", filter])
             .output()
             .map_err(|e| format!("cannot run ldapsearch: {e}"))?;

@@ -19,9 +19,7 @@ fn login(api: &Api, user: &str, password: &str) -> (u16, Value) {
 }
 
 fn session(api: &Api, user: &str) -> Api {
-    let (status, body) = login(api, user, PASSWORD);
-    assert_eq!(status, 201, "login {user}: {body}");
-    api.with_bearer(body["token"].as_str().unwrap())
+    api.login_as(user, PASSWORD)
 }
 
 fn directory(slapd: &Slapd, name: &str, url: &str, starttls: bool) -> Value {
@@ -106,16 +104,7 @@ fn directory_groups_decide_role_and_scope_at_every_login() {
         .collect();
     assert_eq!(names, [fin.name()]);
     assert_eq!(fiona.get(&format!("/api/v1/vms/{}", hr.uuid())).0, 404);
-    let job = fiona.post_job(
-        &format!("/api/v1/vms/{}/backups", fin.uuid()),
-        &json!({"mode": "full"}),
-        Duration::from_secs(120),
-    );
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let backup = fiona.backups(fin.uuid())[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let backup = fiona.full_backup(fin.uuid());
     let (status, body) = fiona.post(
         &format!("/api/v1/backups/{backup}/restore"),
         &json!({"as_new": {"name": "ledger-copy"}}),

@@ -3,20 +3,9 @@
 //! a 404 through the API and the console, and absent from every list, job
 //! history and audit record; deny beats allow.
 
-use std::time::Duration;
-
 use lifeboat_e2e::*;
 
 const PASSWORD: &str = "long-enough-passw0rd";
-
-fn login(api: &Api, user: &str) -> Api {
-    let (status, body) = api.anonymous().post(
-        "/api/v1/session",
-        &json!({"username": user, "password": PASSWORD}),
-    );
-    assert_eq!(status, 201, "login {user}: {body}");
-    api.with_bearer(body["token"].as_str().unwrap())
-}
 
 fn created(answer: (u16, Value)) -> Value {
     assert_eq!(answer.0, 201, "{}", answer.1);
@@ -81,19 +70,10 @@ fn a_vm_outside_a_users_policies_does_not_exist_for_them() {
     assert_eq!(admin.delete("/api/v1/policies/finance").0, 409, "assigned");
 
     // History the Finance admin must not see: a job and a backup of HR.
-    let job = admin.post_job(
-        &format!("/api/v1/vms/{}/backups", hr.uuid()),
-        &json!({"mode": "full"}),
-        Duration::from_secs(120),
-    );
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let hr_job = job["id"].clone();
-    let hr_backup = admin.backups(hr.uuid())[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let hr_backup = admin.full_backup(hr.uuid());
+    let hr_job = admin.get(&format!("/api/v1/jobs?vm={}", hr.uuid())).1[0]["id"].clone();
 
-    let finance = login(&admin, "finbackup");
+    let finance = admin.login_as("finbackup", PASSWORD);
     let (_, vms) = finance.get("/api/v1/vms");
     let names: Vec<&str> = vms
         .as_array()
@@ -152,16 +132,7 @@ fn a_vm_outside_a_users_policies_does_not_exist_for_them() {
     assert_eq!(hosts[0]["vm_count"], 1, "{hosts}");
 
     // What Finance may do, it does; creating a VM it may not.
-    let job = finance.post_job(
-        &format!("/api/v1/vms/{}/backups", fin.uuid()),
-        &json!({"mode": "full"}),
-        Duration::from_secs(120),
-    );
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let fin_backup = finance.backups(fin.uuid())[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fin_backup = finance.full_backup(fin.uuid());
     let (status, body) = finance.post(
         &format!("/api/v1/backups/{fin_backup}/restore"),
         &json!({"as_new": {"name": "fin-copy"}}),
@@ -184,7 +155,7 @@ fn a_vm_outside_a_users_policies_does_not_exist_for_them() {
     );
 
     // Deny beats allow: everything but HR.
-    let generalist = login(&admin, "generalist");
+    let generalist = admin.login_as("generalist", PASSWORD);
     let (_, vms) = generalist.get("/api/v1/vms");
     // (Other tests' VMs on this libvirtd are visible to it too.)
     let names: Vec<&str> = vms

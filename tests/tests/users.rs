@@ -4,19 +4,12 @@
 //! hands out more than they hold, the last administrator stays, and every
 //! action is in the audit trail, readable as JSON or CSV by those allowed.
 
-use std::time::Duration;
-
 use lifeboat_e2e::*;
 
 const PASSWORD: &str = "long-enough-passw0rd";
 
 fn login(api: &Api, user: &str) -> Api {
-    let (status, body) = api.anonymous().post(
-        "/api/v1/session",
-        &json!({"username": user, "password": PASSWORD}),
-    );
-    assert_eq!(status, 201, "login {user}: {body}");
-    api.with_bearer(body["token"].as_str().unwrap())
+    api.login_as(user, PASSWORD)
 }
 
 fn create_user(admin: &Api, name: &str, role: &str) {
@@ -127,14 +120,8 @@ fn roles_grant_exactly_their_privileges_and_changes_apply_at_once() {
             .0,
         403
     );
-    let job = alice.post_job(
-        &format!("{vm_path}/backups"),
-        &json!({"mode": "full"}),
-        Duration::from_secs(120),
-    );
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let backup = alice.backups(vm.uuid()).pop().expect("a backup");
-    let restore = format!("/api/v1/backups/{}/restore", backup["id"].as_str().unwrap());
+    let backup = alice.full_backup(vm.uuid());
+    let restore = format!("/api/v1/backups/{backup}/restore");
     let (status, body) = alice.post(&restore, &json!({"as_new": {"name": "rbac-copy"}}));
     assert_eq!(status, 403, "{body}");
     assert!(

@@ -87,17 +87,7 @@ pub enum DirectoryError {
 
 impl Directory {
     pub fn validate(&self) -> Result<(), String> {
-        let ok_name = (2..=40).contains(&self.name.len())
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok_name {
-            return Err(format!(
-                "directory name {:?}: 2-40 lower-case letters, digits or '-'",
-                self.name
-            ));
-        }
+        super::check_slug("directory", &self.name)?;
         let url = url::Url::parse(&self.url).map_err(|e| format!("url: {e}"))?;
         match (url.scheme(), self.starttls, self.allow_plain) {
             ("ldaps", false, _) => {}

@@ -464,6 +464,22 @@ impl Access {
     }
 }
 
+/// Names of roles, access policies and directories: 2-40 lower-case
+/// letters, digits or '-', so they are safe in URLs, logs and CSV.
+pub fn check_slug(what: &str, name: &str) -> Result<(), String> {
+    let ok = (2..=40).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {name:?}: 2-40 lower-case letters, digits or '-'"
+        ))
+    }
+}
+
 /// The privilege check every operation starts with.
 pub fn require(
     principal: &Principal,

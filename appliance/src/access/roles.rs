@@ -111,17 +111,7 @@ impl RoleDef {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let ok = (2..=40).contains(&self.name.len())
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok {
-            return Err(format!(
-                "role name {:?}: 2-40 lower-case letters, digits or '-'",
-                self.name
-            ));
-        }
+        super::check_slug("role", &self.name)?;
         if builtin_role(&self.name).is_some() {
             return Err(format!("{} is a built-in role", self.name));
         }

@@ -47,17 +47,7 @@ pub struct AccessPolicy {
 
 impl AccessPolicy {
     pub fn validate(&self) -> Result<(), String> {
-        let ok = (2..=40).contains(&self.name.len())
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok {
-            return Err(format!(
-                "policy name {:?}: 2-40 lower-case letters, digits or '-'",
-                self.name
-            ));
-        }
+        super::check_slug("policy", &self.name)?;
         if self.rules.is_empty() || self.rules.len() > 100 {
             return Err("a policy has 1 to 100 rules".into());
         }
