@@ -6,6 +6,7 @@ mod backup;
 mod directories;
 mod ha;
 mod ha_engine;
+mod ha_failover;
 mod ha_physical;
 mod policies;
 mod scope;
