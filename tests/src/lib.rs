@@ -53,6 +53,7 @@ mod browser;
 mod cluster;
 mod console_client;
 mod controller;
+mod guest;
 mod ha_cluster;
 mod host_lock;
 mod image;
@@ -74,6 +75,7 @@ pub use cluster::{
 };
 pub use console_client::{csrf_of, ConsoleClient};
 pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PASSWORD};
+pub use guest::LinuxGuest;
 pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
 pub use image::{assert_image_pattern, write_image_pattern};

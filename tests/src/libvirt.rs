@@ -145,6 +145,12 @@ impl Libvirt {
         TinyVm::define(self.clone(), label)
     }
 
+    /// Like [`Libvirt::define_tiny_vm`], but the VM boots a real Linux
+    /// ([`crate::LinuxGuest`]) that runs a guest agent.
+    pub fn define_vm_with_guest_agent(&self, label: &str, guest: &crate::LinuxGuest) -> TinyVm {
+        TinyVm::define_with_guest(self.clone(), label, guest)
+    }
+
     /// Destroys and undefines `name` (with its snapshot and checkpoint
     /// metadata) if it exists; its disks stay. For domains a test made
     /// through the product, e.g. a restore as a new VM. Panics only if the

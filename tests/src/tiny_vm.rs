@@ -32,6 +32,8 @@ pub struct TinyVm {
     /// The disk as the defining libvirtd sees it: the path in the XML.
     domain_disk: PathBuf,
     mac: String,
+    /// Boots a real Linux with a guest agent instead of nothing.
+    guest: Option<crate::guest::LinuxGuest>,
 }
 
 impl TinyVm {
@@ -44,7 +46,26 @@ impl TinyVm {
         Self::define_on(libvirt, label, true)
     }
 
+    /// On the machine's own libvirtd: a VM that boots `guest` (256 MiB,
+    /// a guest agent channel), its disk blank like a tiny VM's.
+    pub(crate) fn define_with_guest(
+        libvirt: Libvirt,
+        label: &str,
+        guest: &crate::guest::LinuxGuest,
+    ) -> TinyVm {
+        Self::define_full(libvirt, label, false, Some(guest.clone()))
+    }
+
     fn define_on(libvirt: Libvirt, label: &str, host_local: bool) -> TinyVm {
+        Self::define_full(libvirt, label, host_local, None)
+    }
+
+    fn define_full(
+        libvirt: Libvirt,
+        label: &str,
+        host_local: bool,
+        guest: Option<crate::guest::LinuxGuest>,
+    ) -> TinyVm {
         // The pid right after the prefix: see `Libvirt::sweep_leftovers`.
         let name = format!("{NAME_PREFIX}{}-{}", unique_suffix(), safe_label(label));
         let file = format!("{name}.qcow2");
@@ -71,6 +92,7 @@ impl TinyVm {
             disk,
             domain_disk,
             name,
+            guest,
         };
         let output = Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
@@ -187,12 +209,32 @@ impl TinyVm {
     }
 
     fn domain_xml(&self) -> String {
+        let (memory, os, guest_devices) = match &self.guest {
+            None => (MEMORY_MIB, "<boot dev='hd'/>".to_string(), String::new()),
+            Some(g) => (
+                256,
+                format!(
+                    "<kernel>{}</kernel><initrd>{}</initrd><cmdline>console=ttyS0 panic=-1</cmdline>",
+                    g.kernel.display(),
+                    g.initrd.display()
+                ),
+                "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <serial type='pty'/>"
+                    .to_string(),
+            ),
+        };
+        // A real kernel runs under TCG: nested KVM on some build machines
+        // fails to emulate its `lock cmpxchg16b` ("KVM internal error").
+        let virt_type = match (&self.guest, std::env::var("LIFEBOAT_E2E_VIRT_TYPE")) {
+            (Some(_), Err(_)) => "qemu".to_string(),
+            _ => virt_type(),
+        };
         format!(
             "<domain type='{virt_type}'>
   <name>{name}</name>
-  <memory unit='MiB'>{MEMORY_MIB}</memory>
+  <memory unit='MiB'>{memory}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  <os><type arch='x86_64'>hvm</type>{os}</os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -208,10 +250,10 @@ impl TinyVm {
       <mac address='{mac}'/>
       <model type='virtio'/>
     </interface>
+    {guest_devices}
   </devices>
 </domain>
 ",
-            virt_type = virt_type(),
             name = self.name,
             disk = self.domain_disk.display(),
             mac = self.mac,
