@@ -110,12 +110,12 @@ pub fn run(flags: &[String]) {
         session["token"].as_str().unwrap_or_default()
     );
     // A user restricted by an access policy: every listing is filtered by
-    // VM categories (a name rule matching a tenth of the VMs).
+    // VM categories (a name rule matching the VMs of one host in ten).
     let admin = controller.api();
     for (path, body) in [
         (
             "/api/v1/category-rules",
-            json!({"key": "department", "value": "Finance", "name_pattern": "sim-simhost0*"}),
+            json!({"key": "department", "value": "Finance", "name_pattern": "sim-simhost00-*"}),
         ),
         (
             "/api/v1/policies",
