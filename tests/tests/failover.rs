@@ -384,3 +384,45 @@ fn a_vm_that_cannot_be_placed_is_raised_and_placed_once_room_appears() {
     );
     assert!(steps.iter().any(|s| s.starts_with("placed:")), "{steps:?}");
 }
+
+#[test]
+fn an_exact_restore_onto_another_host_is_refused_while_the_vm_runs_and_moves_it_once_stopped() {
+    let ha = HaCluster::start(2);
+    let vm = ha.cluster.host(1).define_local_tiny_vm("move-by-restore");
+    vm.write_offline(0xcd, 0, "1M");
+    vm.start();
+    let api = ha.api();
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    let backup = api.full_backup(vm.uuid());
+    let restore = format!("/api/v1/backups/{backup}/restore");
+    let onto_h2 = json!({"host": "h2", "start": true});
+
+    let (status, body) = api.post(&restore, &onto_h2);
+    assert_eq!(status, 409, "it runs on h1: {body}");
+    assert!(
+        ha.cluster.hosts_defining(vm.name()) == ["lbh1"],
+        "nothing written on h2"
+    );
+
+    ha.cluster.host(1).libvirt().virsh(&["destroy", vm.name()]);
+    wait_until("the controller to see it stopped", READY_TIMEOUT, || {
+        api.get(&format!("/api/v1/vms/{}", vm.uuid())).1["power_state"] == "stopped"
+    });
+    let job = api.post_job(&restore, &onto_h2, Duration::from_secs(120));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let on_h2 = ha.cluster.host(2).libvirt();
+    assert_eq!(on_h2.domstate(vm.name()), "running");
+    assert_eq!(
+        on_h2.virsh(&["domuuid", vm.name()]).trim(),
+        vm.uuid(),
+        "same identity"
+    );
+    let restored = ha.cluster.host(2).local_images().join(vm.disk_file_name());
+    assert_image_pattern(&restored, 0xcd, 0, 1024 * 1024);
+    // The old host forgets its stopped copy; the VM lives on h2 only.
+    wait_until("h1 to forget its copy", FAILOVER_DEADLINE, || {
+        ha.cluster.hosts_defining(vm.name()) == ["lbh2"]
+    });
+    let (_, v) = api.get(&format!("/api/v1/vms/{}", vm.uuid()));
+    assert_eq!(v["host"], ha.host_ids[1].as_str(), "{v}");
+}

@@ -279,6 +279,22 @@ impl Inventory {
                     }
                     continue;
                 }
+                // A VM now running here that was recorded on another host
+                // has moved (failover, restore): the copy there is stale.
+                let moved_from = d
+                    .vms
+                    .get(&info.uuid)
+                    .filter(|old| old.host_id != host_id)
+                    .filter(|_| {
+                        matches!(info.power_state, PowerState::Running | PowerState::Paused)
+                    })
+                    .map(|old| old.host_id.clone());
+                if let Some(old_host) = moved_from {
+                    let copy = (old_host, info.uuid.clone());
+                    if !d.stale_copies.contains(&copy) {
+                        d.stale_copies.push(copy);
+                    }
+                }
                 let unchanged = d
                     .vms
                     .get(&info.uuid)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lifeboat_proto::BackupMode;
+use lifeboat_proto::{BackupMode, PowerState};
 
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
@@ -244,6 +244,9 @@ impl Ops {
                     dest.host.name
                 )));
             }
+            if as_new.is_none() {
+                self.refuse_second_copy(m.vm.uuid.as_str(), &dest.host.id)?;
+            }
             let store = opened.store.clone();
             let exact = restore::exact_request(m, &opened.indexes, replace, start)
                 .map_err(OpsError::BadRequest)?;
@@ -299,6 +302,28 @@ impl Ops {
         }
         .await;
         self.audited(who, "restore", &object, result).await
+    }
+
+    /// An exact restore onto another host while the VM runs on a live host
+    /// would run it twice (same UUID, same MACs): refused. With its host
+    /// down or the VM stopped, the restore moves it (the old host forgets
+    /// its definition once the restored VM runs).
+    fn refuse_second_copy(&self, uuid: &str, dest: &str) -> Result<(), OpsError> {
+        let Some(vm) = self.inventory.vm(uuid) else {
+            return Ok(());
+        };
+        let runs = matches!(
+            vm.info.power_state,
+            PowerState::Running | PowerState::Paused
+        );
+        if vm.host_id != dest && runs && self.hub.is_connected(&vm.host_id) {
+            return Err(OpsError::Conflict(format!(
+                "VM {} runs on host {}: stop it there first, or restore it as a new VM",
+                vm.info.name,
+                self.inventory.host_name(&vm.host_id)
+            )));
+        }
+        Ok(())
     }
 
     /// The datastores with their capacity and number of backups; an
