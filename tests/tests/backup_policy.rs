@@ -105,3 +105,42 @@ fn policy_backs_up_and_retention_keeps_the_newest_and_the_protected() {
     let (status, _) = api.get(&format!("/api/v1/backup-policies/{id}"));
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_policy_for_a_category_backs_up_exactly_the_vms_of_that_category() {
+    let libvirt = Libvirt::ensure();
+    let finance = libvirt.define_tiny_vm("cat-fin-ledger");
+    let tagged = libvirt.define_tiny_vm("cat-payroll");
+    let other = libvirt.define_tiny_vm("cat-other");
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "category-host", Some(libvirt.uri()));
+    let api = controller.api();
+    for vm in [&finance, &tagged, &other] {
+        api.wait_vm(vm.name(), READY_TIMEOUT);
+    }
+    // Finance by name rule, and one VM tagged by hand.
+    let (status, body) = api.post(
+        "/api/v1/category-rules",
+        &json!({"key": "department", "value": "Finance", "name_pattern": "*-cat-fin-*"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.put(
+        &format!("/api/v1/vms/{}/categories", tagged.uuid()),
+        &json!({"department": "Finance"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.post(
+        "/api/v1/backup-policies",
+        &json!({"name": "finance", "schedule": "daily 02:00", "category": "department"}),
+    );
+    assert_eq!(status, 400, "a category is key=value: {body}");
+    let (status, policy) = api.post(
+        "/api/v1/backup-policies",
+        &json!({"name": "finance", "schedule": "daily 02:00", "category": "department=Finance"}),
+    );
+    assert_eq!(status, 201, "{policy}");
+    run_policy(&api, policy["id"].as_str().unwrap());
+    assert_eq!(backup_times(&api, &finance).len(), 1);
+    assert_eq!(backup_times(&api, &tagged).len(), 1);
+    assert!(backup_times(&api, &other).is_empty(), "not of the category");
+}

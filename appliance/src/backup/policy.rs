@@ -1,4 +1,4 @@
-//! Backup policies: what to back up (VMs by id or name pattern), when (a
+//! Backup policies: what to back up (VMs by id, name pattern or category), when (a
 //! calendar schedule), where, and what to keep afterwards (retention). The
 //! decisions — which VMs a policy covers, whether it is due — are pure
 //! functions of plain data, tested without a clock or a datastore.
@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calendar::CalendarEvent;
 use super::prune::PruneOptions;
+use crate::inventory::categories::Categories;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +31,9 @@ pub struct BackupPolicy {
     /// characters, e.g. `fin-*`).
     #[serde(default)]
     pub name_pattern: Option<String>,
+    /// And/or every VM of this category, `key=value`.
+    #[serde(default)]
+    pub category: Option<String>,
     #[serde(default)]
     pub retention: PruneOptions,
     /// UNIX seconds of the last scheduled run (or of creation).
@@ -44,38 +48,23 @@ pub struct BackupPolicy {
 
 /// `*`-glob match, case-insensitive.
 pub fn name_matches(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.to_lowercase(), name.to_lowercase());
-    let parts: Vec<&str> = p.split('*').collect();
-    if parts.len() == 1 {
-        return p == n;
-    }
-    let mut rest = n.as_str();
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
+    crate::inventory::categories::glob_match(&pattern.to_lowercase(), &name.to_lowercase())
 }
 
 impl BackupPolicy {
-    /// Whether the policy covers the VM `uuid` named `name`.
-    pub fn covers(&self, uuid: &str, name: &str) -> bool {
+    /// Whether the policy covers the VM `uuid` named `name`, of these
+    /// categories.
+    pub fn covers(&self, uuid: &str, name: &str, categories: &Categories) -> bool {
         self.vms.iter().any(|v| v == uuid)
             || self
                 .name_pattern
                 .as_deref()
                 .is_some_and(|p| name_matches(p, name))
+            || self
+                .category
+                .as_deref()
+                .and_then(|c| c.split_once('='))
+                .is_some_and(|(k, v)| categories.get(k).is_some_and(|have| have == v))
     }
 
     /// The scheduled time of the next run after the last one, if it has come.
@@ -108,6 +97,7 @@ mod tests {
             mode: PolicyMode::Auto,
             vms: vec!["u1".into()],
             name_pattern: Some("fin-*".into()),
+            category: None,
             retention: PruneOptions::default(),
             last_run,
             verify_schedule: Some(CalendarEvent::parse("sun 03:00").unwrap()),
@@ -116,11 +106,16 @@ mod tests {
     }
 
     #[test]
-    fn covers_vms_by_id_and_by_name_pattern() {
-        let p = policy("daily 02:00", 0);
-        assert!(p.covers("u1", "anything"));
-        assert!(p.covers("u2", "FIN-db01"));
-        assert!(!p.covers("u2", "hr-db01"));
+    fn covers_vms_by_id_name_pattern_and_category() {
+        let none = Categories::new();
+        let mut p = policy("daily 02:00", 0);
+        assert!(p.covers("u1", "anything", &none));
+        assert!(p.covers("u2", "FIN-db01", &none));
+        assert!(!p.covers("u2", "hr-db01", &none));
+        p.category = Some("department=HR".into());
+        let hr: Categories = [("department".to_string(), "HR".to_string())].into();
+        assert!(p.covers("u3", "payroll", &hr));
+        assert!(!p.covers("u3", "payroll", &none));
         assert!(name_matches("*db*", "fin-db-01"));
         assert!(name_matches("web", "WEB"));
         assert!(!name_matches("a*c", "abd"));

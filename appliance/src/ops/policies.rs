@@ -32,6 +32,9 @@ pub struct PolicyInput {
     pub vms: Vec<String>,
     #[serde(default)]
     pub name_pattern: Option<String>,
+    /// Every VM of this category, `key=value`.
+    #[serde(default)]
+    pub category: Option<String>,
     #[serde(default)]
     pub retention: PruneOptions,
     /// Calendar expression for re-verifying the covered VMs' backups.
@@ -94,8 +97,15 @@ impl Ops {
         if !self.datastores.contains(&datastore) {
             return bad(format!("no datastore named {datastore:?}"));
         }
-        if input.vms.is_empty() && input.name_pattern.is_none() {
-            return bad("a policy needs vms or a name_pattern".into());
+        if let Some(c) = &input.category {
+            let (k, v) = c
+                .split_once('=')
+                .ok_or_else(|| OpsError::BadRequest(format!("category {c:?} must be key=value")))?;
+            crate::inventory::categories::check_key(k).map_err(OpsError::BadRequest)?;
+            crate::inventory::categories::check_value(v).map_err(OpsError::BadRequest)?;
+        }
+        if input.vms.is_empty() && input.name_pattern.is_none() && input.category.is_none() {
+            return bad("a policy needs vms, a name_pattern or a category".into());
         }
         if let Some(v) = input.vms.iter().find(|v| v.parse::<VmUuid>().is_err()) {
             return bad(format!("{v:?} is not a VM id"));
@@ -117,6 +127,7 @@ impl Ops {
             mode: input.mode.unwrap_or(PolicyMode::Auto),
             vms: input.vms,
             name_pattern: input.name_pattern,
+            category: input.category,
             retention: input.retention,
             last_run,
             verify_schedule,
@@ -252,11 +263,7 @@ impl Ops {
             .datastores
             .for_backup(&policy.datastore)
             .map_err(|e| e.to_string())?;
-        let covered: Vec<(String, String)> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name))
-                .map(|v| (v.info.uuid.clone(), v.info.name.clone()))
-                .collect()
-        });
+        let covered = self.covered_vms(policy);
         let mode = match policy.mode {
             PolicyMode::Auto => lifeboat_proto::BackupMode::Auto,
             PolicyMode::Full => lifeboat_proto::BackupMode::Full,
@@ -292,14 +299,24 @@ impl Ops {
         }
     }
 
+    /// The VMs a policy covers now, as (UUID, name).
+    fn covered_vms(&self, policy: &BackupPolicy) -> Vec<(String, String)> {
+        let categories = self.categorizer();
+        self.inventory.with_vms(|vms| {
+            vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name, &categories(v)))
+                .map(|v| (v.info.uuid.clone(), v.info.name.clone()))
+                .collect()
+        })
+    }
+
     /// Starts a verify job for every backup of the VMs a policy covers.
     async fn verify_covered(self: &Arc<Self>, policy: &BackupPolicy) {
         let who = scheduler();
-        let vms: Vec<String> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| policy.covers(&v.info.uuid, &v.info.name))
-                .map(|v| v.info.uuid.clone())
-                .collect()
-        });
+        let vms: Vec<String> = self
+            .covered_vms(policy)
+            .into_iter()
+            .map(|(uuid, _)| uuid)
+            .collect();
         for vm in vms {
             let Ok(backups) = self.vm_backups(&who, &vm).await else {
                 continue;

@@ -31,33 +31,27 @@ impl Ops {
         who.scope.is_none() || who.sees(&self.vm_categories(vm))
     }
 
-    /// [`Ops::visible`] for many VMs: rules and host names read once.
-    pub fn visibility<'a>(&'a self, who: &'a Principal) -> impl Fn(&Vm) -> bool + 'a {
-        let (rules, hosts) = if who.scope.is_some() {
-            let hosts: std::collections::HashMap<String, String> = self
-                .inventory
-                .hosts()
-                .into_iter()
-                .map(|h| (h.host.id, h.host.name))
-                .collect();
-            (self.category_rules.all(), hosts)
-        } else {
-            Default::default()
-        };
+    /// A VM's categories for many VMs: rules and host names read once, so
+    /// it may run inside an inventory scan.
+    pub fn categorizer(&self) -> impl Fn(&Vm) -> Categories + '_ {
+        let rules = self.category_rules.all();
+        let hosts: std::collections::HashMap<String, String> = self
+            .inventory
+            .hosts()
+            .into_iter()
+            .map(|h| (h.host.id, h.host.name))
+            .collect();
         move |vm: &Vm| {
-            if who.scope.is_none() {
-                return true;
-            }
             let host_name = hosts.get(&vm.host_id).map_or("", String::as_str);
             let own = self.vm_tags.get(&vm.info.uuid);
-            who.sees(&categories_of(
-                &rules,
-                own.as_ref(),
-                &vm.info.name,
-                &vm.host_id,
-                host_name,
-            ))
+            categories_of(&rules, own.as_ref(), &vm.info.name, &vm.host_id, host_name)
         }
+    }
+
+    /// [`Ops::visible`] for many VMs (see [`Ops::categorizer`]).
+    pub fn visibility<'a>(&'a self, who: &'a Principal) -> impl Fn(&Vm) -> bool + 'a {
+        let categories = who.scope.is_some().then(|| self.categorizer());
+        move |vm: &Vm| categories.as_ref().is_none_or(|c| who.sees(&c(vm)))
     }
 
     /// Whether a VM known only by UUID (a job's, a backup's) is visible:

@@ -190,6 +190,7 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
                     td {
                         @if !p.vms.is_empty() { (p.vms.len()) " by id" }
                         @if let Some(pat) = &p.name_pattern { " name " code { (pat) } }
+                        @if let Some(c) = &p.category { " category " code { (c) } }
                     }
                     td { (p.datastore) }
                     td { (retention_text(p)) }
@@ -213,6 +214,7 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
             input type="text" name="name" placeholder="name" required size="12";
             input type="text" name="schedule" placeholder="daily 02:00" required size="14";
             input type="text" name="name_pattern" placeholder="VM names, e.g. fin-*" size="16";
+            input type="text" name="category" placeholder="or category, e.g. department=Finance" size="22";
             label { "keep last " input type="number" name="keep_last" min="0" size="3"; }
             label { "daily " input type="number" name="keep_daily" min="0" size="3"; }
             label { "weekly " input type="number" name="keep_weekly" min="0" size="3"; }

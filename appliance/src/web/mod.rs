@@ -360,6 +360,7 @@ async fn post(
                 mode: None,
                 vms: Vec::new(),
                 name_pattern: field(form, "name_pattern").filter(|v| !v.trim().is_empty()),
+                category: field(form, "category").filter(|v| !v.trim().is_empty()),
                 retention: crate::backup::prune::PruneOptions {
                     keep_last: number("keep_last"),
                     keep_daily: number("keep_daily"),
