@@ -159,11 +159,9 @@ impl Ha {
         if let Err(e) = self.events.put(&key, event).await {
             tracing::error!("cannot record a host event: {e}");
         }
-        let keys = self.events.entries();
-        if keys.len() > MAX_EVENTS {
-            for (key, _) in keys.iter().take(keys.len() - MAX_EVENTS) {
-                let _ = self.events.delete(key).await;
-            }
+        let excess = self.events.len().saturating_sub(MAX_EVENTS);
+        for key in self.events.first_keys(excess) {
+            let _ = self.events.delete(&key).await;
         }
     }
 

@@ -35,19 +35,25 @@ impl Ops {
     pub fn cluster_view(&self, who: &Principal) -> Result<ClusterView, OpsError> {
         require(who, Privilege::View, "viewing the cluster")?;
         let settings = self.ha.cluster();
+        // One pass over the HA-enabled VMs (few), not the inventory per host.
+        let mut load: std::collections::HashMap<String, (usize, u64)> = Default::default();
+        for (uuid, ha) in self.ha.vms.entries() {
+            let Some(vm) = ha.enabled.then(|| self.inventory.vm(&uuid)).flatten() else {
+                continue;
+            };
+            let entry = load.entry(vm.host_id.clone()).or_default();
+            entry.0 += 1;
+            if vm.info.power_state == PowerState::Running {
+                entry.1 += vm.info.memory_mib << 20;
+            }
+        }
         let mut hosts: Vec<ClusterHost> = self
             .inventory
             .hosts()
             .into_iter()
             .map(|view| {
                 let watch = self.ha.watch(&view.host.id);
-                let (count, bytes) = self.inventory.with_vms(|vms| {
-                    vms.filter(|v| v.host_id == view.host.id && self.ha.vm(&v.info.uuid).enabled)
-                        .fold((0, 0), |(n, b), v| {
-                            let running = v.info.power_state == PowerState::Running;
-                            (n + 1, b + if running { v.info.memory_mib << 20 } else { 0 })
-                        })
-                });
+                let (count, bytes) = load.get(&view.host.id).copied().unwrap_or_default();
                 ClusterHost {
                     state: watch.state,
                     reason: watch.reason,

@@ -69,8 +69,10 @@ impl Ops {
         let cluster = self.ha.cluster();
         let t = timing(&cluster);
         let hosts = self.inventory.hosts();
+        let mut protected = self.protected_vms_by_host();
         for h in &hosts {
-            self.send_ha_config(h, &cluster).await;
+            let vms = protected.remove(&h.host.id).unwrap_or_default();
+            self.send_ha_config(h, &cluster, vms).await;
         }
         for (host_id, record) in self.hub.take_fence_reports() {
             let message = format!(
@@ -164,19 +166,27 @@ impl Ops {
 
     /// Tells a connected agent what to fence and where its storage
     /// heartbeat goes, whenever that changes or it reconnects.
-    async fn send_ha_config(&self, h: &HostView, cluster: &ClusterHa) {
+    /// The HA-enabled VMs of every host, sorted: one pass over the VMs
+    /// with HA settings (few), not over the inventory per host.
+    pub(super) fn protected_vms_by_host(&self) -> HashMap<String, Vec<String>> {
+        let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
+        for (uuid, ha) in self.ha.vms.entries() {
+            if let Some(vm) = ha.enabled.then(|| self.inventory.vm(&uuid)).flatten() {
+                by_host.entry(vm.host_id).or_default().push(uuid);
+            }
+        }
+        for list in by_host.values_mut() {
+            list.sort();
+        }
+        by_host
+    }
+
+    async fn send_ha_config(&self, h: &HostView, cluster: &ClusterHa, protected: Vec<String>) {
         let id = &h.host.id;
         let Some(connection) = self.hub.connection(id) else {
             return;
         };
         let host_ha = self.ha.host(id);
-        let mut protected: Vec<String> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| v.host_id == *id)
-                .map(|v| v.info.uuid.clone())
-                .filter(|uuid| self.ha.vm(uuid).enabled)
-                .collect()
-        });
-        protected.sort();
         let config = HaAgentConfig {
             heartbeat_interval_ms: cluster.heartbeat_interval_ms,
             fence_timeout_ms: cluster.fence_timeout_ms,

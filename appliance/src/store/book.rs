@@ -36,6 +36,15 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
             .collect()
     }
 
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// The `n` smallest keys (the oldest, for time-ordered keys).
+    pub fn first_keys(&self, n: usize) -> Vec<String> {
+        self.read().keys().take(n).cloned().collect()
+    }
+
     pub fn get(&self, key: &str) -> Option<T> {
         self.read().get(key).cloned()
     }
