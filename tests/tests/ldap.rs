@@ -113,6 +113,21 @@ fn directory_groups_decide_role_and_scope_at_every_login() {
     let mut console = ConsoleClient::new(&controller);
     assert_eq!(console.login_as("fiona", PASSWORD).status, 303);
     assert_eq!(console.get(&format!("/vms/{}", hr.uuid())).status, 404);
+    // Nor does it show in her exports, though the admin's trail has it.
+    admin.full_backup(hr.uuid());
+    let csv = fiona
+        .raw_request("GET", "/api/v1/audit?format=csv", &[], b"")
+        .text();
+    assert!(csv.contains(fin.uuid()), "her own backup is there: {csv}");
+    assert!(
+        !csv.contains(hr.uuid()) && !csv.contains(hr.name()),
+        "{csv}"
+    );
+    assert!(console
+        .get("/audit.csv")
+        .text()
+        .lines()
+        .all(|l| !l.contains(hr.uuid())));
     // HTTP Basic works for directory users too.
     assert_eq!(
         admin.with_basic("fiona", PASSWORD).get("/api/v1/vms").0,
