@@ -63,6 +63,15 @@ node_modules_current() {
     [ -f "$installed" ] && [ ! "$installed" -ot "$BROWSER_DIR/package-lock.json" ]
 }
 
+# The guest-agent test boots a real Linux built from these Debian packages
+# (tests/src/guest.rs); they are downloaded here, not installed.
+GUEST_DEBS=/var/cache/lifeboat-e2e/guest-debs
+guest_debs_present() {
+    compgen -G "$GUEST_DEBS/linux-image-*.deb" >/dev/null &&
+        compgen -G "$GUEST_DEBS/busybox-static_*.deb" >/dev/null &&
+        compgen -G "$GUEST_DEBS/qemu-guest-agent_*.deb" >/dev/null
+}
+
 musl_target_installed() {
     rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"
 }
@@ -87,12 +96,18 @@ if [ "${1:-}" = "--check" ]; then
         echo "missing: rust target $MUSL_TARGET"
         status=1
     fi
+    if ! guest_debs_present; then
+        echo "missing: guest packages in $GUEST_DEBS"
+        status=1
+    fi
     exit $status
 fi
 
+updated=no
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing: ${missing[*]}"
     apt-get update
+    updated=yes
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         --allow-downgrades "${missing[@]}"
 else
@@ -111,4 +126,14 @@ if musl_target_installed; then
 else
     echo "== rustup target add $MUSL_TARGET"
     rustup target add "$MUSL_TARGET"
+fi
+
+if guest_debs_present; then
+    echo "== guest packages: downloaded"
+else
+    echo "== downloading guest packages into $GUEST_DEBS"
+    [ "$updated" = yes ] || apt-get update
+    kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+    mkdir -p "$GUEST_DEBS"
+    (cd "$GUEST_DEBS" && apt-get download "$kernel" busybox-static qemu-guest-agent)
 fi

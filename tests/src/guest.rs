@@ -6,11 +6,14 @@
 //! `libvirt-qemu` user can read.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::host_lock::HostLock;
 use crate::libvirt::IMAGE_DIR;
+use crate::process::run_checked as output;
 use crate::scratch::ScratchDir;
+
+/// Where `tests/install-deps.sh` puts the guest's Debian packages.
+const GUEST_DEBS: &str = "/var/cache/lifeboat-e2e/guest-debs";
 
 /// Modules the guest loads, in dependency order.
 const MODULES: [&str; 7] = [
@@ -74,27 +77,22 @@ impl LinuxGuest {
 fn build(dir: &Path) {
     let work = ScratchDir::new("guest-build");
     let w = work.path();
-    let kernel_package = output("apt-cache", &["depends", "linux-image-cloud-amd64"], w)
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Depends: ")
-                .filter(|p| p.starts_with("linux-image-"))
-        })
-        .map(str::to_string)
-        .expect("the cloud kernel package (did apt-get update run?)");
-    output(
-        "apt-get",
-        &[
-            "download",
-            &kernel_package,
-            "busybox-static",
-            "qemu-guest-agent",
-        ],
-        w,
-    );
+    // tests/install-deps.sh downloads the packages; without it, do it here.
+    let debs = if Path::new(GUEST_DEBS).is_dir() {
+        PathBuf::from(GUEST_DEBS)
+    } else {
+        let kernel = output("apt-cache", &["depends", "linux-image-cloud-amd64"], w)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: "))
+            .filter(|p| p.starts_with("linux-image-"))
+            .map(str::to_string)
+            .expect("the cloud kernel package (did apt-get update run?)");
+        let args = ["download", &kernel, "busybox-static", "qemu-guest-agent"];
+        output("apt-get", &args, w);
+        w.to_path_buf()
+    };
     let x = w.join("x");
-    for deb in std::fs::read_dir(w)
+    for deb in std::fs::read_dir(&debs)
         .expect("read the download dir")
         .flatten()
     {
@@ -170,20 +168,4 @@ fn copy(from: &Path, to: &Path) {
     }
     std::fs::copy(from, to)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-}
-
-/// Runs a command in `dir` and returns its stdout; panics with its stderr.
-fn output(program: &str, args: &[&str], dir: &Path) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -110,6 +110,23 @@ pub(crate) fn print_log_if_failing(what: &str, log: &Path) {
     }
 }
 
+/// Runs `program ARGS` in `dir` and returns its stdout; panics with its
+/// stderr if it fails.
+pub(crate) fn run_checked(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

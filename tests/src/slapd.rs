@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::ports::free_port;
+use crate::process::run_checked;
 use crate::process::{print_log_if_failing, LoggedProcess};
 use crate::scratch::ScratchDir;
 use crate::wait::{poll_until, READY_TIMEOUT};
@@ -277,14 +278,5 @@ fn make_ca_and_server_certificate(dir: &Path) {
 }
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_checked(program, args, Path::new("/"));
 }

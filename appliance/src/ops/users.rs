@@ -66,6 +66,14 @@ impl Ops {
         }
     }
 
+    /// `who` manages users and holds every privilege user `name` has.
+    fn require_over(&self, who: &Principal, name: &str, what: &str) -> Result<(), OpsError> {
+        require(who, Privilege::ManageUsers, "managing users")?;
+        let current = self.user(who, name)?;
+        let rights = self.role_privileges(&current.role).unwrap_or_default();
+        self.require_covers(who, rights, what)
+    }
+
     pub fn users(&self, who: &Principal) -> Result<Vec<UserView>, OpsError> {
         require(who, Privilege::ManageUsers, "listing users")?;
         Ok(self
@@ -108,13 +116,7 @@ impl Ops {
         input: UserInput,
     ) -> Result<UserView, OpsError> {
         let result = async {
-            require(who, Privilege::ManageUsers, "managing users")?;
-            let current = self.user(who, name)?;
-            self.require_covers(
-                who,
-                self.role_privileges(&current.role).unwrap_or_default(),
-                "changing this user",
-            )?;
+            self.require_over(who, name, "changing this user")?;
             if let Some(role) = &input.role {
                 self.require_covers(who, self.role_privileges(role)?, "assigning a role")?;
             }
@@ -127,13 +129,7 @@ impl Ops {
 
     pub async fn delete_user(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
         let result = async {
-            require(who, Privilege::ManageUsers, "managing users")?;
-            let current = self.user(who, name)?;
-            self.require_covers(
-                who,
-                self.role_privileges(&current.role).unwrap_or_default(),
-                "deleting this user",
-            )?;
+            self.require_over(who, name, "deleting this user")?;
             if name == who.user {
                 return Err(OpsError::Conflict("you cannot delete yourself".into()));
             }
