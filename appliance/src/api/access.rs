@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::parse_body;
 use crate::access::{Principal, Privilege};
-use crate::http::{json, json_error, response, Body, Req};
+use crate::http::{json, response, Body, Req};
 use crate::ops::{audit_csv, AuditFilter, Ops, OpsError};
 
 /// `None` when the path is not one of these routes.
@@ -150,13 +150,6 @@ pub(super) async fn route(
                     Some(other) => Err(OpsError::BadRequest(format!("unknown format {other:?}"))),
                 }
             }
-            (
-                ["users"] | ["users", _] | ["roles"] | ["roles", _] | ["privileges"] | ["audit"],
-                _,
-            ) => Ok(json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("method {m} not allowed on {}", req.path),
-            )),
             _ => Err(super::not_mine()),
         }
     }

@@ -12,7 +12,7 @@ use super::parse_body;
 use super::views::host_json;
 use crate::access::Principal;
 use crate::ha::failover::Failover;
-use crate::http::{json, json_error, Body, Req};
+use crate::http::{json, Body, Req};
 use crate::ops::{ClusterView, Ops, OpsError};
 
 #[derive(Deserialize, Default)]
@@ -30,12 +30,7 @@ pub(super) async fn route(
     segments: &[&str],
 ) -> Option<Result<Response<Body>, OpsError>> {
     let m = &req.method;
-    let wrong_method = || {
-        Ok(json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("method {m} not allowed on {}", req.path),
-        ))
-    };
+
     let ok = |v: Value| Ok(json(StatusCode::OK, &v));
     let result = async {
         match (segments, m) {
@@ -78,18 +73,6 @@ pub(super) async fn route(
                 };
                 ok(json!(ops.failback_physical(who, id, body.confirm).await?))
             }
-            (
-                ["cluster"]
-                | ["ha", "settings" | "events"]
-                | ["hosts", _, "ha"]
-                | ["vms", _, "ha"]
-                | ["failovers"]
-                | ["failovers", _]
-                | ["physical-machines"]
-                | ["physical-machines", _]
-                | ["physical-machines", _, "failback"],
-                _,
-            ) => wrong_method(),
             _ => Err(super::not_mine()),
         }
     }
