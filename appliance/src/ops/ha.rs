@@ -1,6 +1,7 @@
 //! HA operations: settings for the cluster, hosts and VMs, the cluster view
 //! with admission control, failover history, physical machines.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Ops, OpsError};
@@ -10,7 +11,7 @@ use crate::ha::failover::Failover;
 use crate::ha::physical::{PhysicalMachine, PhysicalState};
 use crate::ha::settings::{ClusterHa, HostHa, VmHa};
 use crate::ha::HostEvent;
-use crate::inventory::HostView;
+use crate::inventory::{HostView, Vm};
 use lifeboat_proto::{Command, PowerAction, PowerState};
 
 /// One host in the cluster view.
@@ -35,18 +36,18 @@ impl Ops {
     pub fn cluster_view(&self, who: &Principal) -> Result<ClusterView, OpsError> {
         require(who, Privilege::View, "viewing the cluster")?;
         let settings = self.ha.cluster();
-        // One pass over the HA-enabled VMs (few), not the inventory per host.
-        let mut load: std::collections::HashMap<String, (usize, u64)> = Default::default();
-        for (uuid, ha) in self.ha.vms.entries() {
-            let Some(vm) = ha.enabled.then(|| self.inventory.vm(&uuid)).flatten() else {
-                continue;
-            };
-            let entry = load.entry(vm.host_id.clone()).or_default();
-            entry.0 += 1;
-            if vm.info.power_state == PowerState::Running {
-                entry.1 += vm.info.memory_mib << 20;
-            }
-        }
+        let load: HashMap<String, (usize, u64)> = self
+            .ha_vms_by_host()
+            .into_iter()
+            .map(|(host, vms)| {
+                let running = vms
+                    .iter()
+                    .filter(|(vm, _)| vm.info.power_state == PowerState::Running)
+                    .map(|(vm, _)| vm.info.memory_mib << 20)
+                    .sum();
+                (host, (vms.len(), running))
+            })
+            .collect();
         let mut hosts: Vec<ClusterHost> = self
             .inventory
             .hosts()
@@ -70,6 +71,22 @@ impl Ops {
             hosts,
             admission_warning,
         })
+    }
+
+    /// The HA-enabled VMs of every host with their settings, by UUID: one
+    /// pass over the HA settings (few), never over the inventory per host.
+    pub(super) fn ha_vms_by_host(&self) -> HashMap<String, Vec<(Vm, VmHa)>> {
+        let mut by_host: HashMap<String, Vec<(Vm, VmHa)>> = HashMap::new();
+        for (uuid, ha) in self.ha.vms.entries() {
+            if let Some(vm) = ha.enabled.then(|| self.inventory.vm(&uuid)).flatten() {
+                by_host
+                    .entry(vm.host_id.clone())
+                    .or_default()
+                    .push((vm, ha));
+            }
+        }
+        // Entries come in UUID order, so each list is sorted already.
+        by_host
     }
 
     pub async fn set_cluster_ha(

@@ -69,10 +69,11 @@ impl Ops {
         let cluster = self.ha.cluster();
         let t = timing(&cluster);
         let hosts = self.inventory.hosts();
-        let mut protected = self.protected_vms_by_host();
+        let mut protected = self.ha_vms_by_host();
         for h in &hosts {
             let vms = protected.remove(&h.host.id).unwrap_or_default();
-            self.send_ha_config(h, &cluster, vms).await;
+            let uuids = vms.into_iter().map(|(vm, _)| vm.info.uuid).collect();
+            self.send_ha_config(h, &cluster, uuids).await;
         }
         for (host_id, record) in self.hub.take_fence_reports() {
             let message = format!(
@@ -166,21 +167,6 @@ impl Ops {
 
     /// Tells a connected agent what to fence and where its storage
     /// heartbeat goes, whenever that changes or it reconnects.
-    /// The HA-enabled VMs of every host, sorted: one pass over the VMs
-    /// with HA settings (few), not over the inventory per host.
-    pub(super) fn protected_vms_by_host(&self) -> HashMap<String, Vec<String>> {
-        let mut by_host: HashMap<String, Vec<String>> = HashMap::new();
-        for (uuid, ha) in self.ha.vms.entries() {
-            if let Some(vm) = ha.enabled.then(|| self.inventory.vm(&uuid)).flatten() {
-                by_host.entry(vm.host_id).or_default().push(uuid);
-            }
-        }
-        for list in by_host.values_mut() {
-            list.sort();
-        }
-        by_host
-    }
-
     async fn send_ha_config(&self, h: &HostView, cluster: &ClusterHa, protected: Vec<String>) {
         let id = &h.host.id;
         let Some(connection) = self.hub.connection(id) else {
@@ -373,28 +359,27 @@ impl Ops {
         }
         let told = self.ha.told_to_protect.get(id).unwrap_or_default();
         let oob = self.ha.watch(id).oob == OobFence::Succeeded;
-        let mut vms: Vec<VmMove> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| v.host_id == *id)
-                .filter_map(|v| {
-                    let ha = self.ha.vm(&v.info.uuid);
-                    let covered = oob || told.contains(&v.info.uuid);
-                    (ha.enabled && covered).then(|| VmMove {
-                        uuid: v.info.uuid.clone(),
-                        name: v.info.name.clone(),
-                        priority: ha.priority,
-                        method: ha.method,
-                        memory_mib: v.info.memory_mib,
-                        anti_affinity_group: ha.anti_affinity_group.clone(),
-                        prior_state: v.info.power_state,
-                        config: v.info.config.clone(),
-                        destination: None,
-                        state: MoveState::Pending,
-                        error: None,
-                        attempts: 0,
-                    })
-                })
-                .collect()
-        });
+        let mut vms: Vec<VmMove> = self
+            .ha_vms_by_host()
+            .remove(id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(v, _)| oob || told.contains(&v.info.uuid))
+            .map(|(v, ha)| VmMove {
+                uuid: v.info.uuid,
+                name: v.info.name,
+                priority: ha.priority,
+                method: ha.method,
+                memory_mib: v.info.memory_mib,
+                anti_affinity_group: ha.anti_affinity_group,
+                prior_state: v.info.power_state,
+                config: v.info.config,
+                destination: None,
+                state: MoveState::Pending,
+                error: None,
+                attempts: 0,
+            })
+            .collect();
         if vms.is_empty() {
             return;
         }
