@@ -169,13 +169,7 @@ async fn write_disk<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn zero_digest(size: u64, i: u64) -> ChunkDigest {
-    let len = CHUNK_SIZE.min(size - i * CHUNK_SIZE);
-    static FULL: std::sync::OnceLock<ChunkDigest> = std::sync::OnceLock::new();
-    if len == CHUNK_SIZE {
-        *FULL.get_or_init(|| ChunkDigest::of(&vec![0u8; CHUNK_SIZE as usize]))
-    } else {
-        ChunkDigest::of(&vec![0u8; len as usize])
-    }
+    ChunkDigest::of_zeros(CHUNK_SIZE.min(size - i * CHUNK_SIZE) as usize)
 }
 
 /// Removes what a failed restore wrote: temp images and the config drive

@@ -2,6 +2,8 @@
 //! then the raw or zstd payload. Decoding checks sizes before allocating and
 //! bounds zstd output to the declared length: a hostile blob costs ≤ 4 MiB.
 
+use std::borrow::Cow;
+
 use crate::digest::ChunkDigest;
 use crate::CHUNK_SIZE;
 
@@ -41,31 +43,77 @@ const ZSTD_LEVEL: i32 = 1;
 /// Builds the blob for one chunk. With `compress`, the payload is zstd unless
 /// that would not be smaller (random or already-compressed data), then raw.
 pub fn encode(data: &[u8], compress: bool) -> Result<Vec<u8>> {
+    let mut blob = Vec::new();
+    encode_into(data, compress, &mut blob)?;
+    Ok(blob)
+}
+
+/// Room a blob of `len` bytes of data may need; a buffer this large never
+/// grows in [`encode_into`].
+pub fn blob_capacity(len: usize) -> usize {
+    HEADER_SIZE + zstd::zstd_safe::compress_bound(len)
+}
+
+/// [`encode`] into `blob`, replacing what it held: a caller encoding many
+/// chunks reuses one buffer.
+pub fn encode_into(data: &[u8], compress: bool, blob: &mut Vec<u8>) -> Result<()> {
     if data.len() as u64 > CHUNK_SIZE {
         return Err(ChunkError::TooLarge { len: data.len() });
     }
-    let compressed = compress
-        .then(|| zstd::bulk::compress(data, ZSTD_LEVEL).ok())
-        .flatten()
-        .filter(|c| c.len() < data.len());
-    let (encoding, payload) = match &compressed {
-        Some(c) => (ENCODING_ZSTD, c.as_slice()),
-        None => (ENCODING_RAW, data),
+    blob.clear();
+    blob.reserve(blob_capacity(data.len()));
+    blob.resize(HEADER_SIZE, 0);
+    let encoding = if compress && compress_after_header(data, blob) {
+        ENCODING_ZSTD
+    } else {
+        blob.truncate(HEADER_SIZE);
+        blob.extend_from_slice(data);
+        ENCODING_RAW
     };
-    let mut blob = Vec::with_capacity(HEADER_SIZE + payload.len());
-    blob.extend_from_slice(&MAGIC);
-    blob.push(encoding);
-    blob.extend_from_slice(&[0; 3]);
+    let payload = &blob[HEADER_SIZE..];
+    let mut header = [0u8; HEADER_SIZE];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8] = encoding;
     // Both lengths fit in u32: checked against CHUNK_SIZE / MAX_PAYLOAD above.
-    blob.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    blob.extend_from_slice(payload);
-    Ok(blob)
+    header[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    header[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[20..24].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    blob[..HEADER_SIZE].copy_from_slice(&header);
+    Ok(())
+}
+
+/// Appends `data` zstd-compressed to `blob` (which holds the header so far);
+/// false, with `blob` in an unspecified state, if that is not smaller than
+/// `data`. Each thread keeps one compression context: making one per chunk
+/// costs as much as compressing random data.
+fn compress_after_header(data: &[u8], blob: &mut Vec<u8>) -> bool {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|cell| {
+        let mut context = cell.borrow_mut();
+        if context.is_none() {
+            *context = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        let Some(compressor) = context.as_mut() else {
+            return false;
+        };
+        let mut out = std::io::Cursor::new(std::mem::take(blob));
+        out.set_position(HEADER_SIZE as u64);
+        let written = compressor.compress_to_buffer(data, &mut out);
+        *blob = out.into_inner();
+        matches!(written, Ok(n) if n < data.len())
+    })
 }
 
 /// Decodes a blob to the chunk's data, validating header, CRC and lengths.
 pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
+    decode_borrowed(blob).map(Cow::into_owned)
+}
+
+/// [`decode`] without copying a raw payload.
+fn decode_borrowed(blob: &[u8]) -> Result<Cow<'_, [u8]>> {
     let header = blob.get(..HEADER_SIZE).ok_or(ChunkError::Truncated {
         need: HEADER_SIZE,
         have: blob.len(),
@@ -122,7 +170,7 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
         });
     }
     if encoding == ENCODING_RAW {
-        return Ok(payload.to_vec());
+        return Ok(Cow::Borrowed(payload));
     }
     // One-shot decompression into a buffer of exactly `declared` bytes: zstd
     // fails with "destination too small" rather than grow it.
@@ -136,21 +184,32 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
             reason: format!("decompressed to {} bytes", data.len()),
         });
     }
-    Ok(data)
+    Ok(Cow::Owned(data))
 }
 
-/// [`decode`], then checks that the data hashes to `expected`: what the
-/// controller runs on every upload so no chunk is stored under a wrong name.
+/// [`decode`], then checks that the data hashes to `expected`.
 pub fn decode_verified(blob: &[u8], expected: &ChunkDigest) -> Result<Vec<u8>> {
-    let data = decode(blob)?;
-    let actual = ChunkDigest::of(&data);
+    let data = decode_borrowed(blob)?;
+    check_digest(&data, expected)?;
+    Ok(data.into_owned())
+}
+
+/// Checks that a blob decodes to data hashing to `expected`, without
+/// keeping the data: what the controller runs on every upload so no chunk
+/// is stored under a wrong name.
+pub fn verify(blob: &[u8], expected: &ChunkDigest) -> Result<()> {
+    check_digest(&decode_borrowed(blob)?, expected)
+}
+
+fn check_digest(data: &[u8], expected: &ChunkDigest) -> Result<()> {
+    let actual = ChunkDigest::of(data);
     if actual != *expected {
         return Err(ChunkError::DigestMismatch {
             expected: *expected,
             actual,
         });
     }
-    Ok(data)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,18 @@ impl ChunkDigest {
         ChunkDigest(Sha256::digest(data).into())
     }
 
+    /// The digest of `len` zero bytes; the full-chunk one is computed once
+    /// (hashing 4 MiB of zeros per hole would cost as much as real data).
+    pub fn of_zeros(len: usize) -> Self {
+        static FULL: std::sync::OnceLock<ChunkDigest> = std::sync::OnceLock::new();
+        let full = crate::CHUNK_SIZE as usize;
+        if len == full {
+            *FULL.get_or_init(|| ChunkDigest::of(&vec![0u8; full]))
+        } else {
+            ChunkDigest::of(&vec![0u8; len])
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -7,6 +7,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod buffers;
 pub mod chunk;
 pub mod digest;
 mod ha;
@@ -430,22 +431,28 @@ pub enum Frame<T> {
     },
 }
 
+/// Writes one frame: `head` (a message, or a chunk's digest) in a single
+/// write with the length and kind, then `tail` (a chunk's blob) as it is,
+/// never copied into a frame buffer. A message goes out in one piece, so a
+/// peer that answers and hangs up still gets all of it first.
 async fn write_raw<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: u8,
-    parts: &[&[u8]],
+    head: &[u8],
+    tail: &[u8],
 ) -> Result<(), FrameError> {
-    let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let len = 1 + head.len() + tail.len();
     if len > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(len));
     }
-    let mut buf = Vec::with_capacity(4 + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    buf.push(kind);
-    for p in parts {
-        buf.extend_from_slice(p);
+    let mut first = Vec::with_capacity(5 + head.len());
+    first.extend_from_slice(&(len as u32).to_be_bytes());
+    first.push(kind);
+    first.extend_from_slice(head);
+    w.write_all(&first).await?;
+    if !tail.is_empty() {
+        w.write_all(tail).await?;
     }
-    w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
 }
@@ -456,7 +463,7 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    write_raw(w, KIND_JSON, &[&serde_json::to_vec(msg)?]).await
+    write_raw(w, KIND_JSON, &serde_json::to_vec(msg)?, &[]).await
 }
 
 /// Writes one chunk frame.
@@ -465,7 +472,7 @@ pub async fn write_chunk<W: AsyncWrite + Unpin>(
     digest: &[u8; 32],
     blob: &[u8],
 ) -> Result<(), FrameError> {
-    write_raw(w, KIND_CHUNK, &[digest, blob]).await
+    write_raw(w, KIND_CHUNK, digest, blob).await
 }
 
 /// Reads one frame of either kind. A clean end of stream before the length
@@ -488,18 +495,40 @@ where
     if len == 0 {
         return Err(FrameError::UnexpectedKind(u8::MAX));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    match body[0] {
-        KIND_JSON => Ok(Frame::Message(serde_json::from_slice(&body[1..])?)),
-        KIND_CHUNK if body.len() >= 33 => {
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind).await?;
+    let rest = len - 1;
+    match kind[0] {
+        KIND_JSON => Ok(Frame::Message(serde_json::from_slice(
+            &read_exactly(r, rest).await?,
+        )?)),
+        KIND_CHUNK if rest >= 32 => {
             let mut digest = [0u8; 32];
-            digest.copy_from_slice(&body[1..33]);
-            body.drain(..33);
-            Ok(Frame::Chunk { digest, blob: body })
+            r.read_exact(&mut digest).await?;
+            let mut blob = buffers::CHUNK_BUFFERS.take(rest - 32);
+            r.read_exact(&mut blob).await?;
+            Ok(Frame::Chunk { digest, blob })
         }
         other => Err(FrameError::UnexpectedKind(other)),
     }
+}
+
+/// Reads exactly `n` bytes (already bounded by the caller) into a new buffer,
+/// without zeroing it first.
+async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    n: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Vec::with_capacity(n);
+    // Not `read_to_end`: probing for the end would grow (and copy) a full
+    // buffer. `take` keeps a roomier allocation from reading the next frame.
+    while buf.len() < n {
+        let want = (n - buf.len()) as u64;
+        if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok(buf)
 }
 
 /// Reads one JSON message; a chunk frame here is a protocol error.

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use lifeboat_proto::{
-    chunk, read_frame, write_chunk, write_frame, ChunkDigest, DataMessage, DataReply,
+    buffers::CHUNK_BUFFERS, chunk, read_frame, write_chunk, write_frame, ChunkDigest, DataMessage,
+    DataReply,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -61,8 +62,8 @@ impl DiskSource for crate::nbd::NbdClient {
 
 pub type SharedSource = Arc<Mutex<Box<dyn DiskSource>>>;
 
-/// Chunks ready to upload: digest and blob.
-type Encoded = Vec<(ChunkDigest, Vec<u8>)>;
+/// A chunk the controller lacks: its digest and data.
+type ToUpload = (ChunkDigest, Vec<u8>);
 
 /// One chunk after reading and hashing.
 struct Hashed {
@@ -75,7 +76,8 @@ struct Hashed {
 
 fn read_chunk(source: &SharedSource, size: u64, i: u64) -> anyhow::Result<Vec<u8>> {
     let (offset, len) = chunk_range(size, i);
-    let mut buf = vec![0u8; len as usize];
+    // Reads fill the whole buffer or fail, so stale contents never leak.
+    let mut buf = CHUNK_BUFFERS.take(len as usize);
     source
         .lock()
         .map_err(|_| anyhow::anyhow!("disk reader poisoned"))?
@@ -112,7 +114,7 @@ fn hash_batch(
             ChunkPlan::Zero => {
                 let (_, len) = chunk_range(size, i);
                 Hashed {
-                    digest: ChunkDigest::of(&vec![0u8; len as usize]),
+                    digest: ChunkDigest::of_zeros(len as usize),
                     data: None,
                     zero: true,
                 }
@@ -129,17 +131,18 @@ fn hash_batch(
     Ok((out, read))
 }
 
-/// Compresses the chunks the controller asked for, in its order, using every
-/// core. Chunks we did not read (reused, zero) are read or made now.
-fn encode_missing(
+/// The data of the chunks the controller asked for, in its order. Chunks we
+/// did not read (reused, zero) are read or made now. Returns them and the
+/// bytes this read.
+fn take_missing(
     source: &SharedSource,
     size: u64,
     first: u64,
     batch: &mut [Hashed],
     missing: &[ChunkDigest],
-) -> anyhow::Result<(Encoded, u64)> {
+) -> anyhow::Result<(Vec<ToUpload>, u64)> {
     let mut extra_read = 0u64;
-    let mut jobs: Vec<(ChunkDigest, Vec<u8>)> = Vec::with_capacity(missing.len());
+    let mut out = Vec::with_capacity(missing.len());
     let position: HashMap<ChunkDigest, usize> = batch
         .iter()
         .enumerate()
@@ -164,44 +167,57 @@ fn encode_missing(
                 d
             }
         };
-        jobs.push((*want, data));
+        out.push((*want, data));
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len().max(1));
-    let per = jobs.len().div_ceil(threads.max(1)).max(1);
-    let encoded: Vec<anyhow::Result<Encoded>> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(d, data)| Ok((*d, chunk::encode(data, true)?)))
-                        .collect::<anyhow::Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("compression thread panicked")))
-            })
-            .collect()
-    });
-    let mut out = Vec::with_capacity(missing.len());
-    for part in encoded {
-        out.extend(part?);
-    }
+    recycle(batch);
     Ok((out, extra_read))
 }
 
-async fn blocking<T: Send + 'static>(
+/// Returns the buffers of chunks the controller already had.
+fn recycle(batch: &mut [Hashed]) {
+    for data in batch.iter_mut().filter_map(|h| h.data.take()) {
+        CHUNK_BUFFERS.give(data);
+    }
+}
+
+/// Compresses `chunks` on every core and uploads them in order, each as soon
+/// as it and those before it are ready, so the controller stores while the
+/// agent still compresses.
+async fn upload<S: AsyncWrite + Unpin>(
+    chan: &mut S,
+    chunks: Vec<ToUpload>,
+) -> anyhow::Result<()> {
+    // One more than the cores, so a core is busy while a chunk is written.
+    let depth = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let mut chunks = chunks.into_iter();
+    let mut running = std::collections::VecDeque::with_capacity(depth);
+    loop {
+        while running.len() < depth {
+            let Some((digest, data)) = chunks.next() else {
+                break;
+            };
+            running.push_back(blocking(move || {
+                let mut blob = CHUNK_BUFFERS.take(0);
+                chunk::encode_into(&data, true, &mut blob)?;
+                CHUNK_BUFFERS.give(data);
+                Ok((digest, blob))
+            }));
+        }
+        let Some(next) = running.pop_front() else {
+            return Ok(());
+        };
+        let (digest, blob) = next.await?;
+        write_chunk(chan, &digest.0, &blob).await?;
+        CHUNK_BUFFERS.give(blob);
+    }
+}
+
+/// Runs CPU or disk work off the runtime; starts at once, not when awaited.
+fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("reader task panicked")?
+) -> impl std::future::Future<Output = anyhow::Result<T>> {
+    let task = tokio::task::spawn_blocking(f);
+    async move { task.await.context("agent worker task panicked")? }
 }
 
 /// Sends one disk. `progress` is called with the bytes of the disk covered so
@@ -263,16 +279,13 @@ pub async fn send_disk<S: AsyncRead + AsyncWrite + Unpin>(
         };
         if !missing.is_empty() {
             let src = source.clone();
-            let (encoded, extra, _batch) = blocking(move || {
-                let (encoded, extra) =
-                    encode_missing(&src, size, first as u64, &mut batch, &missing)?;
-                Ok((encoded, extra, batch))
-            })
-            .await?;
+            let (chunks, extra) =
+                blocking(move || take_missing(&src, size, first as u64, &mut batch, &missing))
+                    .await?;
             bytes_read += extra;
-            for (digest, blob) in &encoded {
-                write_chunk(chan, &digest.0, blob).await?;
-            }
+            upload(chan, chunks).await?;
+        } else {
+            recycle(&mut batch);
         }
         let (done_to, _) = chunk_range(size, (end - 1) as u64);
         progress((done_to + chunk_range(size, (end - 1) as u64).1).min(size));

@@ -111,7 +111,7 @@ impl ChunkStore {
             Err(BackupError::ChunkMissing(_)) => {}
             Err(e) => return Err(e),
         }
-        chunk::decode_verified(blob, digest)?;
+        chunk::verify(blob, digest)?;
         let hex = digest.to_hex();
         let prefix_dir = self.dir.join(&hex[..4]);
         if !prefix_dir.is_dir() {

@@ -124,6 +124,17 @@ pub(crate) fn write_file_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(
         let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
         file.write_all(data).map_err(io_at(&tmp))?;
         file.sync_all().map_err(io_at(&tmp))?;
+        // The pages are clean now; drop them. Datastore files are written once
+        // and rarely read soon, and reusing the freed pages for the next file
+        // is far cheaper than growing the page cache into untouched memory
+        // (3.1 s against 0.65 s for 1 GiB of 4 MiB chunks on a VM, measured).
+        // Only advice: a file system without it loses nothing.
+        let _ = nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
         let target = dir.join(name);
         std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
         fsync_dir(dir)

@@ -3,10 +3,12 @@
 //! and verifies every uploaded chunk before storing it. Anything the agent
 //! sends that breaks the protocol ends the channel with a reason.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lifeboat_proto::buffers::CHUNK_BUFFERS;
 use lifeboat_proto::{read_any, write_frame, DataMessage, DataReply, Frame, FrameError};
 
 use super::manifest::index_file_name_for;
@@ -94,6 +96,61 @@ async fn next<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Chunk inserts (verify, write, fsync) running beside the receiving, so the
+/// next batch's digests are answered while earlier chunks are still being
+/// stored. A digest being stored counts as present: if its insert fails,
+/// the whole backup fails with it.
+struct Inserts {
+    running: tokio::task::JoinSet<Result<ChunkDigest, BackupError>>,
+    pending: HashSet<ChunkDigest>,
+}
+
+impl Inserts {
+    fn new() -> Self {
+        Inserts {
+            running: tokio::task::JoinSet::new(),
+            pending: HashSet::new(),
+        }
+    }
+
+    /// Starts storing a chunk, first waiting for one if too many run.
+    async fn start(
+        &mut self,
+        store: &Arc<Datastore>,
+        digest: ChunkDigest,
+        blob: Vec<u8>,
+    ) -> Result<(), ReceiveError> {
+        // At most a few chunks in memory per channel, whatever the agent sends.
+        if self.running.len() >= MAX_INSERTS_IN_FLIGHT {
+            self.reap_one().await?;
+        }
+        let store = store.clone();
+        self.pending.insert(digest);
+        self.running.spawn_blocking(move || {
+            let stored = store.chunks().insert(&digest, &blob).map(|_| digest);
+            CHUNK_BUFFERS.give(blob);
+            stored
+        });
+        Ok(())
+    }
+
+    /// Waits for one insert; false if none was running.
+    async fn reap_one(&mut self) -> Result<bool, ReceiveError> {
+        let Some(done) = self.running.join_next().await else {
+            return Ok(false);
+        };
+        let digest = done.map_err(|e| protocol(format!("storage task failed: {e}")))??;
+        self.pending.remove(&digest);
+        Ok(true)
+    }
+
+    /// Waits until every chunk received so far is durable.
+    async fn finish(&mut self) -> Result<(), ReceiveError> {
+        while self.reap_one().await? {}
+        Ok(())
+    }
+}
+
 async fn receive_loop(
     stream: &mut DataStream,
     store: &Arc<Datastore>,
@@ -104,6 +161,7 @@ async fn receive_loop(
     write_frame(stream, &DataReply::Ready).await?;
     let mut done: Vec<ReceivedDisk> = Vec::new();
     let mut open: Option<OpenDisk> = None;
+    let mut inserts = Inserts::new();
     loop {
         let msg = match next::<DataMessage>(stream).await {
             Ok(Frame::Message(m)) => m,
@@ -135,12 +193,13 @@ async fn receive_loop(
                 let disk = open
                     .take()
                     .ok_or_else(|| protocol("digests outside a disk"))?;
-                let (disk, missing) = record_digests(store, disk, first, &digests).await?;
+                let (disk, mut missing) = record_digests(store, disk, first, &digests).await?;
+                missing.retain(|d| !inserts.pending.contains(d));
                 let reply = DataReply::Missing {
                     digests: missing.iter().map(|d| d.to_hex()).collect(),
                 };
                 write_frame(stream, &reply).await?;
-                open = Some(receive_chunks(stream, store, disk, &missing).await?);
+                open = Some(receive_chunks(stream, store, disk, &missing, &mut inserts).await?);
             }
             DataMessage::Fetch { .. } => return Err(protocol("fetch on a backup channel")),
             DataMessage::DiskEnd => {
@@ -154,6 +213,7 @@ async fn receive_loop(
                     writer,
                     bytes_new,
                 } = disk;
+                inserts.finish().await?;
                 let chunk_count = writer.chunk_count();
                 let index_checksum = blocking(move || writer.finish()).await?;
                 done.push(ReceivedDisk {
@@ -201,16 +261,15 @@ async fn record_digests(
     .await
 }
 
-/// Receives exactly the `missing` chunks, in order, verifying each. Chunks
-/// are stored as they arrive, several at once (verification and fsync run
-/// in parallel), and all are durable before this returns.
+/// Receives exactly the `missing` chunks, in order, and starts storing each
+/// (verification and fsync run in parallel, see [`Inserts`]).
 async fn receive_chunks(
     stream: &mut DataStream,
     store: &Arc<Datastore>,
     mut disk: OpenDisk,
     missing: &[ChunkDigest],
+    inserts: &mut Inserts,
 ) -> Result<OpenDisk, ReceiveError> {
-    let mut inserts = tokio::task::JoinSet::new();
     for want in missing {
         let (digest, blob) = match next::<DataMessage>(stream).await? {
             Frame::Chunk { digest, blob } => (ChunkDigest(digest), blob),
@@ -220,17 +279,7 @@ async fn receive_chunks(
             return Err(protocol(format!("sent chunk {digest}, expected {want}")));
         }
         disk.bytes_new += blob.len() as u64;
-        // At most a few chunks in memory per channel, whatever the agent sends.
-        if inserts.len() >= MAX_INSERTS_IN_FLIGHT {
-            if let Some(done) = inserts.join_next().await {
-                done.map_err(|e| protocol(format!("storage task failed: {e}")))??;
-            }
-        }
-        let store = store.clone();
-        inserts.spawn_blocking(move || store.chunks().insert(&digest, &blob));
-    }
-    while let Some(done) = inserts.join_next().await {
-        done.map_err(|e| protocol(format!("storage task failed: {e}")))??;
+        inserts.start(store, digest, blob).await?;
     }
     Ok(disk)
 }
