@@ -10,7 +10,7 @@ mod failover;
 fn usage() -> ! {
     eprintln!(
         "usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]\n       \
-         lifeboat-bench backup [--size-mib N] [--runs N]\n       \
+         lifeboat-bench backup [--size-mib N] [--runs N] [--full-only 1]\n       \
          lifeboat-bench failover [--runs N]"
     );
     std::process::exit(2)
