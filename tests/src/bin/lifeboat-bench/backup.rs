@@ -174,8 +174,7 @@ pub fn run(flags: &[String]) {
         let controller = Controller::start();
         let agent = Agent::start(&controller, &format!("bench{r}"), Some(libvirt.uri()));
         let api = controller.api();
-        api.wait_host_status(agent.name(), "online", READY_TIMEOUT);
-        api.wait_vm(vm.name(), READY_TIMEOUT);
+        api.wait_host_with_vm(agent.name(), vm.name());
         let (secs, b) = backup_once(&api, &vm, "full");
         eprintln!("full run {r}: {secs:.2} s, read {} bytes", b["bytes_read"]);
         full.push(secs);
@@ -214,20 +213,20 @@ pub fn run(flags: &[String]) {
     let mb = |secs: f64| size as f64 / MIB as f64 / secs;
     println!("image: {size_mib} MiB (¼ zeros, ¼ text, ½ random), {runs} runs each, medians");
     println!();
-    println!("| what | seconds | MiB/s | Lifeboat ÷ it |");
+    println!("| what | seconds | MiB/s | Lifeboat's throughput against it |");
     println!("|---|---|---|---|");
     println!(
-        "| `zstd -1 -T0` of the raw image | {z:.2} | {:.0} | {:.2}× faster |",
+        "| `zstd -1 -T0` of the raw image | {z:.2} | {:.0} | {:.2}× |",
         mb(z),
         z / f
     );
     println!(
-        "| `qemu-img convert -c -O qcow2` | {q:.2} | {:.0} | {:.2}× faster |",
+        "| `qemu-img convert -c -O qcow2` | {q:.2} | {:.0} | {:.2}× |",
         mb(q),
         q / f
     );
     println!(
-        "| `openssl dgst -sha256` of the raw image (one core) | {h:.2} | {:.0} | {:.2}× faster |",
+        "| `openssl dgst -sha256` of the raw image (one core) | {h:.2} | {:.0} | {:.2}× |",
         mb(h),
         h / f
     );
