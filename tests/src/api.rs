@@ -285,6 +285,13 @@ impl Api {
     }
 
     /// Waits until `GET /api/v1/vms` lists a VM named `name`, and returns it.
+    /// Waits for host `host` to be online and VM `vm` in the inventory (the
+    /// start of most end-to-end tests); returns the VM.
+    pub fn wait_host_with_vm(&self, host: &str, vm: &str) -> Value {
+        self.wait_host_status(host, "online", crate::READY_TIMEOUT);
+        self.wait_vm(vm, crate::READY_TIMEOUT)
+    }
+
     pub fn wait_vm(&self, name: &str, timeout: Duration) -> Value {
         poll_until(&format!("VM `{name}` in the inventory"), timeout, || {
             self.find_named("/api/v1/vms", name)

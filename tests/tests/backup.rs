@@ -45,8 +45,7 @@ fn hot_backup_is_point_in_time_and_restores_byte_for_byte() {
         .arg("16")
         .start(&controller);
     let api = controller.api();
-    api.wait_host_status("kvm-hot", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-hot", vm.name());
     vm.start();
     vm.write_pattern(0xaa, 0, "64M"); // pattern A everywhere
 
@@ -110,8 +109,7 @@ fn incremental_backup_reads_only_changed_chunks() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-incr", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-incr", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-incr", vm.name());
     vm.start();
     vm.write_pattern(0xaa, 0, "64M");
 
@@ -146,8 +144,7 @@ fn stopped_vm_is_backed_up_directly() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-cold", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-cold", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-cold", vm.name());
     vm.start();
     vm.write_pattern(0x5a, 8 * MIB, "2M");
     vm.destroy();
@@ -180,8 +177,7 @@ fn verify_catches_a_flipped_byte_and_the_next_backup_heals_it() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-verify", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-verify", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-verify", vm.name());
 
     backup(&api, &vm, "full");
     let id = api.backups(vm.uuid())[0]["id"]
@@ -258,8 +254,7 @@ fn export_delete_import_restore_keeps_everything() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-archive", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-archive", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-archive", vm.name());
     backup(&api, &vm, "full");
     let b = api.backups(vm.uuid()).remove(0);
     let (id, time) = (
@@ -350,8 +345,7 @@ fn restore_as_new_runs_beside_the_original_with_a_new_identity() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-asnew", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-asnew", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-asnew", vm.name());
     vm.start();
     vm.write_pattern(0x6b, 2 * MIB, "3M");
     backup(&api, &vm, "full");
@@ -457,8 +451,7 @@ fn restore_onto_a_host_without_the_vms_network_is_refused_cleanly() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-nonet", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-nonet", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-nonet", vm.name());
     backup(&api, &vm, "full");
     let id = api.backups(vm.uuid())[0]["id"]
         .as_str()

@@ -67,8 +67,7 @@ fn agent_killed_mid_backup_then_a_clean_retry() {
     let controller = Controller::start();
     let mut agent = slow_agent(&controller, "kvm-agentkill", &libvirt);
     let api = controller.api();
-    api.wait_host_status("kvm-agentkill", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-agentkill", vm.name());
     vm.start();
     vm.write_pattern(0x11, 0, "64M");
 
@@ -114,8 +113,7 @@ fn controller_killed_mid_backup_then_a_clean_retry() {
     let mut controller = Controller::start();
     let agent = slow_agent(&controller, "kvm-ctlkill", &libvirt);
     let api = controller.api();
-    api.wait_host_status("kvm-ctlkill", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-ctlkill", vm.name());
     vm.start();
     vm.write_pattern(0x22, 0, "64M");
 
@@ -190,8 +188,7 @@ fn a_full_datastore_fails_the_job_and_keeps_earlier_backups() {
         .start();
     let _agent = Agent::start(&controller, "kvm-full", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-full", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-full", vm.name());
 
     // A first backup of the empty disk fits.
     let job = api.wait_job(&start_backup(&api, &vm), JOB);

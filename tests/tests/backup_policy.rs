@@ -36,8 +36,7 @@ fn policy_backs_up_and_retention_keeps_the_newest_and_the_protected() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-policy", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-policy", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-policy", vm.name());
 
     for (body, why) in [
         (

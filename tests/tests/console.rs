@@ -230,8 +230,7 @@ fn console_screenshots_in_chromium() {
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "kvm-shot", Some(libvirt.uri()));
     let api = controller.api();
-    api.wait_host_status("kvm-shot", "online", READY_TIMEOUT);
-    api.wait_vm(vm.name(), READY_TIMEOUT);
+    api.wait_host_with_vm("kvm-shot", vm.name());
     let job = api.post_job(
         &format!("/api/v1/vms/{}/power", vm.uuid()),
         &json!({"action": "start"}),
