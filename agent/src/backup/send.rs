@@ -183,10 +183,7 @@ fn recycle(batch: &mut [Hashed]) {
 /// Compresses `chunks` on every core and uploads them in order, each as soon
 /// as it and those before it are ready, so the controller stores while the
 /// agent still compresses.
-async fn upload<S: AsyncWrite + Unpin>(
-    chan: &mut S,
-    chunks: Vec<ToUpload>,
-) -> anyhow::Result<()> {
+async fn upload<S: AsyncWrite + Unpin>(chan: &mut S, chunks: Vec<ToUpload>) -> anyhow::Result<()> {
     // One more than the cores, so a core is busy while a chunk is written.
     let depth = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     let mut chunks = chunks.into_iter();

@@ -283,3 +283,100 @@ async fn receive_chunks(
     }
     Ok(disk)
 }
+
+#[cfg(test)]
+mod tests {
+    use lifeboat_proto::{chunk, read_frame, write_chunk};
+
+    use super::*;
+    use crate::backup::TestDir;
+
+    const SIZE: u64 = 3 * lifeboat_proto::CHUNK_SIZE;
+
+    /// Runs `receive_disks` for one disk `vda` against `agent`, which plays
+    /// the other end of the channel.
+    async fn receive<F, Fut>(tag: &str, agent: F) -> Result<Vec<ReceivedDisk>, ReceiveError>
+    where
+        F: FnOnce(tokio::io::DuplexStream) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let root = TestDir::new(tag);
+        let store = Arc::new(Datastore::create_or_open(&root).unwrap());
+        let dir = root.join("backup");
+        std::fs::create_dir(&dir).unwrap();
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let controller = receive_disks(Box::new(ours), store, dir, 0, vec!["vda".into()]);
+        let (received, ()) = tokio::join!(controller, agent(theirs));
+        received
+    }
+
+    async fn ask(
+        chan: &mut tokio::io::DuplexStream,
+        first: u64,
+        digests: &[ChunkDigest],
+    ) -> Vec<String> {
+        let digests = digests.iter().map(|d| d.to_hex()).collect();
+        write_frame(chan, &DataMessage::Digests { first, digests })
+            .await
+            .unwrap();
+        match read_frame::<_, DataReply>(chan).await.unwrap() {
+            DataReply::Missing { digests } => digests,
+            other => panic!("expected missing, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_asked_for_once_even_while_it_is_being_stored() {
+        let data = vec![7u8; 1000];
+        let d = ChunkDigest::of(&data);
+        let received = receive("recv-once", |mut chan| async move {
+            assert!(matches!(
+                read_frame(&mut chan).await.unwrap(),
+                DataReply::Ready
+            ));
+            let begin = DataMessage::DiskBegin {
+                target: "vda".into(),
+                size_bytes: SIZE,
+            };
+            write_frame(&mut chan, &begin).await.unwrap();
+            assert_eq!(ask(&mut chan, 0, &[d, d]).await, vec![d.to_hex()]);
+            write_chunk(&mut chan, &d.0, &chunk::encode(&data, true).unwrap())
+                .await
+                .unwrap();
+            // Asked right after the upload: stored or still being stored,
+            // it is not asked for again.
+            assert!(ask(&mut chan, 2, &[d]).await.is_empty());
+            write_frame(&mut chan, &DataMessage::DiskEnd).await.unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!((received.len(), received[0].chunk_count), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_fails_verification_fails_the_disk() {
+        let d = ChunkDigest::of(b"what the agent announced");
+        let err = receive("recv-bad", |mut chan| async move {
+            assert!(matches!(
+                read_frame(&mut chan).await.unwrap(),
+                DataReply::Ready
+            ));
+            let begin = DataMessage::DiskBegin {
+                target: "vda".into(),
+                size_bytes: SIZE,
+            };
+            write_frame(&mut chan, &begin).await.unwrap();
+            assert_eq!(ask(&mut chan, 0, &[d]).await.len(), 1);
+            let other = chunk::encode(b"what it sent", true).unwrap();
+            write_chunk(&mut chan, &d.0, &other).await.unwrap();
+            // The bad chunk may still be in verification when this batch is
+            // answered; the disk's end waits for it and fails.
+            let _ = write_frame(&mut chan, &DataMessage::DiskEnd).await;
+            let reply = read_frame::<_, DataReply>(&mut chan).await;
+            assert!(matches!(reply, Ok(DataReply::Failed { .. })), "{reply:?}");
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("does not match digest"), "{err}");
+    }
+}
