@@ -256,246 +256,189 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             .collect();
         return Ok(json(StatusCode::OK, &json!(list)));
     }
-    let not_allowed = || {
-        Ok(json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("method {m} not allowed on {}", req.path),
-        ))
-    };
-    match segments.as_slice() {
-        ["session"] => match *m {
-            Method::DELETE => {
-                let token = req
-                    .header("authorization")
-                    .and_then(|a| a.strip_prefix("Bearer "))
-                    .ok_or_else(|| bad_request("DELETE /session needs the bearer token to end"))?;
-                ops.logout(&who, token.trim()).await?;
-                Ok(json(StatusCode::OK, &json!({"ended": true})))
+    // The catalog answered every wrong method above: only routes it lists
+    // get here, so there is no 405 to give below.
+    match (segments.as_slice(), m) {
+        (["session"], &Method::DELETE) => {
+            let token = req
+                .header("authorization")
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .ok_or_else(|| bad_request("DELETE /session needs the bearer token to end"))?;
+            ops.logout(&who, token.trim()).await?;
+            Ok(json(StatusCode::OK, &json!({"ended": true})))
+        }
+        (["enrollment-tokens"], &Method::POST) => {
+            let issued = ops.issue_enrollment_token(&who).await?;
+            Ok(json(
+                StatusCode::CREATED,
+                &json!({
+                    "token": issued.token,
+                    "ca_fingerprint": issued.ca_fingerprint,
+                    "expires_at": crate::clock::rfc3339(issued.record.expires_at),
+                }),
+            ))
+        }
+        (["hosts"], &Method::GET) => {
+            let hosts = ops.hosts(&who)?;
+            Ok(json(StatusCode::OK, &hosts.iter().map(host_json).collect()))
+        }
+        (["hosts", id], &Method::GET) => Ok(json(StatusCode::OK, &host_json(&ops.host(&who, id)?))),
+        (["vms"], &Method::GET) => {
+            let page = ops.vms(&who, &query_from(req)?)?;
+            let items: Vec<_> = page
+                .items
+                .iter()
+                .map(|v| vm_json(v, &ops.inventory.host_name(&v.host_id), false))
+                .collect();
+            let mut r = json(StatusCode::OK, &serde_json::Value::Array(items));
+            if let Ok(v) = page.total.to_string().parse() {
+                r.headers_mut().insert("x-total-count", v);
             }
-            _ => not_allowed(),
-        },
-        ["enrollment-tokens"] => match *m {
-            Method::POST => {
-                let issued = ops.issue_enrollment_token(&who).await?;
-                Ok(json(
-                    StatusCode::CREATED,
-                    &json!({
-                        "token": issued.token,
-                        "ca_fingerprint": issued.ca_fingerprint,
-                        "expires_at": crate::clock::rfc3339(issued.record.expires_at),
-                    }),
+            Ok(r)
+        }
+        (["vms", id], &Method::GET) => {
+            let vm = ops.vm(&who, id)?;
+            Ok(json(
+                StatusCode::OK,
+                &vm_json(&vm, &ops.inventory.host_name(&vm.host_id), true),
+            ))
+        }
+        (["vms", id, "power"], &Method::POST) => {
+            let body: PowerBody = parse_body(req)?;
+            let action = PowerAction::parse(&body.action).ok_or_else(|| {
+                bad_request(format!(
+                    "unknown action {:?}; expected one of start, shutdown, poweroff, pause, resume, reboot",
+                    body.action
                 ))
-            }
-            _ => not_allowed(),
-        },
-        ["hosts"] => match *m {
-            Method::GET => {
-                let hosts = ops.hosts(&who)?;
-                Ok(json(StatusCode::OK, &hosts.iter().map(host_json).collect()))
-            }
-            _ => not_allowed(),
-        },
-        ["hosts", id] => match *m {
-            Method::GET => Ok(json(StatusCode::OK, &host_json(&ops.host(&who, id)?))),
-            _ => not_allowed(),
-        },
-        ["vms"] => match *m {
-            Method::GET => {
-                let page = ops.vms(&who, &query_from(req)?)?;
-                let items: Vec<_> = page
-                    .items
-                    .iter()
-                    .map(|v| vm_json(v, &ops.inventory.host_name(&v.host_id), false))
-                    .collect();
-                let mut r = json(StatusCode::OK, &serde_json::Value::Array(items));
-                if let Ok(v) = page.total.to_string().parse() {
-                    r.headers_mut().insert("x-total-count", v);
+            })?;
+            let job = ops.power(&who, id, action, body.timeout_secs).await?;
+            Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+        }
+        (["vms", id, "backups"], &Method::POST) => {
+            let body: BackupBody = if req.body.is_empty() {
+                BackupBody {
+                    datastore: None,
+                    mode: None,
                 }
-                Ok(r)
-            }
-            _ => not_allowed(),
-        },
-        ["vms", id] => match *m {
-            Method::GET => {
-                let vm = ops.vm(&who, id)?;
-                Ok(json(
-                    StatusCode::OK,
-                    &vm_json(&vm, &ops.inventory.host_name(&vm.host_id), true),
-                ))
-            }
-            _ => not_allowed(),
-        },
-        ["vms", id, "power"] => match *m {
-            Method::POST => {
-                let body: PowerBody = parse_body(req)?;
-                let action = PowerAction::parse(&body.action).ok_or_else(|| {
-                    bad_request(format!(
-                        "unknown action {:?}; expected one of start, shutdown, poweroff, pause, resume, reboot",
-                        body.action
-                    ))
-                })?;
-                let job = ops.power(&who, id, action, body.timeout_secs).await?;
-                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
-            }
-            _ => not_allowed(),
-        },
-        ["vms", id, "backups"] => match *m {
-            Method::POST => {
-                let body: BackupBody = if req.body.is_empty() {
-                    BackupBody {
-                        datastore: None,
-                        mode: None,
-                    }
-                } else {
-                    parse_body(req)?
-                };
-                let mode = match body.mode.as_deref().unwrap_or("auto") {
-                    "auto" => BackupMode::Auto,
-                    "full" => BackupMode::Full,
-                    "incremental" => BackupMode::Incremental,
-                    other => {
-                        return Err(bad_request(format!(
-                            "unknown mode {other:?}; expected auto, full or incremental"
-                        )))
-                    }
-                };
-                let job = ops
-                    .backup(&who, id, body.datastore.as_deref(), mode)
-                    .await?;
-                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
-            }
-            Method::GET => {
-                ops.vm(&who, id)?;
-                let list = ops.vm_backups(&who, id).await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &list.iter().map(|b| backup_json(b, false)).collect(),
-                ))
-            }
-            _ => not_allowed(),
-        },
-        ["datastores"] => match *m {
-            Method::GET => {
-                let list = ops.datastores(&who).await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &list.iter().map(datastore_json).collect(),
-                ))
-            }
-            Method::POST => {
-                let input: DatastoreInput = parse_body(req)?;
-                let added = ops.add_datastore(&who, input).await?;
-                Ok(json(StatusCode::CREATED, &datastore_json(&added)))
-            }
-            _ => not_allowed(),
-        },
-        ["datastores", name] => match *m {
-            Method::GET => Ok(json(
+            } else {
+                parse_body(req)?
+            };
+            let mode = match body.mode.as_deref().unwrap_or("auto") {
+                "auto" => BackupMode::Auto,
+                "full" => BackupMode::Full,
+                "incremental" => BackupMode::Incremental,
+                other => {
+                    return Err(bad_request(format!(
+                        "unknown mode {other:?}; expected auto, full or incremental"
+                    )))
+                }
+            };
+            let job = ops
+                .backup(&who, id, body.datastore.as_deref(), mode)
+                .await?;
+            Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+        }
+        (["vms", id, "backups"], &Method::GET) => {
+            ops.vm(&who, id)?;
+            let list = ops.vm_backups(&who, id).await?;
+            Ok(json(
                 StatusCode::OK,
-                &datastore_json(&ops.datastore(&who, name).await?),
-            )),
-            Method::DELETE => {
-                ops.delete_datastore(&who, name).await?;
-                Ok(json(StatusCode::OK, &json!({"deleted": true})))
-            }
-            _ => not_allowed(),
-        },
-        ["datastores", name, "mount"] => match *m {
-            Method::POST => Ok(json(
+                &list.iter().map(|b| backup_json(b, false)).collect(),
+            ))
+        }
+        (["datastores"], &Method::GET) => {
+            let list = ops.datastores(&who).await?;
+            Ok(json(
                 StatusCode::OK,
-                &datastore_json(&ops.mount_datastore(&who, name).await?),
-            )),
-            _ => not_allowed(),
-        },
-        ["backups", reference] => match *m {
-            Method::GET => {
-                let b = ops.backup_manifest(&who, reference).await?;
-                Ok(json(StatusCode::OK, &backup_json(&b, true)))
-            }
-            Method::PUT | Method::PATCH => {
-                let patch: BackupPatch = parse_body(req)?;
-                ops.set_protected(&who, reference, patch.protected).await?;
-                let b = ops.backup_manifest(&who, reference).await?;
-                Ok(json(StatusCode::OK, &backup_json(&b, true)))
-            }
-            _ => not_allowed(),
-        },
-        ["backup-policies"] => match *m {
-            Method::GET => Ok(json(StatusCode::OK, &json!(ops.policies(&who)?))),
-            Method::POST => {
-                let input: PolicyInput = parse_body(req)?;
-                let p = ops.create_policy(&who, input).await?;
-                Ok(json(StatusCode::CREATED, &json!(p)))
-            }
-            _ => not_allowed(),
-        },
-        ["backup-policies", id] => match *m {
-            Method::GET => Ok(json(StatusCode::OK, &json!(ops.policy(&who, id)?))),
-            Method::PUT => {
-                let input: PolicyInput = parse_body(req)?;
-                Ok(json(
-                    StatusCode::OK,
-                    &json!(ops.update_policy(&who, id, input).await?),
-                ))
-            }
-            Method::DELETE => {
-                ops.delete_policy(&who, id).await?;
-                Ok(json(StatusCode::OK, &json!({"deleted": true})))
-            }
-            _ => not_allowed(),
-        },
-        ["backup-policies", id, "run"] => match *m {
-            Method::POST => {
-                let job = ops.run_policy(&who, id).await?;
-                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
-            }
-            _ => not_allowed(),
-        },
-        ["backups", reference, "verify"] => match *m {
-            Method::POST => {
-                let job = ops.verify(&who, reference).await?;
-                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
-            }
-            _ => not_allowed(),
-        },
-        ["backups", reference, "restore"] => match *m {
-            Method::POST => {
-                let body: RestoreBody = if req.body.is_empty() {
-                    RestoreBody::default()
-                } else {
-                    parse_body(req)?
-                };
-                let job = ops
-                    .restore(
-                        &who,
-                        reference,
-                        body.host.as_deref(),
-                        body.replace,
-                        body.start,
-                        body.as_new,
-                    )
-                    .await?;
-                Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
-            }
-            _ => not_allowed(),
-        },
-        ["jobs"] => match *m {
-            Method::GET => {
-                let vm = req.query_param("vm");
-                let jobs = ops.jobs(&who, vm.as_deref(), 200)?;
-                Ok(json(StatusCode::OK, &jobs.iter().map(job_json).collect()))
-            }
-            _ => not_allowed(),
-        },
-        ["jobs", id] => match *m {
-            Method::GET => {
-                let id: u64 = id
-                    .parse()
-                    .map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
-                Ok(json(StatusCode::OK, &job_json(&ops.job(&who, id)?)))
-            }
-            _ => not_allowed(),
-        },
+                &list.iter().map(datastore_json).collect(),
+            ))
+        }
+        (["datastores"], &Method::POST) => {
+            let input: DatastoreInput = parse_body(req)?;
+            let added = ops.add_datastore(&who, input).await?;
+            Ok(json(StatusCode::CREATED, &datastore_json(&added)))
+        }
+        (["datastores", name], &Method::GET) => Ok(json(
+            StatusCode::OK,
+            &datastore_json(&ops.datastore(&who, name).await?),
+        )),
+        (["datastores", name], &Method::DELETE) => {
+            ops.delete_datastore(&who, name).await?;
+            Ok(json(StatusCode::OK, &json!({"deleted": true})))
+        }
+        (["datastores", name, "mount"], &Method::POST) => Ok(json(
+            StatusCode::OK,
+            &datastore_json(&ops.mount_datastore(&who, name).await?),
+        )),
+        (["backups", reference], &Method::GET) => {
+            let b = ops.backup_manifest(&who, reference).await?;
+            Ok(json(StatusCode::OK, &backup_json(&b, true)))
+        }
+        (["backups", reference], &Method::PUT | &Method::PATCH) => {
+            let patch: BackupPatch = parse_body(req)?;
+            ops.set_protected(&who, reference, patch.protected).await?;
+            let b = ops.backup_manifest(&who, reference).await?;
+            Ok(json(StatusCode::OK, &backup_json(&b, true)))
+        }
+        (["backup-policies"], &Method::GET) => {
+            Ok(json(StatusCode::OK, &json!(ops.policies(&who)?)))
+        }
+        (["backup-policies"], &Method::POST) => {
+            let input: PolicyInput = parse_body(req)?;
+            let p = ops.create_policy(&who, input).await?;
+            Ok(json(StatusCode::CREATED, &json!(p)))
+        }
+        (["backup-policies", id], &Method::GET) => {
+            Ok(json(StatusCode::OK, &json!(ops.policy(&who, id)?)))
+        }
+        (["backup-policies", id], &Method::PUT) => {
+            let input: PolicyInput = parse_body(req)?;
+            Ok(json(
+                StatusCode::OK,
+                &json!(ops.update_policy(&who, id, input).await?),
+            ))
+        }
+        (["backup-policies", id], &Method::DELETE) => {
+            ops.delete_policy(&who, id).await?;
+            Ok(json(StatusCode::OK, &json!({"deleted": true})))
+        }
+        (["backup-policies", id, "run"], &Method::POST) => {
+            let job = ops.run_policy(&who, id).await?;
+            Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+        }
+        (["backups", reference, "verify"], &Method::POST) => {
+            let job = ops.verify(&who, reference).await?;
+            Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+        }
+        (["backups", reference, "restore"], &Method::POST) => {
+            let body: RestoreBody = if req.body.is_empty() {
+                RestoreBody::default()
+            } else {
+                parse_body(req)?
+            };
+            let job = ops
+                .restore(
+                    &who,
+                    reference,
+                    body.host.as_deref(),
+                    body.replace,
+                    body.start,
+                    body.as_new,
+                )
+                .await?;
+            Ok(json(StatusCode::ACCEPTED, &json!({"job": job.id})))
+        }
+        (["jobs"], &Method::GET) => {
+            let vm = req.query_param("vm");
+            let jobs = ops.jobs(&who, vm.as_deref(), 200)?;
+            Ok(json(StatusCode::OK, &jobs.iter().map(job_json).collect()))
+        }
+        (["jobs", id], &Method::GET) => {
+            let id: u64 = id
+                .parse()
+                .map_err(|_| OpsError::NotFound(format!("no job with id {id}")))?;
+            Ok(json(StatusCode::OK, &job_json(&ops.job(&who, id)?)))
+        }
         _ => {
             if let Some(result) = ha::route(ops, &who, req, &segments).await {
                 return result;
