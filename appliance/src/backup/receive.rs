@@ -310,6 +310,16 @@ mod tests {
         received
     }
 
+    /// Waits for the controller's ready, then opens disk `vda`.
+    async fn begin_disk(chan: &mut tokio::io::DuplexStream) {
+        assert!(matches!(read_frame(chan).await.unwrap(), DataReply::Ready));
+        let begin = DataMessage::DiskBegin {
+            target: "vda".into(),
+            size_bytes: SIZE,
+        };
+        write_frame(chan, &begin).await.unwrap();
+    }
+
     async fn ask(
         chan: &mut tokio::io::DuplexStream,
         first: u64,
@@ -330,15 +340,7 @@ mod tests {
         let data = vec![7u8; 1000];
         let d = ChunkDigest::of(&data);
         let received = receive("recv-once", |mut chan| async move {
-            assert!(matches!(
-                read_frame(&mut chan).await.unwrap(),
-                DataReply::Ready
-            ));
-            let begin = DataMessage::DiskBegin {
-                target: "vda".into(),
-                size_bytes: SIZE,
-            };
-            write_frame(&mut chan, &begin).await.unwrap();
+            begin_disk(&mut chan).await;
             assert_eq!(ask(&mut chan, 0, &[d, d]).await, vec![d.to_hex()]);
             write_chunk(&mut chan, &d.0, &chunk::encode(&data, true).unwrap())
                 .await
@@ -357,15 +359,7 @@ mod tests {
     async fn a_chunk_that_fails_verification_fails_the_disk() {
         let d = ChunkDigest::of(b"what the agent announced");
         let err = receive("recv-bad", |mut chan| async move {
-            assert!(matches!(
-                read_frame(&mut chan).await.unwrap(),
-                DataReply::Ready
-            ));
-            let begin = DataMessage::DiskBegin {
-                target: "vda".into(),
-                size_bytes: SIZE,
-            };
-            write_frame(&mut chan, &begin).await.unwrap();
+            begin_disk(&mut chan).await;
             assert_eq!(ask(&mut chan, 0, &[d]).await.len(), 1);
             let other = chunk::encode(b"what it sent", true).unwrap();
             write_chunk(&mut chan, &d.0, &other).await.unwrap();
