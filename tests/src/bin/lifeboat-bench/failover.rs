@@ -7,7 +7,7 @@
 //! `virsh start` of the same VM, the part of a failover no controller can
 //! avoid. A monitor checks every 20 ms that no two QEMUs ever use the disk.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lifeboat_e2e::*;
 
@@ -49,10 +49,13 @@ pub fn run(args: &[String]) {
         let host = ha.cluster.host(on);
         host.partition();
         let cut = Instant::now();
-        wait_until(
+        crate::poll_fast(
             "the partitioned host to stop its VM",
             FAILOVER_DEADLINE,
-            || !running_qemu_hosts(vm.disk_file_name()).contains(&format!("lbh{on}")),
+            || {
+                (!running_qemu_hosts(vm.disk_file_name()).contains(&format!("lbh{on}")))
+                    .then_some(())
+            },
         );
         let fenced = cut.elapsed().as_secs_f64();
         wait_qemu_on(&ha, &vm, other);
@@ -114,22 +117,17 @@ fn print_stats(what: &str, secs: &[f64], baseline: f64) {
 fn wait_qemu_on(ha: &HaCluster, vm: &TinyVm, n: usize) {
     let host = format!("lbh{n}");
     let libvirt = ha.cluster.host(n).libvirt();
-    let deadline = Instant::now() + FAILOVER_DEADLINE;
-    loop {
-        if running_qemu_hosts(vm.disk_file_name()).contains(&host)
-            && libvirt
-                .try_virsh(&["domstate", vm.name()])
-                .is_ok_and(|s| s.trim() == "running")
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never ran on {host}",
-            vm.name()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::poll_fast(
+        &format!("{} to run on {host}", vm.name()),
+        FAILOVER_DEADLINE,
+        || {
+            (running_qemu_hosts(vm.disk_file_name()).contains(&host)
+                && libvirt
+                    .try_virsh(&["domstate", vm.name()])
+                    .is_ok_and(|s| s.trim() == "running"))
+            .then_some(())
+        },
+    );
 }
 
 /// Waits until only host `n` still defines the VM.

@@ -30,6 +30,27 @@ fn flag_values(flags: &[String]) -> Vec<(String, usize)> {
         .collect()
 }
 
+/// Polls `attempt` every 10 ms until it gives a value, panicking after
+/// `timeout` with `what`. Timed waits use this: the harness's waits back
+/// off to 250 ms and would round every measurement up to such a step.
+fn poll_fast<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The middle value (the upper one of an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
