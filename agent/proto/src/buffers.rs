@@ -15,7 +15,7 @@ pub struct BufferPool {
 
 /// The process's chunk buffers: enough spares for a read-ahead batch, the
 /// batch being sent and the chunks being compressed or stored; more are
-/// freed.
+/// freed, and all are when a transfer ends.
 pub static CHUNK_BUFFERS: BufferPool = BufferPool::new(48);
 
 impl BufferPool {
@@ -38,6 +38,14 @@ impl BufferPool {
             buf.resize(len, 0);
         }
         buf
+    }
+
+    /// Frees the spare buffers: called when a transfer ends, so an idle
+    /// process does not keep them.
+    pub fn release_spares(&self) {
+        if let Ok(mut free) = self.free.lock() {
+            *free = Vec::new();
+        }
     }
 
     /// Returns a buffer for reuse.
@@ -65,6 +73,9 @@ mod tests {
         pool.give(vec![1, 2, 3]); // over `keep`: freed
         let b = pool.take(4);
         assert_eq!((b.as_ptr(), b.len()), (ptr, 4));
+        pool.give(b);
+        pool.release_spares();
+        assert!(pool.free.lock().unwrap().is_empty());
         let c = pool.take(20);
         assert_eq!(c.len(), 20);
         assert!(c.capacity() >= blob_capacity(CHUNK_SIZE as usize));

@@ -289,5 +289,6 @@ pub async fn send_disk<S: AsyncRead + AsyncWrite + Unpin>(
         first = end;
     }
     write_frame(chan, &DataMessage::DiskEnd).await?;
+    CHUNK_BUFFERS.release_spares();
     Ok(bytes_read)
 }

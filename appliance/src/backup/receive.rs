@@ -78,6 +78,7 @@ pub async fn receive_disks(
     expected: Vec<String>,
 ) -> Result<Vec<ReceivedDisk>, ReceiveError> {
     let result = receive_loop(&mut stream, &store, &dir, ctime, &expected).await;
+    CHUNK_BUFFERS.release_spares();
     if let Err(e) = &result {
         let reply = DataReply::Failed {
             reason: e.to_string(),
