@@ -72,6 +72,7 @@ where
         .await
         .context("backup task panicked")??;
     let result = send_all(&*exports, &request, &mut channel, &progress).await;
+    lifeboat_proto::buffers::CHUNK_BUFFERS.release_spares();
     let _ = channel.shutdown().await;
     let report = result.map(|(disks, bytes_read)| BackupReport {
         mode: exports.info().mode,

@@ -154,7 +154,11 @@ fn take_missing(
         })?;
         let data = match batch[k].data.take() {
             Some(d) => d,
-            None if batch[k].zero => vec![0u8; chunk_range(size, first + k as u64).1 as usize],
+            None if batch[k].zero => {
+                let mut zeros = CHUNK_BUFFERS.take(chunk_range(size, first + k as u64).1 as usize);
+                zeros.fill(0);
+                zeros
+            }
             None => {
                 let d = read_chunk(source, size, first + k as u64)?;
                 extra_read += d.len() as u64;
@@ -289,6 +293,5 @@ pub async fn send_disk<S: AsyncRead + AsyncWrite + Unpin>(
         first = end;
     }
     write_frame(chan, &DataMessage::DiskEnd).await?;
-    CHUNK_BUFFERS.release_spares();
     Ok(bytes_read)
 }
