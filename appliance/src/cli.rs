@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::backup::archive::{self, ArchiveError, ExportStats, Progress};
-use crate::backup::{BackupId, BackupMode, Datastore, Manifest, VmUuid};
+use lifeboat_core::model::{BackupId, ExportStats, Progress, VmUuid};
+use lifeboat_core::ops::offline::{OfflineDatastore, OfflineError};
 
 /// The controller's built-in datastore, as `lifeboat serve` lays it out by
 /// default from the same working directory.
@@ -88,14 +88,10 @@ pub fn run(cmd: BackupCmd) -> anyhow::Result<()> {
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<ExportStats> {
-    let store = open_datastore(&args.datastore)?;
-    if !store.list_backups(&args.vm)?.contains(&args.backup) {
-        let (vm, id, dir) = (&args.vm, &args.backup, args.datastore.display());
-        bail!("there is no complete backup {vm}/{id} in {dir} (see `lifeboat backup list`)");
-    }
+    let store = OfflineDatastore::open(&args.datastore)?;
+    store.check_exportable(&args.vm, &args.backup)?;
     let bar = progress_bar(None);
-    let export_to =
-        |out: &mut dyn Write| archive::export_backup(&store, &args.vm, &args.backup, out, &bar);
+    let export_to = |out: &mut dyn Write| store.export(&args.vm, &args.backup, out, &bar);
     let stats = if args.output == Path::new("-") {
         export_to(&mut BufWriter::with_capacity(1 << 20, io::stdout().lock())).map_err(Into::into)
     } else {
@@ -106,7 +102,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<ExportStats> {
 }
 
 fn import(args: &ImportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = open_datastore(&args.datastore)?;
+    let store = OfflineDatastore::open(&args.datastore)?;
     let mut failed = 0;
     for file in &args.files {
         match import_one(&store, file) {
@@ -126,7 +122,7 @@ fn import(args: &ImportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn import_one(store: &Datastore, file: &Path) -> anyhow::Result<(VmUuid, BackupId)> {
+fn import_one(store: &OfflineDatastore, file: &Path) -> anyhow::Result<(VmUuid, BackupId)> {
     let (input, len): (Box<dyn Read>, _) = if file == Path::new("-") {
         (Box::new(io::stdin().lock()), None)
     } else {
@@ -136,7 +132,7 @@ fn import_one(store: &Datastore, file: &Path) -> anyhow::Result<(VmUuid, BackupI
     };
     let bar = progress_bar(len);
     let mut input = BufReader::with_capacity(1 << 20, input);
-    let imported = archive::import_archive(store, &mut input, &bar);
+    let imported = store.import(&mut input, &bar);
     bar.finish_and_clear();
     let imported = imported?;
     if file == Path::new("-") {
@@ -148,29 +144,19 @@ fn import_one(store: &Datastore, file: &Path) -> anyhow::Result<(VmUuid, BackupI
 }
 
 fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let store = open_datastore(&args.datastore)?;
-    let backups = match &args.vm {
-        Some(vm) => (store.list_backups(vm)?.into_iter())
-            .map(|id| (vm.clone(), id))
-            .collect(),
-        None => store.list_all()?,
-    };
+    let store = OfflineDatastore::open(&args.datastore)?;
     writeln!(
         out,
         "{:<36}  {:<20}  {:<11}  {:>5}  {:>11}  NAME",
         "VM", "BACKUP", "MODE", "DISKS", "SIZE"
     )?;
-    for (vm, id) in backups {
-        // A broken manifest is shown, not fatal: the listing is how one finds it.
-        match Manifest::read(&store.backup_dir(&vm, &id)) {
-            Ok(m) => {
-                let mode = match m.backup.mode {
-                    BackupMode::Full => "full",
-                    BackupMode::Incremental => "incremental",
-                };
-                let size = BinaryBytes(m.disks.iter().map(|d| d.size_bytes).sum());
-                let disks = m.disks.len();
-                let name = &m.vm.name;
+    for listed in store.list(args.vm.as_ref())? {
+        let (vm, id) = (&listed.vm, &listed.id);
+        match listed.summary {
+            Ok(line) => {
+                let mode = if line.full { "full" } else { "incremental" };
+                let size = BinaryBytes(line.size_bytes);
+                let (disks, name) = (line.disks, &line.name);
                 writeln!(
                     out,
                     "{vm}  {id}  {mode:<11}  {disks:>5}  {size:>11}  {name}"
@@ -182,23 +168,11 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens an existing datastore; a mistyped path must not create an empty one.
-fn open_datastore(dir: &Path) -> anyhow::Result<Datastore> {
-    if !dir.join("vm").is_dir() || !dir.join(".chunks").is_dir() {
-        bail!(
-            "{} is not a Lifeboat datastore (no vm/ and .chunks/ in it); name one with --datastore",
-            dir.display()
-        );
-    }
-    Datastore::create_or_open(dir)
-        .with_context(|| format!("cannot open datastore {}", dir.display()))
-}
-
 /// Writes `path` through a temp file beside it, renamed into place once
 /// complete and synced: a failed export leaves no half archive behind.
 fn write_new_file<T>(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<T, ArchiveError>,
+    write: impl FnOnce(&mut dyn Write) -> Result<T, OfflineError>,
 ) -> anyhow::Result<T> {
     if fs::symlink_metadata(path).is_ok() {
         bail!("{} already exists; not overwriting it", path.display());
@@ -208,9 +182,10 @@ fn write_new_file<T>(
         bail!("{} is not a file name", path.display());
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let tmp = dir
-        .unwrap_or(Path::new("."))
-        .join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let tmp = dir.unwrap_or(Path::new(".")).join(format!(
+        ".{name}.tmp-{}",
+        &lifeboat_core::model::random_token()[..16]
+    ));
     let file =
         File::create_new(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = (|| {
@@ -227,32 +202,41 @@ fn write_new_file<T>(
     result
 }
 
-impl Progress for ProgressBar {
+/// The terminal progress bar export and import report to.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn finish_and_clear(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
     fn phase(&self, what: &str, total: Option<u64>) {
-        self.set_message(what.to_string());
+        self.0.set_message(what.to_string());
         if let Some(total) = total {
-            self.set_style(bar_style(true));
-            self.set_length(total);
-            self.set_position(0);
-            self.reset_eta();
+            self.0.set_style(bar_style(true));
+            self.0.set_length(total);
+            self.0.set_position(0);
+            self.0.reset_eta();
         }
     }
 
     fn advance(&self, bytes: u64) {
-        self.inc(bytes);
+        self.0.inc(bytes);
     }
 }
 
 /// A bar on stderr with bytes, percent, rate and ETA; drawn only on a
 /// terminal, where a person watches it, never into a pipe or a log file.
-fn progress_bar(total: Option<u64>) -> ProgressBar {
+fn progress_bar(total: Option<u64>) -> Bar {
     let target = match io::stderr().is_terminal() {
         true => ProgressDrawTarget::stderr(),
         false => ProgressDrawTarget::hidden(),
     };
     let bar = ProgressBar::with_draw_target(total, target);
     bar.set_style(bar_style(total.is_some()));
-    bar
+    Bar(bar)
 }
 
 fn bar_style(total_known: bool) -> ProgressStyle {
@@ -268,7 +252,6 @@ fn bar_style(total_known: bool) -> ProgressStyle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{archive::sample_backup, TestDir};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -282,65 +265,30 @@ mod tests {
         BackupCli::try_parse_from(argv).map(|cli| cli.cmd)
     }
 
-    fn text(path: &Path) -> &str {
-        path.to_str().unwrap()
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lifeboat-cli-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
-    fn export_import_and_list_through_the_cli() {
-        let dir = TestDir::new("cli-backup");
-        let (src, dst) = (dir.join("src"), dir.join("dst"));
-        let (vm, id) = sample_backup(&Datastore::create_or_open(&src).unwrap());
-        Datastore::create_or_open(&dst).unwrap();
-        let file = dir.join("web01.lbarchive");
-        let export_cmd = [
-            "export",
-            "--datastore",
-            text(&src),
-            "--vm",
-            vm.as_str(),
-            "--backup",
-            id.as_str(),
-            "--output",
-            text(&file),
-        ];
-        let Ok(BackupCmd::Export(args)) = parse(&export_cmd) else {
-            panic!("export args")
-        };
-        let stats = export(&args).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().len(), stats.archive_bytes);
-        let err = export(&args).unwrap_err();
+    fn a_new_file_appears_whole_or_not_at_all_and_is_never_overwritten() {
+        let dir = scratch("new-file");
+        let file = dir.join("a.lbarchive");
+        write_new_file(&file, |out| Ok(out.write_all(b"whole").unwrap())).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"whole");
+        let err = write_new_file(&file, |_| Ok(())).unwrap_err();
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");
-        let names: Vec<_> = fs::read_dir(&*dir)
+        let failed = dir.join("b.lbarchive");
+        let not_a_datastore = || OfflineDatastore::open(&dir.join("nope")).map(|_| ());
+        assert!(write_new_file(&failed, |_| not_a_datastore()).is_err());
+        let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 3, "no temp file left: {names:?}");
-
-        let import_cmd = ["import", "--datastore", text(&dst), text(&file)];
-        let Ok(BackupCmd::Import(args)) = parse(&import_cmd) else {
-            panic!("import args")
-        };
-        let mut out = Vec::new();
-        import(&args, &mut out).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert!(out.contains(&format!("imported backup {vm}/{id}")), "{out}");
-        let err = import(&args, &mut Vec::new()).unwrap_err();
-        assert!(err.to_string().contains("1 of 1"), "{err:#}");
-
-        let Ok(BackupCmd::List(args)) =
-            parse(&["list", "--datastore", text(&dst), "--vm", vm.as_str()])
-        else {
-            panic!("list args")
-        };
-        let mut out = Vec::new();
-        list(&args, &mut out).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(out.lines().count(), 2, "{out}");
-        assert!(
-            out.contains(id.as_str()) && out.contains("web01") && out.contains("full"),
-            "{out}"
-        );
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -360,8 +308,9 @@ mod tests {
         ];
         assert!(parse(&bad_vm).is_err());
         assert!(parse(&["import"]).is_err(), "at least one archive");
-        let dir = TestDir::new("cli-bad");
-        let Ok(BackupCmd::List(args)) = parse(&["list", "--datastore", text(&dir.join("nope"))])
+        let dir = scratch("bad");
+        let nope = dir.join("nope");
+        let Ok(BackupCmd::List(args)) = parse(&["list", "--datastore", nope.to_str().unwrap()])
         else {
             panic!("list args")
         };
@@ -370,9 +319,6 @@ mod tests {
             err.to_string().contains("not a Lifeboat datastore"),
             "{err:#}"
         );
-        assert!(
-            !dir.join("nope").exists(),
-            "a mistyped datastore is not created"
-        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

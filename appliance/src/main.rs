@@ -1,28 +1,22 @@
 //! `lifeboat`: the controller binary.
 
-mod access;
+//!
+//! The adapters live here: HTTPS ([`http`]), the REST API ([`api`]), the web
+//! console ([`web`]) and the offline CLI ([`cli`]). Everything they do goes
+//! through `lifeboat_core::ops`; the store and domain modules are private to
+//! that crate.
+
 mod api;
-mod backup;
 mod cli;
-mod clock;
-mod ha;
 mod http;
-mod hub;
-mod inventory;
-mod jobs;
-mod ops;
-mod pki;
-mod secrets;
-mod store;
 mod web;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lifeboat_core::ops::{ControllerConfig, Ops};
 
 #[derive(Parser)]
 #[command(
@@ -78,70 +72,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn write_initial_password(data_dir: &Path, password: &str) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    let path = data_dir.join("initial-admin-password");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{password}")?;
-    Ok(path)
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let pki = Arc::new(pki::Pki::load_or_create(&args.data_dir.join("tls"))?);
-    let store = store::Store::open(&args.data_dir.join("lifeboat.redb"))
-        .context("cannot open the store")?;
-    tracing::info!("store schema version {}", store.schema_version()?);
-
-    let access = access::Access::load(store.clone())?;
-    let env_password = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
+    let admin_password = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    if let Some(generated) = access.ensure_admin(env_password)? {
-        let path = write_initial_password(&args.data_dir, &generated)?;
+    let opened = Ops::open(ControllerConfig {
+        data_dir: args.data_dir.clone(),
+        agent_port: args.agent_listen.port(),
+        datastore_roots: args.datastore_roots.clone(),
+        admin_password,
+    })?;
+    if let Some((generated, path)) = &opened.initial_admin_password {
         println!("Created user 'admin' with password: {generated}");
         println!(
             "(also written to {}; change it after first login)",
             path.display()
         );
     }
-    let inventory = Arc::new(inventory::Inventory::load(store.clone())?);
-    let tokens = hub::enrollment::EnrollmentTokens::load(store.clone())?;
-    let hub = Arc::new(hub::Hub::new(inventory.clone(), pki.clone(), tokens));
-    let ops = Arc::new(ops::Ops {
-        access,
-        audit: access::audit::AuditLog::load(store.clone())?,
-        inventory,
-        hub: hub.clone(),
-        jobs: Arc::new(jobs::Jobs::load(store.clone())?),
-        pki: pki.clone(),
-        agent_port: args.agent_listen.port(),
-        datastores: backup::datastores::Datastores::open(
-            &args.data_dir,
-            if args.datastore_roots.is_empty() {
-                vec![
-                    args.data_dir.join("datastores"),
-                    PathBuf::from("/srv/lifeboat"),
-                ]
-            } else {
-                args.datastore_roots.clone()
-            },
-            store.clone(),
-        )?,
-        policies: store::book::Book::load(store.clone(), store::Table::BackupPolicies)?,
-        ha: ha::Ha::load(store.clone())?,
-        vm_tags: store::book::Book::load(store.clone(), store::Table::VmCategories)?,
-        category_rules: store::book::Book::load(store.clone(), store::Table::CategoryRules)?,
-        directories: store::book::Book::load(store.clone(), store::Table::Directories)?,
-        secrets: Arc::new(secrets::Secrets::load_or_create(&args.data_dir)?),
-    });
+    let ops = opened.ops;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -157,21 +105,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "Lifeboat controller: console https://{} , agents {} , CA {}",
             args.listen,
             args.agent_listen,
-            pki.ca_fingerprint()
+            ops.ca_fingerprint()
         );
         println!("Web console: https://{}/", args.listen);
-        let scheduled = ops.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
-            loop {
-                tick.tick().await;
-                scheduled.scheduler_tick().await;
-            }
-        });
-        tokio::spawn(ops.clone().ha_loop());
+        ops.start_background_work();
         tokio::select! {
-            r = http::serve(ops, web) => r,
-            r = hub.serve(agents) => r,
+            r = http::serve(ops.clone(), web) => r,
+            r = ops.serve_agents(agents) => r.map_err(Into::into),
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; stopping");
                 Ok(())

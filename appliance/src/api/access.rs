@@ -8,9 +8,9 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::parse_body;
-use crate::access::{Principal, Privilege};
 use crate::http::{json, response, Body, Req};
-use crate::ops::{audit_csv, AuditFilter, Ops, OpsError};
+use lifeboat_core::model::{Principal, Privilege};
+use lifeboat_core::ops::{audit_csv, AuditFilter, Ops, OpsError};
 
 /// `None` when the path is not one of these routes.
 pub(super) async fn route(
@@ -43,7 +43,7 @@ pub(super) async fn route(
             }
             (["roles", name], &Method::GET) => ok(json!(ops.role(who, name)?)),
             (["roles", name], &Method::PUT) => {
-                let mut role: crate::access::RoleDef = parse_body(req)?;
+                let mut role: lifeboat_core::model::RoleDef = parse_body(req)?;
                 if role.name != *name {
                     return Err(OpsError::BadRequest("a role cannot be renamed".into()));
                 }
@@ -61,7 +61,7 @@ pub(super) async fn route(
             }
             (["policies", name], &Method::GET) => ok(json!(ops.access_policy(who, name)?)),
             (["policies", name], &Method::PUT) => {
-                let policy: crate::access::scope::AccessPolicy = parse_body(req)?;
+                let policy: lifeboat_core::model::AccessPolicy = parse_body(req)?;
                 if policy.name != *name {
                     return Err(OpsError::BadRequest("a policy cannot be renamed".into()));
                 }
@@ -96,7 +96,7 @@ pub(super) async fn route(
             }
             (["directories", name], &Method::GET) => ok(directory_json(&ops.directory(who, name)?)),
             (["directories", name], &Method::PUT) => {
-                let d: crate::access::directory::Directory = parse_body(req)?;
+                let d: lifeboat_core::model::Directory = parse_body(req)?;
                 if d.name != *name {
                     return Err(OpsError::BadRequest("a directory cannot be renamed".into()));
                 }
@@ -158,7 +158,7 @@ pub(super) async fn route(
 }
 
 /// A directory as shown: the sealed bind password is left out.
-fn directory_json(d: &crate::access::directory::Directory) -> Value {
+fn directory_json(d: &lifeboat_core::model::Directory) -> Value {
     let mut v = json!(d);
     if let Some(o) = v.as_object_mut() {
         o.remove("bind_password_sealed");

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 
 use super::parse_body;
 use super::views::host_json;
-use crate::access::Principal;
-use crate::ha::failover::Failover;
 use crate::http::{json, Body, Req};
-use crate::ops::{ClusterView, Ops, OpsError};
+use lifeboat_core::model::Failover;
+use lifeboat_core::model::Principal;
+use lifeboat_core::ops::{ClusterView, Ops, OpsError};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

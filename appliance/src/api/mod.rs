@@ -15,10 +15,10 @@ use lifeboat_proto::{BackupMode, PowerAction};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::access::{require, Principal};
-use crate::backup::datastores::DatastoreInput;
 use crate::http::{json, json_error, Body, Req};
-use crate::ops::{Ops, OpsError, PolicyInput, VmQuery, VmSort};
+use lifeboat_core::model::DatastoreInput;
+use lifeboat_core::model::Principal;
+use lifeboat_core::ops::{Ops, OpsError, PolicyInput, VmQuery, VmSort};
 pub use views::{backup_json, datastore_json, host_json, job_json, vm_json};
 
 fn error_response(e: &OpsError) -> Response<Body> {
@@ -68,19 +68,10 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
         let (user, password) = decoded
             .split_once(':')
             .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
-        if ops.access.is_local(user) || ops.directories.all().is_empty() {
-            return Ok(ops.access.basic(user, password, &source).await?);
-        }
-        return ops.authenticate_password(user, password, &source).await;
+        return ops.basic_login(user, password, &source).await;
     }
     if let Some(token) = auth.strip_prefix("Bearer ") {
-        let token = token.trim();
-        return ops
-            .access
-            .session(token, &source)
-            .map(|(p, _)| p)
-            .or_else(|| ops.access.api_token_principal(token, &source))
-            .ok_or_else(|| OpsError::Unauthorized("invalid or expired token".into()));
+        return ops.bearer(token.trim(), &source);
     }
     Err(unauthorized())
 }
@@ -111,7 +102,7 @@ struct RestoreBody {
     #[serde(default)]
     start: bool,
     #[serde(default)]
-    as_new: Option<crate::backup::as_new::AsNew>,
+    as_new: Option<lifeboat_core::model::AsNew>,
 }
 
 #[derive(Deserialize)]
@@ -204,10 +195,10 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             StatusCode::CREATED,
             &json!({
                 "token": token,
-                "user": principal.user,
-                "role": principal.role,
-                "privileges": principal.privileges.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                "idle_timeout_secs": crate::access::SESSION_IDLE.as_secs(),
+                "user": principal.user(),
+                "role": principal.role(),
+                "privileges": principal.privileges().map(|p| p.as_str()).collect::<Vec<_>>(),
+                "idle_timeout_secs": lifeboat_core::model::SESSION_IDLE.as_secs(),
             }),
         ));
     }
@@ -227,13 +218,8 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
                 return Err(OpsError::NotFound(format!("no such object: {}", req.path)));
             }
             if let Some(privilege) = route.privilege {
-                if let Err(e) = require(&who, privilege, "this request") {
-                    let action = format!("{} {}", route.method, route.path);
-                    ops.audit
-                        .record(&who, &action, &req.path, &Err(e.to_string()))
-                        .await?;
-                    return Err(e.into());
-                }
+                let action = format!("{} {}", route.method, route.path);
+                ops.require_for(&who, privilege, &action, &req.path).await?;
             }
         }
         routes::Lookup::WrongMethod => {
@@ -274,7 +260,7 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
                 &json!({
                     "token": issued.token,
                     "ca_fingerprint": issued.ca_fingerprint,
-                    "expires_at": crate::clock::rfc3339(issued.record.expires_at),
+                    "expires_at": lifeboat_core::model::rfc3339(issued.record.expires_at),
                 }),
             ))
         }
@@ -288,7 +274,7 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             let items: Vec<_> = page
                 .items
                 .iter()
-                .map(|v| vm_json(v, &ops.inventory.host_name(&v.host_id), false))
+                .map(|v| vm_json(v, &ops.vm_host_name(v), false))
                 .collect();
             let mut r = json(StatusCode::OK, &serde_json::Value::Array(items));
             if let Ok(v) = page.total.to_string().parse() {
@@ -300,7 +286,7 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Result<Response<Body>, OpsError> {
             let vm = ops.vm(&who, id)?;
             Ok(json(
                 StatusCode::OK,
-                &vm_json(&vm, &ops.inventory.host_name(&vm.host_id), true),
+                &vm_json(&vm, &ops.vm_host_name(&vm), true),
             ))
         }
         (["vms", id, "power"], &Method::POST) => {

@@ -6,7 +6,7 @@
 //! restore as a new VM also needs `create-vm`; a VM outside the caller's
 //! policies is a 404).
 
-use crate::access::Privilege;
+use lifeboat_core::model::Privilege;
 use Privilege::*;
 
 pub struct Route {

@@ -2,11 +2,11 @@
 
 use serde_json::{json, Value};
 
-use crate::backup::datastores::Location;
-use crate::clock::rfc3339;
-use crate::inventory::{HostView, Vm};
-use crate::jobs::Job;
-use crate::ops::{BackupSummary, DatastoreView};
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::Job;
+use lifeboat_core::model::Location;
+use lifeboat_core::model::{HostView, Vm};
+use lifeboat_core::ops::{BackupSummary, DatastoreView};
 
 pub fn host_json(h: &HostView) -> Value {
     let f = &h.host.facts;

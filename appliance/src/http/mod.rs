@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::ops::Ops;
+use lifeboat_core::ops::Ops;
 
 /// Largest request body accepted by any endpoint.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -183,11 +183,7 @@ async fn handle(
 }
 
 pub fn tls_acceptor(ops: &Ops) -> anyhow::Result<TlsAcceptor> {
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(ops.pki.server_chain.clone(), ops.pki.server_key())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(TlsAcceptor::from(Arc::new(ops.web_tls_config()?)))
 }
 
 /// Serves the console and API over HTTPS forever.

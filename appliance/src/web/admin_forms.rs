@@ -7,9 +7,9 @@ use hyper::{Response, StatusCode};
 
 use super::layout::PageCtx;
 use super::{admin_pages, field, html};
-use crate::access::Principal;
 use crate::http::{redirect, Body};
-use crate::ops::{Ops, OpsError};
+use lifeboat_core::model::Principal;
+use lifeboat_core::ops::{Ops, OpsError};
 
 type Form = [(String, String)];
 
@@ -20,7 +20,7 @@ fn pairs(text: &str) -> Result<std::collections::BTreeMap<String, String>, OpsEr
 
 fn privileges_of(
     form: &Form,
-) -> Result<std::collections::BTreeSet<crate::access::Privilege>, OpsError> {
+) -> Result<std::collections::BTreeSet<lifeboat_core::model::Privilege>, OpsError> {
     form.iter()
         .filter(|(k, _)| k == "privilege")
         .map(|(_, v)| {
@@ -42,7 +42,7 @@ pub(super) async fn post(
     let result = async {
         match segments {
             ["users"] => {
-                let input = crate::access::UserInput {
+                let input = lifeboat_core::model::UserInput {
                     name: field(form, "name"),
                     password: field(form, "password"),
                     role: field(form, "role"),
@@ -52,7 +52,7 @@ pub(super) async fn post(
                 Ok(redirect("/users"))
             }
             ["users", name] => {
-                let input = crate::access::UserInput {
+                let input = lifeboat_core::model::UserInput {
                     role: field(form, "role"),
                     disabled: field(form, "disabled").map(|d| d == "true"),
                     ..Default::default()
@@ -66,7 +66,7 @@ pub(super) async fn post(
             }
             ["roles"] => {
                 let privileges = privileges_of(form)?;
-                let role = crate::access::RoleDef {
+                let role = lifeboat_core::model::RoleDef {
                     name: field(form, "name").unwrap_or_default(),
                     description: field(form, "description").unwrap_or_default(),
                     privileges,
@@ -92,7 +92,7 @@ pub(super) async fn post(
                         .map_err(|_| OpsError::BadRequest(format!("cannot read rule {line:?}")))
                     })
                     .collect::<Result<_, _>>()?;
-                let policy = crate::access::scope::AccessPolicy {
+                let policy = lifeboat_core::model::AccessPolicy {
                     name: text("name"),
                     description: String::new(),
                     rules,
@@ -105,7 +105,7 @@ pub(super) async fn post(
                 Ok(redirect("/access-policies"))
             }
             ["category-rules"] => {
-                let rule = crate::inventory::categories::CategoryRule {
+                let rule = lifeboat_core::model::CategoryRule {
                     id: String::new(),
                     key: text("key"),
                     value: text("value"),
@@ -133,7 +133,7 @@ pub(super) async fn post(
                             OpsError::BadRequest(format!("mapping {line:?}: GROUP=ROLE[:POLICIES]"))
                         })?;
                         let (role, policies) = rest.split_once(':').unwrap_or((rest, ""));
-                        Ok(crate::access::directory::GroupMapping {
+                        Ok(lifeboat_core::model::GroupMapping {
                             group: group.trim().to_string(),
                             role: role.trim().to_string(),
                             policies: policies
@@ -143,7 +143,7 @@ pub(super) async fn post(
                                 .collect(),
                         })
                     })
-                    .collect::<Result<Vec<crate::access::directory::GroupMapping>, OpsError>>()?;
+                    .collect::<Result<Vec<lifeboat_core::model::GroupMapping>, OpsError>>()?;
                 let directory = serde_json::from_value(serde_json::json!({
                     "name": text("name"),
                     "url": text("url"),
@@ -168,7 +168,7 @@ pub(super) async fn post(
             }
             ["tokens"] => {
                 let privileges = privileges_of(form)?;
-                let request = crate::access::tokens::TokenRequest {
+                let request = lifeboat_core::model::TokenRequest {
                     name: text("name"),
                     expires_in_days: text("expires_in_days").parse().unwrap_or(0),
                     privileges: (!privileges.is_empty()).then_some(privileges),

@@ -3,14 +3,14 @@
 use maud::{html, Markup};
 
 use super::layout::{page, state_badge, PageCtx};
-use crate::access::audit::AuditRecord;
-use crate::access::directory::Directory;
-use crate::access::scope::AccessPolicy;
-use crate::access::tokens::ApiToken;
-use crate::access::{Privilege, RoleDef};
-use crate::clock::rfc3339;
-use crate::inventory::categories::{Categories, CategoryRule};
-use crate::ops::UserView;
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::AccessPolicy;
+use lifeboat_core::model::ApiToken;
+use lifeboat_core::model::AuditRecord;
+use lifeboat_core::model::Directory;
+use lifeboat_core::model::{Categories, CategoryRule};
+use lifeboat_core::model::{Privilege, RoleDef};
+use lifeboat_core::ops::UserView;
 
 pub fn users(ctx: &PageCtx, users: &[UserView], roles: &[RoleDef]) -> Markup {
     let role_select = |current: &str| {
@@ -280,7 +280,7 @@ pub fn tokens(ctx: &PageCtx, tokens: &[ApiToken], new_token: Option<&str>) -> Ma
                 label { "Valid for (days) " input type="number" name="expires_in_days" value="30" min="1" max="366"; }
                 fieldset {
                     legend { "Privileges (none ticked: all of yours)" }
-                    @for p in ctx.who.privileges.iter() {
+                    @for p in ctx.who.privileges() {
                         label { input type="checkbox" name="privilege" value=(p.as_str()); " " (p.as_str()) } " "
                     }
                 }

@@ -4,10 +4,10 @@
 use maud::{html, Markup};
 
 use super::layout::{bytes, PageCtx};
-use crate::backup::policy::BackupPolicy;
-use crate::clock::rfc3339;
-use crate::inventory::HostView;
-use crate::ops::{BackupSummary, DatastoreView};
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::BackupPolicy;
+use lifeboat_core::model::HostView;
+use lifeboat_core::ops::{BackupSummary, DatastoreView};
 
 pub fn vm_backups(
     ctx: &PageCtx,

@@ -5,13 +5,13 @@
 use maud::{html, Markup};
 
 use super::layout::{bytes, page, state_badge, PageCtx};
-use crate::access::Privilege;
-use crate::clock::rfc3339;
-use crate::ha::failover::Failover;
-use crate::ha::physical::{HealthCheck, PhysicalMachine, PhysicalState};
-use crate::ha::settings::{FailoverMethod, HostHa, HostProbe, Priority, VmHa};
-use crate::ha::HostEvent;
-use crate::ops::ClusterView;
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::Failover;
+use lifeboat_core::model::HostEvent;
+use lifeboat_core::model::Privilege;
+use lifeboat_core::model::{FailoverMethod, HostHa, HostProbe, Priority, VmHa};
+use lifeboat_core::model::{HealthCheck, PhysicalMachine, PhysicalState};
+use lifeboat_core::ops::ClusterView;
 
 fn can_manage(ctx: &PageCtx) -> bool {
     ctx.who.can(Privilege::ManageHa)
@@ -128,7 +128,7 @@ pub fn failover(ctx: &PageCtx, f: &Failover) -> Markup {
         ctx,
         &format!("Failover of {}", f.source_name),
         "/cluster",
-        (f.state == crate::ha::failover::FailoverState::Running).then_some(2),
+        (f.state == lifeboat_core::model::FailoverState::Running).then_some(2),
         html! {
             p { "Last sign of life: " (ms_time(f.last_seen_ms)) " · " (f.reason) }
             h2 { "Timeline" }

@@ -3,9 +3,9 @@
 
 use maud::{html, Markup, DOCTYPE};
 
-use crate::access::Principal;
-use crate::clock::rfc3339;
-use crate::jobs::Job;
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::Job;
+use lifeboat_core::model::Principal;
 
 pub struct PageCtx<'a> {
     pub who: &'a Principal,
@@ -55,7 +55,7 @@ pub fn page(
                         }
                     }
                     form.logout method="post" action="/logout" {
-                        span.user { (ctx.who.user) " · " (ctx.who.role) }
+                        span.user { (ctx.who.user()) " · " (ctx.who.role()) }
                         input type="hidden" name="csrf" value=(ctx.csrf);
                         button type="submit" { "Log out" }
                     }

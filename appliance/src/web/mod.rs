@@ -17,10 +17,10 @@ use hyper::{Method, Response, StatusCode};
 use lifeboat_proto::{BackupMode, PowerAction};
 use maud::Markup;
 
-use crate::access::{random_token, Principal, Privilege};
 use crate::http::{redirect, response, Body, Req};
-use crate::ops::{Ops, OpsError};
 use layout::PageCtx;
+use lifeboat_core::model::{random_token, Principal, Privilege};
+use lifeboat_core::ops::{Ops, OpsError};
 
 const SESSION_COOKIE: &str = "lb_session";
 const LOGIN_CSRF_COOKIE: &str = "lb_login_csrf";
@@ -81,23 +81,21 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
         return assets::serve("/assets/lifeboat.svg");
     }
     let token = req.cookie(SESSION_COOKIE).map(str::to_string);
-    let session = token
-        .as_deref()
-        .and_then(|t| ops.access.session(t, &req.source()));
+    let session = token.as_deref().and_then(|t| ops.session(t, &req.source()));
     let Some((who, csrf)) = session else {
         return redirect("/login");
     };
     let ctx = PageCtx {
         who: &who,
         csrf: &csrf,
-        agent_port: ops.agent_port,
+        agent_port: ops.agent_port(),
     };
     if req.method == Method::POST {
         let form = form(&req);
         let sent = field(&form, "csrf").unwrap_or_default();
         if !same_token(&sent, &csrf) {
             tracing::warn!(
-                user = who.user,
+                user = who.user(),
                 path = req.path,
                 "form refused: bad CSRF token"
             );
@@ -112,13 +110,9 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
             return error_page(&ctx, &e);
         }
         if let Some(privilege) = action_privilege(&req.path) {
-            if let Err(e) = crate::access::require(&who, privilege, "this action") {
-                let action = format!("console POST {}", req.path);
-                let _ = ops
-                    .audit
-                    .record(&who, &action, &req.path, &Err(e.to_string()))
-                    .await;
-                return error_page(&ctx, &e.into());
+            let action = format!("console POST {}", req.path);
+            if let Err(e) = ops.require_for(&who, privilege, &action, &req.path).await {
+                return error_page(&ctx, &e);
             }
         }
         return match post(
@@ -148,7 +142,7 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
                 let mut r = response(
                     StatusCode::OK,
                     "text/csv; charset=utf-8",
-                    crate::ops::audit_csv(&records),
+                    lifeboat_core::ops::audit_csv(&records),
                 );
                 r.headers_mut().insert(
                     hyper::header::CONTENT_DISPOSITION,
@@ -189,8 +183,8 @@ fn action_privilege(path: &str) -> Option<Privilege> {
 }
 
 /// The audit filter from a page's query string.
-fn audit_filter(req: &Req, limit: usize) -> crate::ops::AuditFilter {
-    crate::ops::AuditFilter {
+fn audit_filter(req: &Req, limit: usize) -> lifeboat_core::ops::AuditFilter {
+    lifeboat_core::ops::AuditFilter {
         user: req.query_param("user"),
         action: req.query_param("action"),
         object: req.query_param("object"),
@@ -210,7 +204,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let host = ops.host(who, id)?;
             let vms = ops.vms(
                 who,
-                &crate::ops::VmQuery {
+                &lifeboat_core::ops::VmQuery {
                     host: Some(host.host.id.clone()),
                     per_page: 1000,
                     ..Default::default()
@@ -255,7 +249,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
         ["vms", id] => {
             let vm = ops.vm(who, id)?;
             let jobs = ops.jobs(who, Some(id), 20)?;
-            let host = ops.inventory.host(&vm.host_id);
+            let host = ops.vm_host(&vm);
             let backups = ops.vm_backups(who, id).await?;
             let hosts = ops.hosts(who)?;
             let backup_section = backup_pages::vm_backups(ctx, id, &backups, &hosts);
@@ -353,7 +347,7 @@ async fn post(
         }
         ["policies"] => {
             let number = |name: &str| field(form, name).and_then(|v| v.trim().parse::<u32>().ok());
-            let input = crate::ops::PolicyInput {
+            let input = lifeboat_core::ops::PolicyInput {
                 name: field(form, "name").unwrap_or_default(),
                 schedule: field(form, "schedule").unwrap_or_default(),
                 datastore: None,
@@ -361,7 +355,7 @@ async fn post(
                 vms: Vec::new(),
                 name_pattern: field(form, "name_pattern").filter(|v| !v.trim().is_empty()),
                 category: field(form, "category").filter(|v| !v.trim().is_empty()),
-                retention: crate::backup::prune::PruneOptions {
+                retention: lifeboat_core::model::PruneOptions {
                     keep_last: number("keep_last"),
                     keep_daily: number("keep_daily"),
                     keep_weekly: number("keep_weekly"),
@@ -376,7 +370,7 @@ async fn post(
         }
         ["datastores"] => {
             let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
-            let input = crate::backup::datastores::DatastoreInput {
+            let input = lifeboat_core::model::DatastoreInput {
                 name: field(form, "name").unwrap_or_default(),
                 kind: field(form, "kind").unwrap_or_default(),
                 path: text("path"),
@@ -407,7 +401,7 @@ async fn post(
             let host = field(form, "host");
             let checked = |name: &str| field(form, name).is_some();
             let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
-            let as_new = text("new_name").map(|name| crate::backup::as_new::AsNew {
+            let as_new = text("new_name").map(|name| lifeboat_core::model::AsNew {
                 name: name.trim().to_string(),
                 computer_name: text("computer_name"),
                 domain: text("domain"),
@@ -428,7 +422,7 @@ async fn post(
         }
         ["vms", id, "ha"] => {
             let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let settings = crate::ha::settings::VmHa {
+            let settings = lifeboat_core::model::VmHa {
                 enabled: field(form, "enabled").is_some(),
                 priority: serde_json::from_value(serde_json::json!(text("priority")))
                     .map_err(|_| OpsError::BadRequest("unknown priority".into()))?,
@@ -443,14 +437,14 @@ async fn post(
         ["hosts", id, "ha"] => {
             let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
             let probe = match text("probe").as_str() {
-                "tcp" => crate::ha::settings::HostProbe::Tcp {
+                "tcp" => lifeboat_core::model::HostProbe::Tcp {
                     port: text("port")
                         .parse()
                         .map_err(|_| OpsError::BadRequest("a TCP probe needs a port".into()))?,
                 },
-                _ => crate::ha::settings::HostProbe::Icmp,
+                _ => lifeboat_core::model::HostProbe::Icmp,
             };
-            let settings = crate::ha::settings::HostHa {
+            let settings = lifeboat_core::model::HostHa {
                 probe,
                 address: text("address"),
                 fence_command: text("fence_command"),
@@ -467,7 +461,7 @@ async fn post(
                     .parse::<u64>()
                     .map_err(|_| OpsError::BadRequest(format!("{name} must be a number")))
             };
-            let settings = crate::ha::settings::ClusterHa {
+            let settings = lifeboat_core::model::ClusterHa {
                 heartbeat_interval_ms: number("heartbeat_interval_ms")?,
                 misses: number("misses")? as u32,
                 fence_timeout_ms: number("fence_timeout_ms")?,
@@ -486,7 +480,7 @@ async fn post(
         }
         ["physical"] => {
             let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let pm = crate::ha::physical::PhysicalMachine {
+            let pm = lifeboat_core::model::PhysicalMachine {
                 id: String::new(),
                 name: text("name"),
                 checks: ha_pages::parse_checks(&text("checks")).map_err(OpsError::BadRequest)?,
@@ -494,7 +488,7 @@ async fn post(
                 interval_ms: 1000,
                 standby_vm: text("standby_vm"),
                 standby_host: text("standby_host"),
-                state: crate::ha::physical::PhysicalState::Monitoring,
+                state: lifeboat_core::model::PhysicalState::Monitoring,
             };
             ops.add_physical_machine(who, pm).await?;
             Ok(redirect("/physical"))

@@ -4,12 +4,12 @@ use hyper::StatusCode;
 use maud::{html, Markup};
 
 use super::layout::{bare_page, bytes, jobs_table, page, progress, state_badge, PageCtx};
-use crate::clock::rfc3339;
 use crate::http::Req;
-use crate::hub::enrollment::EnrollmentToken;
-use crate::inventory::{HostView, Vm};
-use crate::jobs::Job;
-use crate::ops::{IssuedToken, Summary, VmPage, VmQuery, VmSort};
+use lifeboat_core::model::rfc3339;
+use lifeboat_core::model::EnrollmentToken;
+use lifeboat_core::model::Job;
+use lifeboat_core::model::{HostView, Vm};
+use lifeboat_core::ops::{IssuedToken, Summary, VmPage, VmQuery, VmSort};
 use lifeboat_proto::PowerAction;
 
 pub const VMS_PER_PAGE: usize = 50;
@@ -45,7 +45,7 @@ pub fn dashboard(
     ctx: &PageCtx,
     s: &Summary,
     hosts: &[HostView],
-) -> Result<Markup, crate::ops::OpsError> {
+) -> Result<Markup, lifeboat_core::ops::OpsError> {
     let total_vms: usize = s.vm_states.iter().map(|(_, n)| n).sum();
     Ok(page(
         ctx,
@@ -95,7 +95,7 @@ fn hosts_table(hosts: &[HostView]) -> Markup {
     }
 }
 
-pub fn hosts(ctx: &PageCtx, hosts: &[HostView]) -> Result<Markup, crate::ops::OpsError> {
+pub fn hosts(ctx: &PageCtx, hosts: &[HostView]) -> Result<Markup, lifeboat_core::ops::OpsError> {
     Ok(page(ctx, "Hosts", "/hosts", None, hosts_table(hosts)))
 }
 
@@ -277,7 +277,7 @@ pub fn vm(
                     form method="post" action={"/vms/" (i.uuid) "/power"} {
                         input type="hidden" name="csrf" value=(ctx.csrf);
                         input type="hidden" name="action" value=(a.as_str());
-                        button type="submit" disabled[crate::ops::check_power_transition(i.power_state, a).is_err()] { (a.as_str()) }
+                        button type="submit" disabled[lifeboat_core::ops::check_power_transition(i.power_state, a).is_err()] { (a.as_str()) }
                     }
                 }
             }

@@ -120,7 +120,12 @@ impl Ops {
             if let Some(role) = &input.role {
                 self.require_covers(who, self.role_privileges(role)?, "assigning a role")?;
             }
-            Ok(UserView::from(self.access.update_user(name, input).await?))
+            let new_password = input.password.is_some();
+            let user = self.access.update_user(name, input).await?;
+            if new_password && name == "admin" {
+                self.forget_initial_password();
+            }
+            Ok(UserView::from(user))
         }
         .await;
         self.audited(who, "update user", &format!("user {name}"), result)

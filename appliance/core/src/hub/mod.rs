@@ -93,7 +93,7 @@ impl Hub {
         }
     }
 
-    pub fn tls_acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+    pub fn tls_acceptor(&self) -> Result<TlsAcceptor, crate::pki::TlsSetupError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.pki.ca_der.clone())?;
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
@@ -106,7 +106,10 @@ impl Hub {
     }
 
     /// Accepts agent connections forever.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> Result<(), crate::pki::TlsSetupError> {
         let acceptor = self.tls_acceptor()?;
         loop {
             let (tcp, addr) = match listener.accept().await {

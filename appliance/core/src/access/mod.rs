@@ -41,24 +41,45 @@ const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Who is acting, and from where; handed to every operation.
 #[derive(Debug, Clone)]
+///
+/// Its fields are private to this crate: an adapter gets a principal only
+/// from a login, a session or a token, and cannot widen one.
 pub struct Principal {
-    pub user: String,
+    pub(crate) user: String,
     /// The role's name, for display; `privileges` is what it grants.
-    pub role: String,
-    pub privileges: Privileges,
+    pub(crate) role: String,
+    pub(crate) privileges: Privileges,
     /// Which VMs the principal sees; `None`: all of them.
-    pub scope: Option<std::sync::Arc<scope::Scope>>,
-    pub source: String,
+    pub(crate) scope: Option<std::sync::Arc<scope::Scope>>,
+    pub(crate) source: String,
 }
 
 impl Principal {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The privileges held, in their canonical order.
+    pub fn privileges(&self) -> impl Iterator<Item = Privilege> + '_ {
+        self.privileges.iter()
+    }
+
+    /// Whether access policies limit which VMs this principal sees.
+    pub fn is_scoped(&self) -> bool {
+        self.scope.is_some()
+    }
+
     pub fn can(&self, privilege: Privilege) -> bool {
         self.privileges.contains(privilege)
     }
 
     /// The controller itself acting (scheduler, HA engine): every
     /// privilege, audited under `user`.
-    pub fn system(user: &str, source: &str) -> Principal {
+    pub(crate) fn system(user: &str, source: &str) -> Principal {
         Principal {
             user: user.to_string(),
             role: roles::ADMINISTRATOR.to_string(),
@@ -335,32 +356,28 @@ impl Access {
         }
     }
 
-    /// HTTP Basic: like [`Access::login`] with a short cache of successes.
-    pub async fn basic(
-        &self,
-        user: &str,
-        password: &str,
-        source: &str,
-    ) -> Result<Principal, AccessError> {
+    /// HTTP Basic credentials verified less than [`BASIC_CACHE_TTL`] ago:
+    /// the user's current principal, without another argon2 verification.
+    pub fn cached_basic(&self, user: &str, password: &str, source: &str) -> Option<Principal> {
         let cache_key = token_hash(&format!("{user}\0{password}"));
-        let cached = self
+        let name = self
             .basic_cache
             .lock()
             .expect("basic cache lock")
             .get(&cache_key)
             .filter(|(_, at)| at.elapsed() < BASIC_CACHE_TTL)
-            .map(|(u, _)| u.clone());
-        if let Some(name) = cached {
-            if let Some(principal) = self.principal_for(&name, source) {
-                return Ok(principal);
-            }
-        }
-        let principal = self.login(user, password, source).await?;
-        self.basic_cache
-            .lock()
-            .expect("basic cache lock")
-            .insert(cache_key, (principal.user.clone(), Instant::now()));
-        Ok(principal)
+            .map(|(u, _)| u.clone())?;
+        self.principal_for(&name, source)
+    }
+
+    /// Remembers verified HTTP Basic credentials for [`BASIC_CACHE_TTL`].
+    /// Entries past it are pruned here, so the cache stays bounded by the
+    /// logins of the last minute.
+    pub fn remember_basic(&self, user: &str, password: &str, principal: &Principal) {
+        let cache_key = token_hash(&format!("{user}\0{password}"));
+        let mut cache = self.basic_cache.lock().expect("basic cache lock");
+        cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
+        cache.insert(cache_key, (principal.user.clone(), Instant::now()));
     }
 
     /// The user's current rights: the role is looked up at every request,

@@ -32,6 +32,15 @@ pub enum PkiError {
     BadCsr(rcgen::Error),
 }
 
+/// Building a TLS server configuration from the CA's certificates failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("TLS client verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
 /// The CA plus the controller's own server certificate.
 pub struct Pki {
     ca_key: KeyPair,
@@ -180,6 +189,16 @@ impl Pki {
         // Written by us from a valid key; checked again by rustls on use.
         PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
             .expect("server key PEM we wrote")
+    }
+
+    /// The console's HTTPS configuration: the server certificate, no client
+    /// certificates, HTTP/1.1 only.
+    pub fn web_server_config(&self) -> Result<rustls::ServerConfig, TlsSetupError> {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), self.server_key())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
     }
 
     /// `sha256:<hex>` of the CA certificate, what agents pin.

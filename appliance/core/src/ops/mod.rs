@@ -8,6 +8,8 @@ mod ha;
 mod ha_engine;
 mod ha_failover;
 mod ha_physical;
+pub mod offline;
+mod open;
 mod policies;
 mod scope;
 mod users;
@@ -28,6 +30,7 @@ use crate::pki::Pki;
 use crate::store::StoreError;
 pub use backup::{BackupRef, BackupSummary, DatastoreView};
 pub use ha::ClusterView;
+pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
 pub use users::{audit_csv, AuditFilter, UserView};
 pub use vm_query::{VmPage, VmQuery, VmSort};
@@ -74,24 +77,28 @@ impl From<AccessError> for OpsError {
     }
 }
 
+/// The controller's state and the only way to act on it. Every field is
+/// private: adapters call the functions below, never a domain module.
 pub struct Ops {
-    pub access: Access,
-    pub audit: AuditLog,
-    pub inventory: Arc<Inventory>,
-    pub hub: Arc<Hub>,
-    pub jobs: Arc<Jobs>,
-    pub pki: Arc<Pki>,
+    access: Access,
+    audit: AuditLog,
+    inventory: Arc<Inventory>,
+    hub: Arc<Hub>,
+    jobs: Arc<Jobs>,
+    pki: Arc<Pki>,
     /// Port agents dial, shown in the enrollment command.
-    pub agent_port: u16,
-    pub datastores: crate::backup::datastores::Datastores,
-    pub policies: crate::store::book::Book<crate::backup::policy::BackupPolicy>,
-    pub ha: crate::ha::Ha,
+    agent_port: u16,
+    datastores: crate::backup::datastores::Datastores,
+    policies: crate::store::book::Book<crate::backup::policy::BackupPolicy>,
+    ha: crate::ha::Ha,
     /// VMs' own category tags, by UUID.
-    pub vm_tags: crate::store::book::Book<crate::inventory::categories::Categories>,
-    pub category_rules: crate::store::book::Book<crate::inventory::categories::CategoryRule>,
-    pub directories: crate::store::book::Book<crate::access::directory::Directory>,
+    vm_tags: crate::store::book::Book<crate::inventory::categories::Categories>,
+    category_rules: crate::store::book::Book<crate::inventory::categories::CategoryRule>,
+    directories: crate::store::book::Book<crate::access::directory::Directory>,
     /// Seals directory bind passwords.
-    pub secrets: Arc<crate::secrets::Secrets>,
+    secrets: Arc<crate::secrets::Secrets>,
+    /// Where the controller keeps its files (the initial admin password).
+    data_dir: std::path::PathBuf,
 }
 
 /// What the dashboard shows.
@@ -122,32 +129,102 @@ impl Ops {
         result
     }
 
+    /// Records a login attempt in the trail: a failure under the name
+    /// tried (cut short: it is whatever the client sent).
+    async fn audit_login(
+        &self,
+        user: &str,
+        source: &str,
+        object: &str,
+        result: Result<Principal, OpsError>,
+    ) -> Result<Principal, OpsError> {
+        match &result {
+            Ok(principal) => {
+                self.audit
+                    .record(principal, "login", object, &Ok(()))
+                    .await?
+            }
+            Err(e) => {
+                let mut tried =
+                    Principal::system(&user.chars().take(64).collect::<String>(), source);
+                tried.privileges = Default::default();
+                tried.role = String::new();
+                self.audit
+                    .record(&tried, "login", object, &Err(e.to_string()))
+                    .await?;
+            }
+        }
+        result
+    }
+
+    /// A password login that opens a session: (principal, session token,
+    /// CSRF token). Audited, success or failure.
     pub async fn login(
         &self,
         user: &str,
         password: &str,
         source: &str,
     ) -> Result<(Principal, String, String), OpsError> {
-        let principal = match self.authenticate_password(user, password, source).await {
-            Ok(p) => p,
-            Err(e) => {
-                // Failed logins are in the trail too, under the name tried
-                // (cut short: it is whatever the client sent).
-                let mut tried =
-                    Principal::system(&user.chars().take(64).collect::<String>(), source);
-                tried.privileges = Default::default();
-                tried.role = String::new();
-                self.audit
-                    .record(&tried, "login", "session", &Err(e.to_string()))
-                    .await?;
-                return Err(e);
-            }
-        };
+        let result = self.authenticate_password(user, password, source).await;
+        let principal = self.audit_login(user, source, "session", result).await?;
         let (token, csrf) = self.access.create_session(&principal).await?;
-        self.audit
-            .record(&principal, "login", "session", &Ok(()))
-            .await?;
         Ok((principal, token, csrf))
+    }
+
+    /// HTTP Basic credentials sent with a request. A verification is
+    /// audited like any login; credentials verified in the last minute are
+    /// taken from a cache (no argon2, no audit record per request), with
+    /// the user's current role and scope.
+    pub async fn basic_login(
+        &self,
+        user: &str,
+        password: &str,
+        source: &str,
+    ) -> Result<Principal, OpsError> {
+        if let Some(principal) = self.access.cached_basic(user, password, source) {
+            return Ok(principal);
+        }
+        let result = self.authenticate_password(user, password, source).await;
+        let principal = self.audit_login(user, source, "http basic", result).await?;
+        self.access.remember_basic(user, password, &principal);
+        Ok(principal)
+    }
+
+    /// A bearer token: a session's, else an API token's.
+    pub fn bearer(&self, token: &str, source: &str) -> Result<Principal, OpsError> {
+        self.access
+            .session(token, source)
+            .map(|(p, _)| p)
+            .or_else(|| self.access.api_token_principal(token, source))
+            .ok_or_else(|| OpsError::Unauthorized("invalid or expired token".into()))
+    }
+
+    /// A console session cookie: its principal and CSRF token.
+    pub fn session(&self, token: &str, source: &str) -> Option<(Principal, String)> {
+        self.access.session(token, source)
+    }
+
+    /// The privilege check an adapter makes for a route or form before it
+    /// parses anything; a refusal is audited under `action`.
+    pub async fn require_for(
+        &self,
+        who: &Principal,
+        privilege: Privilege,
+        action: &str,
+        object: &str,
+    ) -> Result<(), OpsError> {
+        if let Err(e) = require(who, privilege, "this request") {
+            self.audit
+                .record(who, action, object, &Err(e.to_string()))
+                .await?;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Port agents dial, for the enrollment command shown to operators.
+    pub fn agent_port(&self) -> u16 {
+        self.agent_port
     }
 
     pub async fn logout(&self, who: &Principal, token: &str) -> Result<(), OpsError> {
@@ -255,6 +332,16 @@ impl Ops {
             .vm(id)
             .filter(|vm| self.visible(who, vm))
             .ok_or_else(|| OpsError::NotFound(format!("no VM with id {id}")))
+    }
+
+    /// The host a VM (already shown to the caller) runs on.
+    pub fn vm_host(&self, vm: &Vm) -> Option<HostView> {
+        self.inventory.host(&vm.host_id)
+    }
+
+    /// The name of the host a VM (already shown to the caller) runs on.
+    pub fn vm_host_name(&self, vm: &Vm) -> String {
+        self.inventory.host_name(&vm.host_id)
     }
 
     pub fn jobs(

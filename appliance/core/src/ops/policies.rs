@@ -390,7 +390,7 @@ impl Ops {
 
     /// Runs every enabled policy that is due, and imports dropped archives.
     /// Called by the scheduler.
-    pub async fn scheduler_tick(self: &Arc<Self>) {
+    pub(super) async fn scheduler_tick(self: &Arc<Self>) {
         self.rescan_drop_dirs().await;
         let now = unix_now();
         for mut policy in self.policies.all().into_iter().filter(|p| p.enabled) {

@@ -54,7 +54,7 @@ pub(super) struct EngineState {
 
 impl Ops {
     /// Runs the HA engine forever.
-    pub async fn ha_loop(self: Arc<Self>) {
+    pub(super) async fn ha_loop(self: Arc<Self>) {
         let prober = Arc::new(Prober::new());
         let state = Arc::new(Mutex::new(EngineState::default()));
         let mut tick = tokio::time::interval(TICK);
