@@ -276,7 +276,11 @@ mod tests {
     fn a_new_file_appears_whole_or_not_at_all_and_is_never_overwritten() {
         let dir = scratch("new-file");
         let file = dir.join("a.lbarchive");
-        write_new_file(&file, |out| Ok(out.write_all(b"whole").unwrap())).unwrap();
+        write_new_file(&file, |out| {
+            out.write_all(b"whole").unwrap();
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(fs::read(&file).unwrap(), b"whole");
         let err = write_new_file(&file, |_| Ok(())).unwrap_err();
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");

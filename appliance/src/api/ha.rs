@@ -1,19 +1,17 @@
 //! REST routes for high availability: `/api/v1/cluster`, `/ha/settings`,
 //! `/hosts/{id}/ha`, `/vms/{id}/ha`, `/failovers`, `/ha/events`,
-//! `/physical-machines`.
+//! `/physical-machines`; their routes are in `routes::ROUTES`.
 
-use std::sync::Arc;
-
-use hyper::{Method, Response, StatusCode};
+use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::parse_body;
+use super::routes::{Call, Reply};
 use super::views::host_json;
-use crate::http::{json, Body, Req};
+use super::{parse_body, parse_optional_body};
+use crate::http::json;
 use lifeboat_core::model::Failover;
-use lifeboat_core::model::Principal;
-use lifeboat_core::ops::{ClusterView, Ops, OpsError};
+use lifeboat_core::ops::ClusterView;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -22,62 +20,83 @@ struct FailbackBody {
     confirm: bool,
 }
 
-/// `None` when the path is not an HA route.
-pub(super) async fn route(
-    ops: &Arc<Ops>,
-    who: &Principal,
-    req: &Req,
-    segments: &[&str],
-) -> Option<Result<Response<Body>, OpsError>> {
-    let m = &req.method;
+fn ok(v: Value) -> Reply {
+    Ok(json(StatusCode::OK, &v))
+}
 
-    let ok = |v: Value| Ok(json(StatusCode::OK, &v));
-    let result = async {
-        match (segments, m) {
-            (["cluster"], &Method::GET) => ok(cluster_json(&ops.cluster_view(who)?)),
-            (["ha", "settings"], &Method::GET) => ok(json!(ops.cluster_view(who)?.settings)),
-            (["ha", "settings"], &Method::PUT) => {
-                ok(json!(ops.set_cluster_ha(who, parse_body(req)?).await?))
-            }
-            (["ha", "events"], &Method::GET) => {
-                let source = req.query_param("source");
-                ok(json!(ops.ha_history(who, source.as_deref(), 500)?))
-            }
-            (["hosts", id, "ha"], &Method::GET) => ok(json!(ops.host_ha(who, id)?)),
-            (["hosts", id, "ha"], &Method::PUT) => {
-                ok(json!(ops.set_host_ha(who, id, parse_body(req)?).await?))
-            }
-            (["vms", id, "ha"], &Method::GET) => ok(json!(ops.vm_ha(who, id)?)),
-            (["vms", id, "ha"], &Method::PUT) => {
-                ok(json!(ops.set_vm_ha(who, id, parse_body(req)?).await?))
-            }
-            (["failovers"], &Method::GET) => ok(Value::Array(
-                ops.failovers(who)?.iter().map(failover_json).collect(),
-            )),
-            (["failovers", id], &Method::GET) => ok(failover_json(&ops.failover(who, id)?)),
-            (["physical-machines"], &Method::GET) => ok(json!(ops.physical_machines(who)?)),
-            (["physical-machines"], &Method::POST) => {
-                let pm = ops.add_physical_machine(who, parse_body(req)?).await?;
-                Ok(json(StatusCode::CREATED, &json!(pm)))
-            }
-            (["physical-machines", id], &Method::GET) => ok(json!(ops.physical_machine(who, id)?)),
-            (["physical-machines", id], &Method::DELETE) => {
-                ops.delete_physical_machine(who, id).await?;
-                ok(json!({"deleted": true}))
-            }
-            (["physical-machines", id, "failback"], &Method::POST) => {
-                let body: FailbackBody = if req.body.is_empty() {
-                    FailbackBody::default()
-                } else {
-                    parse_body(req)?
-                };
-                ok(json!(ops.failback_physical(who, id, body.confirm).await?))
-            }
-            _ => Err(super::not_mine()),
-        }
-    }
-    .await;
-    super::claimed(result)
+pub async fn cluster(c: Call<'_>) -> Reply {
+    ok(cluster_json(&c.ops.cluster_view(c.who())?))
+}
+
+pub async fn settings(c: Call<'_>) -> Reply {
+    ok(json!(c.ops.cluster_view(c.who())?.settings))
+}
+
+pub async fn set_settings(c: Call<'_>) -> Reply {
+    ok(json!(
+        c.ops.set_cluster_ha(c.who(), parse_body(c.req)?).await?
+    ))
+}
+
+pub async fn events(c: Call<'_>) -> Reply {
+    let source = c.req.query_param("source");
+    ok(json!(c.ops.ha_history(c.who(), source.as_deref(), 500)?))
+}
+
+pub async fn host_ha(c: Call<'_>) -> Reply {
+    ok(json!(c.ops.host_ha(c.who(), c.arg("id"))?))
+}
+
+pub async fn set_host_ha(c: Call<'_>) -> Reply {
+    let input = parse_body(c.req)?;
+    ok(json!(c.ops.set_host_ha(c.who(), c.arg("id"), input).await?))
+}
+
+pub async fn vm_ha(c: Call<'_>) -> Reply {
+    ok(json!(c.ops.vm_ha(c.who(), c.arg("id"))?))
+}
+
+pub async fn set_vm_ha(c: Call<'_>) -> Reply {
+    let input = parse_body(c.req)?;
+    ok(json!(c.ops.set_vm_ha(c.who(), c.arg("id"), input).await?))
+}
+
+pub async fn failovers(c: Call<'_>) -> Reply {
+    let list = c.ops.failovers(c.who())?;
+    ok(Value::Array(list.iter().map(failover_json).collect()))
+}
+
+pub async fn failover(c: Call<'_>) -> Reply {
+    ok(failover_json(&c.ops.failover(c.who(), c.arg("id"))?))
+}
+
+pub async fn physical_machines(c: Call<'_>) -> Reply {
+    ok(json!(c.ops.physical_machines(c.who())?))
+}
+
+pub async fn add_physical_machine(c: Call<'_>) -> Reply {
+    let pm = c
+        .ops
+        .add_physical_machine(c.who(), parse_body(c.req)?)
+        .await?;
+    Ok(json(StatusCode::CREATED, &json!(pm)))
+}
+
+pub async fn physical_machine(c: Call<'_>) -> Reply {
+    ok(json!(c.ops.physical_machine(c.who(), c.arg("id"))?))
+}
+
+pub async fn delete_physical_machine(c: Call<'_>) -> Reply {
+    c.ops.delete_physical_machine(c.who(), c.arg("id")).await?;
+    ok(json!({"deleted": true}))
+}
+
+pub async fn failback(c: Call<'_>) -> Reply {
+    let body: FailbackBody = parse_optional_body(c.req)?;
+    let id = c.arg("id");
+    ok(json!(
+        c.ops.failback_physical(c.who(), id, body.confirm).await?
+    ))
 }
 
 pub fn cluster_json(c: &ClusterView) -> Value {

@@ -18,6 +18,8 @@ use tokio_rustls::TlsAcceptor;
 
 use lifeboat_core::ops::Ops;
 
+pub mod routing;
+
 /// Largest request body accepted by any endpoint.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 

@@ -6,6 +6,7 @@ mod admin_forms;
 mod admin_pages;
 pub mod assets;
 mod backup_pages;
+mod forms;
 mod ha_pages;
 mod layout;
 mod pages;
@@ -14,12 +15,12 @@ use std::sync::Arc;
 
 use hyper::header::{HeaderValue, SET_COOKIE};
 use hyper::{Method, Response, StatusCode};
-use lifeboat_proto::{BackupMode, PowerAction};
 use maud::Markup;
 
+use crate::http::routing::{self, Lookup};
 use crate::http::{redirect, response, Body, Req};
 use layout::PageCtx;
-use lifeboat_core::model::{random_token, Principal, Privilege};
+use lifeboat_core::model::random_token;
 use lifeboat_core::ops::{Ops, OpsError};
 
 const SESSION_COOKIE: &str = "lb_session";
@@ -104,27 +105,35 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
                 pages::error(&ctx, StatusCode::FORBIDDEN, "This form has expired or did not come from this console. Reload the page and try again."),
             );
         }
-        let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+        let segments = routing::segments(&req.path);
+        let entry = match routing::find(forms::FORMS, "POST", &segments) {
+            Lookup::Found(entry) => entry,
+            Lookup::WrongMethod | Lookup::NotFound => {
+                let e = OpsError::NotFound(format!("no action at {}", req.path));
+                return error_page(&ctx, &e);
+            }
+        };
         if ops.names_hidden_vm(&who, &segments) {
             let e = OpsError::NotFound(format!("no such object: {}", req.path));
             return error_page(&ctx, &e);
         }
-        if let Some(privilege) = action_privilege(&req.path) {
-            let action = format!("console POST {}", req.path);
+        if let Some(privilege) = entry.guard.privilege() {
+            let action = format!("console POST {}", entry.path);
             if let Err(e) = ops.require_for(&who, privilege, &action, &req.path).await {
                 return error_page(&ctx, &e);
             }
         }
-        return match post(
+        let submission = forms::Submission {
             ops,
-            &req,
-            &who,
-            &form,
-            token.as_deref().unwrap_or_default(),
-            &ctx,
-        )
-        .await
-        {
+            who: &who,
+            req: &req,
+            form: &form,
+            session: token.as_deref().unwrap_or_default(),
+            ctx: &ctx,
+            entry,
+            segments: &segments,
+        };
+        return match (entry.handler)(submission).await {
             Ok(r) => r,
             Err(e) => error_page(&ctx, &e),
         };
@@ -156,29 +165,6 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
         Err(e) => error_page(&ctx, &e),
-    }
-}
-
-/// What each console form needs, checked before the form is even read (so
-/// a role without it is refused, not told its input is wrong). Operations
-/// check again; `None`: any signed-in user (logging out).
-fn action_privilege(path: &str) -> Option<Privilege> {
-    use Privilege::*;
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["vms", _, "power"] => Some(Power),
-        ["vms", _, "backups"] | ["policies", ..] | ["backups", _, "verify"] => Some(Backup),
-        ["backups", _, "restore"] => Some(Restore),
-        ["vms", _, "ha"] | ["hosts", _, "ha"] | ["cluster", "settings"] | ["physical", ..] => {
-            Some(ManageHa)
-        }
-        ["datastores", ..] => Some(ManageDatastores),
-        ["users", ..] | ["roles", ..] | ["access-policies", ..] | ["category-rules", ..] => {
-            Some(ManageUsers)
-        }
-        ["directories", ..] | ["vms", _, "categories"] => Some(ManageUsers),
-        ["agents", "tokens"] => Some(ManageHosts),
-        _ => None,
     }
 }
 
@@ -314,205 +300,6 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
     }
 }
 
-async fn post(
-    ops: &Arc<Ops>,
-    req: &Req,
-    who: &Principal,
-    form: &[(String, String)],
-    token: &str,
-    ctx: &PageCtx<'_>,
-) -> Result<Response<Body>, OpsError> {
-    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
-        ["logout"] => {
-            ops.logout(who, token).await?;
-            let mut r = redirect("/login");
-            set_cookie(&mut r, SESSION_COOKIE, "", Some(0));
-            Ok(r)
-        }
-        ["vms", id, "power"] => {
-            let action = field(form, "action")
-                .and_then(|a| PowerAction::parse(&a))
-                .ok_or_else(|| OpsError::BadRequest("unknown power action".into()))?;
-            let job = ops.power(who, id, action, None).await?;
-            Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
-        }
-        ["vms", id, "backups"] => {
-            let mode = match field(form, "mode").as_deref() {
-                Some("full") => BackupMode::Full,
-                _ => BackupMode::Auto,
-            };
-            let job = ops.backup(who, id, None, mode).await?;
-            Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
-        }
-        ["policies"] => {
-            let number = |name: &str| field(form, name).and_then(|v| v.trim().parse::<u32>().ok());
-            let input = lifeboat_core::ops::PolicyInput {
-                name: field(form, "name").unwrap_or_default(),
-                schedule: field(form, "schedule").unwrap_or_default(),
-                datastore: None,
-                mode: None,
-                vms: Vec::new(),
-                name_pattern: field(form, "name_pattern").filter(|v| !v.trim().is_empty()),
-                category: field(form, "category").filter(|v| !v.trim().is_empty()),
-                retention: lifeboat_core::model::PruneOptions {
-                    keep_last: number("keep_last"),
-                    keep_daily: number("keep_daily"),
-                    keep_weekly: number("keep_weekly"),
-                    keep_monthly: number("keep_monthly"),
-                    ..Default::default()
-                },
-                verify_schedule: field(form, "verify_schedule").filter(|v| !v.trim().is_empty()),
-                enabled: true,
-            };
-            ops.create_policy(who, input).await?;
-            Ok(redirect("/policies"))
-        }
-        ["datastores"] => {
-            let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
-            let input = lifeboat_core::model::DatastoreInput {
-                name: field(form, "name").unwrap_or_default(),
-                kind: field(form, "kind").unwrap_or_default(),
-                path: text("path"),
-                server: text("server"),
-                export: text("export"),
-                share: text("share"),
-                username: text("username"),
-                password: text("password"),
-                domain: text("domain"),
-                options: text("options"),
-            };
-            ops.add_datastore(who, input).await?;
-            Ok(redirect("/datastores"))
-        }
-        ["policies", id, "run"] => {
-            let job = ops.run_policy(who, id).await?;
-            Ok(redirect(&format!("/jobs/{}", job.id)))
-        }
-        ["policies", id, "delete"] => {
-            ops.delete_policy(who, id).await?;
-            Ok(redirect("/policies"))
-        }
-        ["backups", reference, "verify"] => {
-            let job = ops.verify(who, reference).await?;
-            Ok(redirect(&format!("/jobs/{}", job.id)))
-        }
-        ["backups", reference, "restore"] => {
-            let host = field(form, "host");
-            let checked = |name: &str| field(form, name).is_some();
-            let text = |name: &str| field(form, name).filter(|v| !v.trim().is_empty());
-            let as_new = text("new_name").map(|name| lifeboat_core::model::AsNew {
-                name: name.trim().to_string(),
-                computer_name: text("computer_name"),
-                domain: text("domain"),
-                hostname: text("hostname"),
-            });
-            let replace = checked("replace") && as_new.is_none();
-            let job = ops
-                .restore(
-                    who,
-                    reference,
-                    host.as_deref(),
-                    replace,
-                    checked("start"),
-                    as_new,
-                )
-                .await?;
-            Ok(redirect(&format!("/jobs/{}", job.id)))
-        }
-        ["vms", id, "ha"] => {
-            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let settings = lifeboat_core::model::VmHa {
-                enabled: field(form, "enabled").is_some(),
-                priority: serde_json::from_value(serde_json::json!(text("priority")))
-                    .map_err(|_| OpsError::BadRequest("unknown priority".into()))?,
-                anti_affinity_group: text("anti_affinity_group"),
-                method: serde_json::from_value(serde_json::json!(text("method")))
-                    .map_err(|_| OpsError::BadRequest("unknown failover method".into()))?,
-                probe_address: text("probe_address"),
-            };
-            ops.set_vm_ha(who, id, settings).await?;
-            Ok(redirect(&format!("/vms/{id}")))
-        }
-        ["hosts", id, "ha"] => {
-            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let probe = match text("probe").as_str() {
-                "tcp" => lifeboat_core::model::HostProbe::Tcp {
-                    port: text("port")
-                        .parse()
-                        .map_err(|_| OpsError::BadRequest("a TCP probe needs a port".into()))?,
-                },
-                _ => lifeboat_core::model::HostProbe::Icmp,
-            };
-            let settings = lifeboat_core::model::HostHa {
-                probe,
-                address: text("address"),
-                fence_command: text("fence_command"),
-                storage_mounts: ha_pages::parse_pairs(&text("storage_mounts"))
-                    .map_err(OpsError::BadRequest)?,
-            };
-            ops.set_host_ha(who, id, settings).await?;
-            Ok(redirect(&format!("/hosts/{id}")))
-        }
-        ["cluster", "settings"] => {
-            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let number = |name: &str| {
-                text(name)
-                    .parse::<u64>()
-                    .map_err(|_| OpsError::BadRequest(format!("{name} must be a number")))
-            };
-            let settings = lifeboat_core::model::ClusterHa {
-                heartbeat_interval_ms: number("heartbeat_interval_ms")?,
-                misses: number("misses")? as u32,
-                fence_timeout_ms: number("fence_timeout_ms")?,
-                fence_margin_ms: number("fence_margin_ms")?,
-                tolerated_host_failures: number("tolerated_host_failures")? as u32,
-                shared_storages: ha_pages::parse_pairs(&text("shared_storages"))
-                    .map_err(OpsError::BadRequest)?,
-                isolation_addresses: text("isolation_addresses")
-                    .lines()
-                    .map(|l| l.trim().to_string())
-                    .filter(|l| !l.is_empty())
-                    .collect(),
-            };
-            ops.set_cluster_ha(who, settings).await?;
-            Ok(redirect("/cluster"))
-        }
-        ["physical"] => {
-            let text = |name: &str| field(form, name).unwrap_or_default().trim().to_string();
-            let pm = lifeboat_core::model::PhysicalMachine {
-                id: String::new(),
-                name: text("name"),
-                checks: ha_pages::parse_checks(&text("checks")).map_err(OpsError::BadRequest)?,
-                failed_rounds: text("failed_rounds").parse().unwrap_or(3),
-                interval_ms: 1000,
-                standby_vm: text("standby_vm"),
-                standby_host: text("standby_host"),
-                state: lifeboat_core::model::PhysicalState::Monitoring,
-            };
-            ops.add_physical_machine(who, pm).await?;
-            Ok(redirect("/physical"))
-        }
-        ["physical", id, "failback"] => {
-            ops.failback_physical(who, id, field(form, "confirm").is_some())
-                .await?;
-            Ok(redirect("/physical"))
-        }
-        ["agents", "tokens"] => {
-            let issued = ops.issue_enrollment_token(who).await?;
-            let pending = ops.pending_enrollment_tokens(who)?;
-            Ok(html(
-                StatusCode::OK,
-                pages::agents(ctx, &pending, Some(&issued), req),
-            ))
-        }
-        _ => match admin_forms::post(ops, who, form, &segments, ctx).await {
-            Some(result) => result,
-            None => Err(OpsError::NotFound(format!("no action at {}", req.path))),
-        },
-    }
-}
-
 async fn login(ops: &Arc<Ops>, req: &Req) -> Response<Body> {
     if req.method == Method::GET {
         // Keep a login token the browser already has: a second tab, or a
@@ -520,9 +307,8 @@ async fn login(ops: &Arc<Ops>, req: &Req) -> Response<Body> {
         let csrf = req
             .cookie(LOGIN_CSRF_COOKIE)
             .filter(|c| {
-                c.len() == 43
-                    && c.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                // What random_token makes: 64 hex digits.
+                c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit())
             })
             .map(str::to_string)
             .unwrap_or_else(random_token);

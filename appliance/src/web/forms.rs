@@ -1,0 +1,342 @@
+//! Every console form in one table: path, who may submit it and the
+//! handler, together in one entry. The console checks the session's CSRF
+//! token, then hides VMs outside the caller's scope (404), then the entry's
+//! privilege (audited when refused) before the handler reads a field.
+//! Operations check again. Access-control forms are in `admin_forms`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+use lifeboat_core::model::{
+    AsNew, ClusterHa, DatastoreInput, HostHa, HostProbe, PhysicalMachine, PhysicalState, Principal,
+    Privilege, PruneOptions, VmHa,
+};
+use lifeboat_core::ops::{Ops, OpsError, PolicyInput};
+use lifeboat_proto::{BackupMode, PowerAction};
+use Privilege::*;
+
+use super::layout::PageCtx;
+use super::{admin_forms, field, ha_pages, html, pages, set_cookie, SESSION_COOKIE};
+use crate::http::routing::{self, Entry, Guard};
+use crate::http::{redirect, Body, Req};
+
+/// A submitted form, handed to its entry's handler.
+pub struct Submission<'a> {
+    pub ops: &'a Arc<Ops>,
+    pub who: &'a Principal,
+    pub req: &'a Req,
+    pub form: &'a [(String, String)],
+    /// The session token (to end it on logout).
+    pub session: &'a str,
+    pub ctx: &'a PageCtx<'a>,
+    pub entry: &'static FormEntry,
+    pub segments: &'a [&'a str],
+}
+
+impl<'a> Submission<'a> {
+    /// The path segment that stood for `{name}` in the entry's pattern.
+    pub fn arg(&self, name: &str) -> &'a str {
+        routing::arg(self.entry.path, self.segments, name)
+    }
+
+    pub fn field(&self, name: &str) -> Option<String> {
+        field(self.form, name)
+    }
+
+    /// A field, trimmed; empty when absent.
+    pub fn text(&self, name: &str) -> String {
+        self.field(name).unwrap_or_default().trim().to_string()
+    }
+
+    /// A field with something in it, as sent.
+    pub fn non_empty(&self, name: &str) -> Option<String> {
+        self.field(name).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn checked(&self, name: &str) -> bool {
+        self.field(name).is_some()
+    }
+}
+
+pub type FormReply = Result<Response<Body>, OpsError>;
+pub type FormHandler =
+    for<'a> fn(Submission<'a>) -> Pin<Box<dyn Future<Output = FormReply> + Send + 'a>>;
+
+pub struct FormEntry {
+    pub path: &'static str,
+    pub guard: Guard,
+    pub handler: FormHandler,
+}
+
+impl Entry for FormEntry {
+    fn method(&self) -> &'static str {
+        "POST"
+    }
+    fn path(&self) -> &'static str {
+        self.path
+    }
+}
+
+/// `form!("/path", guard => handler)`, where guard is `anyone` or a privilege.
+macro_rules! form {
+    ($path:literal, anyone => $handler:path) => {
+        form!(@ $path, Guard::Anyone, $handler)
+    };
+    ($path:literal, $privilege:ident => $handler:path) => {
+        form!(@ $path, Guard::Requires($privilege), $handler)
+    };
+    (@ $path:literal, $guard:expr, $handler:path) => {
+        FormEntry {
+            path: $path,
+            guard: $guard,
+            handler: |submission| Box::pin($handler(submission)),
+        }
+    };
+}
+
+pub static FORMS: &[FormEntry] = &[
+    form!("/logout", anyone => logout),
+    form!("/vms/{id}/power", Power => power),
+    form!("/vms/{id}/backups", Backup => backup),
+    form!("/policies", Backup => create_policy),
+    form!("/policies/{id}/run", Backup => run_policy),
+    form!("/policies/{id}/delete", Backup => delete_policy),
+    form!("/backups/{ref}/verify", Backup => verify),
+    form!("/backups/{ref}/restore", Restore => restore),
+    form!("/datastores", ManageDatastores => add_datastore),
+    form!("/vms/{id}/ha", ManageHa => set_vm_ha),
+    form!("/hosts/{id}/ha", ManageHa => set_host_ha),
+    form!("/cluster/settings", ManageHa => set_cluster_ha),
+    form!("/physical", ManageHa => add_physical_machine),
+    form!("/physical/{id}/failback", ManageHa => failback),
+    form!("/agents/tokens", ManageHosts => issue_enrollment_token),
+    form!("/users", ManageUsers => admin_forms::create_user),
+    form!("/users/{name}", ManageUsers => admin_forms::update_user),
+    form!("/users/{name}/delete", ManageUsers => admin_forms::delete_user),
+    form!("/roles", ManageUsers => admin_forms::create_role),
+    form!("/roles/{name}/delete", ManageUsers => admin_forms::delete_role),
+    form!("/access-policies", ManageUsers => admin_forms::create_access_policy),
+    form!("/access-policies/{name}/delete", ManageUsers => admin_forms::delete_access_policy),
+    form!("/category-rules", ManageUsers => admin_forms::add_category_rule),
+    form!("/category-rules/{id}/delete", ManageUsers => admin_forms::delete_category_rule),
+    form!("/vms/{id}/categories", ManageUsers => admin_forms::set_vm_categories),
+    form!("/directories", ManageUsers => admin_forms::create_directory),
+    form!("/directories/{name}/delete", ManageUsers => admin_forms::delete_directory),
+    form!("/tokens", anyone => admin_forms::create_token),
+    form!("/tokens/{id}/delete", anyone => admin_forms::revoke_token),
+];
+
+fn bad(msg: &str) -> OpsError {
+    OpsError::BadRequest(msg.to_string())
+}
+
+async fn logout(s: Submission<'_>) -> FormReply {
+    s.ops.logout(s.who, s.session).await?;
+    let mut r = redirect("/login");
+    set_cookie(&mut r, SESSION_COOKIE, "", Some(0));
+    Ok(r)
+}
+
+async fn power(s: Submission<'_>) -> FormReply {
+    let id = s.arg("id");
+    let action = s
+        .field("action")
+        .and_then(|a| PowerAction::parse(&a))
+        .ok_or_else(|| bad("unknown power action"))?;
+    let job = s.ops.power(s.who, id, action, None).await?;
+    Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+}
+
+async fn backup(s: Submission<'_>) -> FormReply {
+    let id = s.arg("id");
+    let mode = match s.field("mode").as_deref() {
+        Some("full") => BackupMode::Full,
+        _ => BackupMode::Auto,
+    };
+    let job = s.ops.backup(s.who, id, None, mode).await?;
+    Ok(redirect(&format!("/vms/{id}?job={}", job.id)))
+}
+
+async fn create_policy(s: Submission<'_>) -> FormReply {
+    let number = |name: &str| s.field(name).and_then(|v| v.trim().parse::<u32>().ok());
+    let input = PolicyInput {
+        name: s.field("name").unwrap_or_default(),
+        schedule: s.field("schedule").unwrap_or_default(),
+        datastore: None,
+        mode: None,
+        vms: Vec::new(),
+        name_pattern: s.non_empty("name_pattern"),
+        category: s.non_empty("category"),
+        retention: PruneOptions {
+            keep_last: number("keep_last"),
+            keep_daily: number("keep_daily"),
+            keep_weekly: number("keep_weekly"),
+            keep_monthly: number("keep_monthly"),
+            ..Default::default()
+        },
+        verify_schedule: s.non_empty("verify_schedule"),
+        enabled: true,
+    };
+    s.ops.create_policy(s.who, input).await?;
+    Ok(redirect("/policies"))
+}
+
+async fn run_policy(s: Submission<'_>) -> FormReply {
+    let job = s.ops.run_policy(s.who, s.arg("id")).await?;
+    Ok(redirect(&format!("/jobs/{}", job.id)))
+}
+
+async fn delete_policy(s: Submission<'_>) -> FormReply {
+    s.ops.delete_policy(s.who, s.arg("id")).await?;
+    Ok(redirect("/policies"))
+}
+
+async fn verify(s: Submission<'_>) -> FormReply {
+    let job = s.ops.verify(s.who, s.arg("ref")).await?;
+    Ok(redirect(&format!("/jobs/{}", job.id)))
+}
+
+async fn restore(s: Submission<'_>) -> FormReply {
+    let as_new = s.non_empty("new_name").map(|name| AsNew {
+        name: name.trim().to_string(),
+        computer_name: s.non_empty("computer_name"),
+        domain: s.non_empty("domain"),
+        hostname: s.non_empty("hostname"),
+    });
+    let replace = s.checked("replace") && as_new.is_none();
+    let host = s.field("host");
+    let job = s
+        .ops
+        .restore(
+            s.who,
+            s.arg("ref"),
+            host.as_deref(),
+            replace,
+            s.checked("start"),
+            as_new,
+        )
+        .await?;
+    Ok(redirect(&format!("/jobs/{}", job.id)))
+}
+
+async fn add_datastore(s: Submission<'_>) -> FormReply {
+    let input = DatastoreInput {
+        name: s.field("name").unwrap_or_default(),
+        kind: s.field("kind").unwrap_or_default(),
+        path: s.non_empty("path"),
+        server: s.non_empty("server"),
+        export: s.non_empty("export"),
+        share: s.non_empty("share"),
+        username: s.non_empty("username"),
+        password: s.non_empty("password"),
+        domain: s.non_empty("domain"),
+        options: s.non_empty("options"),
+    };
+    s.ops.add_datastore(s.who, input).await?;
+    Ok(redirect("/datastores"))
+}
+
+async fn set_vm_ha(s: Submission<'_>) -> FormReply {
+    let id = s.arg("id");
+    let settings = VmHa {
+        enabled: s.checked("enabled"),
+        priority: serde_json::from_value(serde_json::json!(s.text("priority")))
+            .map_err(|_| bad("unknown priority"))?,
+        anti_affinity_group: s.text("anti_affinity_group"),
+        method: serde_json::from_value(serde_json::json!(s.text("method")))
+            .map_err(|_| bad("unknown failover method"))?,
+        probe_address: s.text("probe_address"),
+    };
+    s.ops.set_vm_ha(s.who, id, settings).await?;
+    Ok(redirect(&format!("/vms/{id}")))
+}
+
+async fn set_host_ha(s: Submission<'_>) -> FormReply {
+    let id = s.arg("id");
+    let probe = match s.text("probe").as_str() {
+        "tcp" => HostProbe::Tcp {
+            port: s
+                .text("port")
+                .parse()
+                .map_err(|_| bad("a TCP probe needs a port"))?,
+        },
+        _ => HostProbe::Icmp,
+    };
+    let settings = HostHa {
+        probe,
+        address: s.text("address"),
+        fence_command: s.text("fence_command"),
+        storage_mounts: ha_pages::parse_pairs(&s.text("storage_mounts"))
+            .map_err(OpsError::BadRequest)?,
+    };
+    s.ops.set_host_ha(s.who, id, settings).await?;
+    Ok(redirect(&format!("/hosts/{id}")))
+}
+
+async fn set_cluster_ha(s: Submission<'_>) -> FormReply {
+    let number = |name: &str| {
+        s.text(name)
+            .parse::<u64>()
+            .map_err(|_| OpsError::BadRequest(format!("{name} must be a number")))
+    };
+    let settings = ClusterHa {
+        heartbeat_interval_ms: number("heartbeat_interval_ms")?,
+        misses: number("misses")? as u32,
+        fence_timeout_ms: number("fence_timeout_ms")?,
+        fence_margin_ms: number("fence_margin_ms")?,
+        tolerated_host_failures: number("tolerated_host_failures")? as u32,
+        shared_storages: ha_pages::parse_pairs(&s.text("shared_storages"))
+            .map_err(OpsError::BadRequest)?,
+        isolation_addresses: s
+            .text("isolation_addresses")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+    };
+    s.ops.set_cluster_ha(s.who, settings).await?;
+    Ok(redirect("/cluster"))
+}
+
+async fn add_physical_machine(s: Submission<'_>) -> FormReply {
+    let pm = PhysicalMachine {
+        id: String::new(),
+        name: s.text("name"),
+        checks: ha_pages::parse_checks(&s.text("checks")).map_err(OpsError::BadRequest)?,
+        failed_rounds: s.text("failed_rounds").parse().unwrap_or(3),
+        interval_ms: 1000,
+        standby_vm: s.text("standby_vm"),
+        standby_host: s.text("standby_host"),
+        state: PhysicalState::Monitoring,
+    };
+    s.ops.add_physical_machine(s.who, pm).await?;
+    Ok(redirect("/physical"))
+}
+
+async fn failback(s: Submission<'_>) -> FormReply {
+    s.ops
+        .failback_physical(s.who, s.arg("id"), s.checked("confirm"))
+        .await?;
+    Ok(redirect("/physical"))
+}
+
+async fn issue_enrollment_token(s: Submission<'_>) -> FormReply {
+    let issued = s.ops.issue_enrollment_token(s.who).await?;
+    let pending = s.ops.pending_enrollment_tokens(s.who)?;
+    Ok(html(
+        StatusCode::OK,
+        pages::agents(s.ctx, &pending, Some(&issued), s.req),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_form_is_listed_once() {
+        routing::check_table(FORMS);
+    }
+}
