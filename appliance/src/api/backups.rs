@@ -121,6 +121,11 @@ pub async fn set_protected(c: Call<'_>) -> Reply {
     Ok(json(StatusCode::OK, &backup_json(&b, true)))
 }
 
+pub async fn delete_backup(c: Call<'_>) -> Reply {
+    c.ops.delete_backup(c.who(), c.arg("ref")).await?;
+    deleted()
+}
+
 pub async fn verify(c: Call<'_>) -> Reply {
     let job = c.ops.verify(c.who(), c.arg("ref")).await?;
     job_accepted(job.id)

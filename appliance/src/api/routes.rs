@@ -125,6 +125,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/backups/{ref}", View => backups::backup),
     route!(PUT "/backups/{ref}", Backup => backups::set_protected),
     route!(PATCH "/backups/{ref}", Backup => backups::set_protected),
+    route!(DELETE "/backups/{ref}", DeleteBackup => backups::delete_backup),
     route!(POST "/backups/{ref}/verify", Backup => backups::verify),
     route!(POST "/backups/{ref}/restore", Restore => backups::restore),
     route!(GET "/backup-policies", View => backups::policies),

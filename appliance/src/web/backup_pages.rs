@@ -4,9 +4,9 @@
 use maud::{html, Markup};
 
 use super::layout::{bytes, PageCtx};
-use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::BackupPolicy;
 use lifeboat_core::model::HostView;
+use lifeboat_core::model::{rfc3339, Privilege};
 use lifeboat_core::ops::{BackupSummary, DatastoreView};
 
 pub fn vm_backups(
@@ -30,6 +30,7 @@ pub fn vm_backups(
                 thead { tr {
                     th { "Time" } th { "Mode" } th { "Datastore" } th { "Disk size" } th { "Read" } th { "New data" }
                     th { "Consistency" } th { "Verified" } th { "Restore" }
+                    @if ctx.who.can(Privilege::DeleteBackup) { th { "Delete" } }
                 } }
                 tbody {
                     @for b in backups.iter().rev() {
@@ -44,6 +45,14 @@ pub fn vm_backups(
                             td { @if m.backup.guest_frozen { "filesystems frozen" } @else { "crash-consistent" } }
                             td { (verify_cell(ctx, b)) }
                             td { (restore_form(ctx, &b.reference.to_string(), &m.vm.origin_host_id, hosts)) }
+                            @if ctx.who.can(Privilege::DeleteBackup) && !b.protected {
+                                td {
+                                    form.inline method="post" action={"/backups/" (b.reference) "/delete"} {
+                                        input type="hidden" name="csrf" value=(ctx.csrf);
+                                        button type="submit" { "Delete" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

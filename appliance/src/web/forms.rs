@@ -105,6 +105,7 @@ pub static FORMS: &[FormEntry] = &[
     form!("/policies/{id}/delete", Backup => delete_policy),
     form!("/backups/{ref}/verify", Backup => verify),
     form!("/backups/{ref}/restore", Restore => restore),
+    form!("/backups/{ref}/delete", DeleteBackup => delete_backup),
     form!("/datastores", ManageDatastores => add_datastore),
     form!("/vms/{id}/ha", ManageHa => set_vm_ha),
     form!("/hosts/{id}/ha", ManageHa => set_host_ha),
@@ -196,6 +197,13 @@ async fn delete_policy(s: Submission<'_>) -> FormReply {
 async fn verify(s: Submission<'_>) -> FormReply {
     let job = s.ops.verify(s.who, s.arg("ref")).await?;
     Ok(redirect(&format!("/jobs/{}", job.id)))
+}
+
+async fn delete_backup(s: Submission<'_>) -> FormReply {
+    let reference = s.arg("ref");
+    let vm = s.ops.backup_manifest(s.who, reference).await?.reference.vm;
+    s.ops.delete_backup(s.who, reference).await?;
+    Ok(redirect(&format!("/vms/{vm}")))
 }
 
 async fn restore(s: Submission<'_>) -> FormReply {

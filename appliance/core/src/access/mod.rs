@@ -52,6 +52,9 @@ pub struct Principal {
     /// Which VMs the principal sees; `None`: all of them.
     pub(crate) scope: Option<std::sync::Arc<scope::Scope>>,
     pub(crate) source: String,
+    /// When the credential this principal acts with ends, if it is an API
+    /// token: a token it makes may not outlive it.
+    pub(crate) credential_expires_at: Option<u64>,
 }
 
 impl Principal {
@@ -86,6 +89,20 @@ impl Principal {
             privileges: Privileges::all(),
             scope: None,
             source: source.to_string(),
+            credential_expires_at: None,
+        }
+    }
+
+    /// Someone who may do nothing (a user who no longer exists), audited
+    /// under their name.
+    pub(crate) fn nobody(user: &str, source: &str) -> Principal {
+        Principal {
+            user: user.to_string(),
+            role: String::new(),
+            privileges: Privileges::default(),
+            scope: Some(std::sync::Arc::new(scope::Scope::default())),
+            source: source.to_string(),
+            credential_expires_at: None,
         }
     }
 
@@ -185,7 +202,7 @@ fn verify_password(hash: &str, password: &str) -> bool {
 
 impl Access {
     pub fn load(store: Store) -> Result<Access, StoreError> {
-        let users = store.load::<User>(Table::Users)?.into_iter().collect();
+        let users = normalized_users(&store, store.load::<User>(Table::Users)?)?;
         let now = unix_now();
         let sessions = store
             .load::<StoredSession>(Table::Sessions)?
@@ -201,6 +218,18 @@ impl Access {
                 )
             })
             .collect();
+        // Tokens whose owner is gone end with them (a later user of the
+        // same name must inherit nothing).
+        let orphans: Vec<Write> = store
+            .load::<tokens::ApiToken>(Table::ApiTokens)?
+            .into_iter()
+            .filter(|(_, t)| !users.contains_key(&normalize_login(&t.owner)))
+            .map(|(key, _)| Write::delete(Table::ApiTokens, key))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!("revoked {} API tokens of deleted users", orphans.len());
+            store.commit_blocking(orphans)?;
+        }
         Ok(Access {
             custom_roles: Book::load(store.clone(), Table::Roles)?,
             policies: Book::load(store.clone(), Table::AccessPolicies)?,
@@ -272,10 +301,12 @@ impl Access {
 
     /// Refuses while `user` or `source` is locked out after failures.
     pub fn check_lockout_for(&self, user: &str, source: &str) -> Result<(), AccessError> {
+        let user = &normalize_login(user);
         self.check_lockout(&[format!("user:{user}"), format!("addr:{source}")])
     }
 
     pub fn login_failed(&self, user: &str, source: &str) {
+        let user = &normalize_login(user);
         self.record_failure(&[format!("user:{user}"), format!("addr:{source}")]);
         tracing::warn!(user, source, "failed login");
     }
@@ -290,6 +321,7 @@ impl Access {
         policies: Vec<String>,
         source: &str,
     ) -> Result<Principal, AccessError> {
+        let user = &normalize_login(user);
         if self.user(user).is_some_and(|u| u.disabled) {
             self.login_failed(user, source);
             return Err(AccessError::InvalidCredentials);
@@ -324,6 +356,7 @@ impl Access {
         password: &str,
         source: &str,
     ) -> Result<Principal, AccessError> {
+        let user = &normalize_login(user);
         let keys = [format!("user:{user}"), format!("addr:{source}")];
         self.check_lockout(&keys)?;
         let record = self.users.read().expect("users lock").get(user).cloned();
@@ -380,9 +413,15 @@ impl Access {
         cache.insert(cache_key, (principal.user.clone(), Instant::now()));
     }
 
+    /// A user's principal as they are now; `None` when gone or disabled.
+    pub fn current_principal(&self, user: &str, source: &str) -> Option<Principal> {
+        self.principal_for(user, source)
+    }
+
     /// The user's current rights: the role is looked up at every request,
     /// so a changed role or a disabled user takes effect at once.
     fn principal_for(&self, user: &str, source: &str) -> Option<Principal> {
+        let user = &normalize_login(user);
         let users = self.users.read().expect("users lock");
         let u = users.get(user).filter(|u| !u.disabled)?;
         Some(self.principal(u, source))
@@ -398,6 +437,7 @@ impl Access {
             role: u.role.clone(),
             scope: self.scope_of(&u.policies),
             source: source.to_string(),
+            credential_expires_at: None,
         }
     }
 
@@ -481,6 +521,12 @@ impl Access {
     }
 }
 
+/// A login name as it is stored and compared: trimmed and lower-case, so
+/// `Admin`, ` admin` and `admin` are one user with one lockout counter.
+pub fn normalize_login(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
 /// Names of roles, access policies and directories: 2-40 lower-case
 /// letters, digits or '-', so they are safe in URLs, logs and CSV.
 pub fn check_slug(what: &str, name: &str) -> Result<(), String> {
@@ -495,6 +541,36 @@ pub fn check_slug(what: &str, name: &str) -> Result<(), String> {
             "{what} name {name:?}: 2-40 lower-case letters, digits or '-'"
         ))
     }
+}
+
+/// Users stored before login names were normalized are stored again under
+/// their normalized name (the first of several that now coincide wins).
+fn normalized_users(
+    store: &Store,
+    stored: Vec<(String, User)>,
+) -> Result<HashMap<String, User>, StoreError> {
+    let mut users = HashMap::new();
+    let mut writes = Vec::new();
+    for (key, mut user) in stored {
+        let name = normalize_login(&user.name);
+        if key != name || user.name != name {
+            writes.push(Write::delete(Table::Users, key.clone()));
+            if users.contains_key(&name) {
+                tracing::warn!(
+                    user = user.name,
+                    "dropped: another user has the same normalized name"
+                );
+                continue;
+            }
+            user.name = name.clone();
+            writes.push(Write::put(Table::Users, name.clone(), &user));
+        }
+        users.insert(name, user);
+    }
+    if !writes.is_empty() {
+        store.commit_blocking(writes)?;
+    }
+    Ok(users)
 }
 
 /// The privilege check every operation starts with.

@@ -21,6 +21,11 @@ pub struct ApiToken {
     pub created_at: u64,
     pub expires_at: u64,
     pub privileges: BTreeSet<Privilege>,
+    /// The owner's `created_at` when the token was made: a token is void
+    /// for any later user of the same name. `None` on tokens made before
+    /// this was recorded (those of deleted owners are dropped at start).
+    #[serde(default)]
+    pub owner_since: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,20 +63,37 @@ impl Access {
                 "all of them",
             ));
         }
+        let now = unix_now();
+        let mut expires_at = now + request.expires_in_days * 86_400;
+        let record = self
+            .user(&owner.user)
+            .ok_or_else(|| AccessError::NotFound(format!("no user {}", owner.user)))?;
+        if record.directory.is_some() {
+            // The directory is asked again only at a login: a directory
+            // user's token lasts no longer than a session would.
+            expires_at = expires_at.min(now + super::SESSION_ABSOLUTE_SECS);
+        }
+        if let Some(limit) = owner.credential_expires_at {
+            if expires_at > limit {
+                return Err(invalid(
+                    "a token cannot make a token that outlives it: ask for fewer days",
+                ));
+            }
+        }
         if self.api_tokens_of(&owner.user).len() >= MAX_PER_USER {
             return Err(AccessError::Conflict(format!(
                 "at most {MAX_PER_USER} tokens per user"
             )));
         }
         let token = format!("lbt_{}", random_token());
-        let now = unix_now();
         let record = ApiToken {
             id: random_token()[..16].to_string(),
             owner: owner.user.clone(),
             name: request.name.trim().to_string(),
             created_at: now,
-            expires_at: now + request.expires_in_days * 86_400,
+            expires_at,
             privileges,
+            owner_since: Some(record.created_at),
         };
         self.api_tokens
             .put(&token_hash(&token), record.clone())
@@ -87,7 +109,15 @@ impl Access {
         if record.expires_at <= unix_now() {
             return None;
         }
+        let owner = self.user(&record.owner)?;
+        if record
+            .owner_since
+            .is_some_and(|since| since != owner.created_at)
+        {
+            return None;
+        }
         let mut principal = self.principal_for(&record.owner, source)?;
+        principal.credential_expires_at = Some(record.expires_at);
         let granted: Privileges = record.privileges.iter().copied().collect();
         principal.privileges = principal
             .privileges
@@ -95,6 +125,16 @@ impl Access {
             .filter(|p| granted.contains(*p))
             .collect();
         Some(principal)
+    }
+
+    /// Revokes every token of `owner` (who is being deleted).
+    pub async fn revoke_api_tokens_of(&self, owner: &str) -> Result<(), AccessError> {
+        for (key, token) in self.api_tokens.entries() {
+            if token.owner == owner {
+                self.api_tokens.delete(&key).await?;
+            }
+        }
+        Ok(())
     }
 
     pub fn api_tokens_of(&self, owner: &str) -> Vec<ApiToken> {

@@ -65,11 +65,12 @@ impl Access {
     }
 
     pub fn user(&self, name: &str) -> Option<User> {
-        self.users.read().expect("users lock").get(name).cloned()
+        let name = super::normalize_login(name);
+        self.users.read().expect("users lock").get(&name).cloned()
     }
 
     pub async fn create_user(&self, input: UserInput) -> Result<User, AccessError> {
-        let name = input.name.unwrap_or_default();
+        let name = super::normalize_login(&input.name.unwrap_or_default());
         check_name(&name)?;
         let password = input
             .password
@@ -100,10 +101,15 @@ impl Access {
     }
 
     pub async fn update_user(&self, name: &str, input: UserInput) -> Result<User, AccessError> {
+        let name = &super::normalize_login(name);
         let mut user = self
             .user(name)
             .ok_or_else(|| AccessError::NotFound(format!("no user {name}")))?;
-        if input.name.as_deref().is_some_and(|n| n != name) {
+        if input
+            .name
+            .as_deref()
+            .is_some_and(|n| super::normalize_login(n) != *name)
+        {
             return Err(invalid("a user cannot be renamed"));
         }
         if let Some(role) = input.role {
@@ -136,6 +142,7 @@ impl Access {
     }
 
     pub async fn delete_user(&self, name: &str) -> Result<(), AccessError> {
+        let name = &super::normalize_login(name);
         if self.user(name).is_none() {
             return Err(AccessError::NotFound(format!("no user {name}")));
         }
@@ -146,6 +153,9 @@ impl Access {
         self.users.write().expect("users lock").remove(name);
         self.end_sessions_of(name).await?;
         self.forget_cached_credentials(name);
+        // Tokens end with their owner: a new user of the same name
+        // inherits nothing.
+        self.revoke_api_tokens_of(name).await?;
         Ok(())
     }
 

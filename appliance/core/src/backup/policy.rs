@@ -38,6 +38,11 @@ pub struct BackupPolicy {
     pub retention: PruneOptions,
     /// UNIX seconds of the last scheduled run (or of creation).
     pub last_run: u64,
+    /// Who last saved the policy: scheduled runs act with that user's
+    /// current rights and scope. `None` (policies saved before owners were
+    /// recorded): the scheduler's full rights.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// When to re-verify every backup of the covered VMs, if at all.
     #[serde(default)]
     pub verify_schedule: Option<CalendarEvent>,
@@ -100,6 +105,7 @@ mod tests {
             category: None,
             retention: PruneOptions::default(),
             last_run,
+            owner: None,
             verify_schedule: Some(CalendarEvent::parse("sun 03:00").unwrap()),
             last_verify: last_run,
         }

@@ -23,6 +23,14 @@ pub struct PruneOptions {
     pub keep_yearly: Option<u32>,
 }
 
+impl PruneOptions {
+    /// Whether any rule is set, i.e. whether applying these options can
+    /// remove a backup.
+    pub fn prunes(&self) -> bool {
+        RULES.iter().any(|(_, count)| count(self).unwrap_or(0) > 0)
+    }
+}
+
 /// The rule that kept a backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -259,8 +259,10 @@ impl Ops {
                         .inventory
                         .with_vms(|vms| vms.filter(|v| v.info.name == new.name).count() > 0);
                     if taken {
+                        // The same words whether or not the caller sees
+                        // that VM: nothing about it is told.
                         return Err(OpsError::Conflict(format!(
-                            "a VM named {:?} already exists",
+                            "the name {:?} is taken; choose another",
                             new.name
                         )));
                     }

@@ -82,6 +82,7 @@ impl Ops {
         let object = format!("directory {}", d.name);
         let result = async {
             require(who, Privilege::ManageUsers, "managing directories")?;
+            super::require_unrestricted(who, "managing directories")?;
             d.validate().map_err(OpsError::BadRequest)?;
             let old = self.directories.get(&d.name);
             match (create, &old) {
@@ -136,6 +137,7 @@ impl Ops {
     pub async fn delete_directory(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
         let result = async {
             require(who, Privilege::ManageUsers, "managing directories")?;
+            super::require_unrestricted(who, "managing directories")?;
             if !self.directories.delete(name).await? {
                 return Err(OpsError::NotFound(format!("no directory {name}")));
             }

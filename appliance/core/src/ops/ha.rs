@@ -36,10 +36,12 @@ impl Ops {
     pub fn cluster_view(&self, who: &Principal) -> Result<ClusterView, OpsError> {
         require(who, Privilege::View, "viewing the cluster")?;
         let settings = self.ha.cluster();
+        let visible = self.visibility(who);
         let load: HashMap<String, (usize, u64)> = self
             .ha_vms_by_host()
             .into_iter()
-            .map(|(host, vms)| {
+            .map(|(host, mut vms)| {
+                vms.retain(|(vm, _)| visible(vm));
                 let running = vms
                     .iter()
                     .filter(|(vm, _)| vm.info.power_state == PowerState::Running)
@@ -49,8 +51,7 @@ impl Ops {
             })
             .collect();
         let mut hosts: Vec<ClusterHost> = self
-            .inventory
-            .hosts()
+            .hosts(who)?
             .into_iter()
             .map(|view| {
                 let watch = self.ha.watch(&view.host.id);
@@ -182,9 +183,9 @@ impl Ops {
         limit: usize,
     ) -> Result<Vec<HostEvent>, OpsError> {
         require(who, Privilege::View, "viewing HA history")?;
-        let hidden = self.hidden_vm_words(who);
+        let filter = self.text_filter(who);
         let events = self.ha.history(source, limit.min(1000));
-        Ok(super::scope::without_hidden(events, &hidden, |e| {
+        Ok(super::scope::allowed_by(events, filter.as_ref(), |e| {
             e.message.clone()
         }))
     }
@@ -214,14 +215,21 @@ impl Ops {
         let result = async {
             require(who, Privilege::ManageHa, "managing physical machines")?;
             pm.validate().map_err(OpsError::BadRequest)?;
+            // By name among the VMs the caller sees (never telling of one
+            // they do not), else by UUID.
+            let visible = self.visibility(who);
             let by_name = self.inventory.with_vms(|vms| {
                 let named: Vec<String> = vms
-                    .filter(|v| v.info.name == pm.standby_vm)
+                    .filter(|v| v.info.name == pm.standby_vm && visible(v))
                     .map(|v| v.info.uuid.clone())
                     .collect();
                 (named.len() == 1).then(|| named[0].clone())
             });
-            let vm = self.vm(who, by_name.as_deref().unwrap_or(&pm.standby_vm))?;
+            let vm = self
+                .vm(who, by_name.as_deref().unwrap_or(&pm.standby_vm))
+                .map_err(|_| {
+                    OpsError::NotFound(format!("no VM named or with id {:?}", pm.standby_vm))
+                })?;
             pm.standby_vm = vm.info.uuid.clone();
             pm.id = uuid::Uuid::new_v4().to_string();
             pm.state = PhysicalState::Monitoring;

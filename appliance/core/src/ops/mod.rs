@@ -11,6 +11,7 @@ mod ha_physical;
 pub mod offline;
 mod open;
 mod policies;
+mod retention;
 mod scope;
 mod users;
 mod vm_query;
@@ -454,6 +455,19 @@ impl Ops {
         });
         Ok(job)
     }
+}
+
+/// What only an unrestricted principal (one without access policies) may
+/// do: anything that decides scope — access policies, category rules, VM
+/// tags, directory group mappings. A restricted principal could otherwise
+/// widen their own scope or reach VMs outside it.
+fn require_unrestricted(who: &Principal, what: &str) -> Result<(), OpsError> {
+    if who.scope.is_none() {
+        return Ok(());
+    }
+    Err(OpsError::Forbidden(format!(
+        "permission denied: {what} is for users without access policies"
+    )))
 }
 
 /// Whether `action` makes sense for a VM in `state`; a clear refusal if not.

@@ -11,10 +11,9 @@ use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
 use crate::backup::calendar::CalendarEvent;
 use crate::backup::datastores::DEFAULT_DATASTORE;
-use crate::backup::gc::{collect_garbage, prune_backup};
 use crate::backup::policy::{BackupPolicy, PolicyMode};
-use crate::backup::prune::{compute_prune, PruneMark, PruneOptions};
-use crate::backup::{Datastore, VmUuid};
+use crate::backup::prune::PruneOptions;
+use crate::backup::VmUuid;
 use crate::clock::unix_now;
 use crate::jobs::{Job, JobState, NewJob};
 
@@ -51,6 +50,18 @@ fn yes() -> bool {
 /// The principal scheduled runs act as; audited like anyone else.
 fn scheduler() -> Principal {
     Principal::system("scheduler", "schedule")
+}
+
+/// Retention removes backups: whoever sets or runs it needs `delete-backup`.
+fn require_retention_right(who: &Principal, retention: &PruneOptions) -> Result<(), OpsError> {
+    if retention.prunes() {
+        require(
+            who,
+            Privilege::DeleteBackup,
+            "a policy with retention rules",
+        )?;
+    }
+    Ok(())
 }
 
 impl Ops {
@@ -130,6 +141,7 @@ impl Ops {
             category: input.category,
             retention: input.retention,
             last_run,
+            owner: None,
             verify_schedule,
             last_verify: last_run,
         })
@@ -142,8 +154,10 @@ impl Ops {
     ) -> Result<BackupPolicy, OpsError> {
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
-            let policy =
+            require_retention_right(who, &input.retention)?;
+            let mut policy =
                 self.validate_policy(uuid::Uuid::new_v4().to_string(), input, unix_now())?;
+            policy.owner = Some(who.user.clone());
             self.policies.put(&policy.id, policy.clone()).await?;
             Ok(policy)
         }
@@ -161,7 +175,9 @@ impl Ops {
         let old = self.policy(who, id)?;
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
+            require_retention_right(who, &input.retention)?;
             let mut policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
+            policy.owner = Some(who.user.clone());
             // VMs the caller cannot see stay in the policy: they could not
             // have meant to remove what they were not shown.
             if who.scope.is_some() {
@@ -189,36 +205,6 @@ impl Ops {
         }
         .await;
         self.audited(who, "delete backup policy", &format!("policy {id}"), result)
-            .await
-    }
-
-    /// Marks a backup protected from retention, or not.
-    pub async fn set_protected(
-        &self,
-        who: &Principal,
-        reference: &str,
-        protected: bool,
-    ) -> Result<(), OpsError> {
-        let b = self.backup_manifest(who, reference).await?;
-        let result = async {
-            require(who, Privilege::Backup, "protecting backups")?;
-            let store = self
-                .datastores
-                .get(&b.reference.datastore)
-                .ok_or_else(|| OpsError::NotFound(format!("no backup {reference}")))?;
-            let (vm, id) = (b.reference.vm.clone(), b.reference.id.clone());
-            tokio::task::spawn_blocking(move || store.set_protected(&vm, &id, protected))
-                .await
-                .map_err(|e| OpsError::Internal(e.to_string()))?
-                .map_err(|e| OpsError::Internal(e.to_string()))
-        }
-        .await;
-        let action = if protected {
-            "protect backup"
-        } else {
-            "unprotect backup"
-        };
-        self.audited(who, action, &format!("backup {reference}"), result)
             .await
     }
 
@@ -263,7 +249,13 @@ impl Ops {
             .datastores
             .for_backup(&policy.datastore)
             .map_err(|e| e.to_string())?;
-        let covered = self.covered_vms(policy);
+        // Only what the caller may see: a scoped user's run neither backs
+        // up, nor names, nor prunes a VM outside their scope.
+        let covered: Vec<_> = self
+            .covered_vms(policy)
+            .into_iter()
+            .filter(|(uuid, _)| self.visible_uuid(who, uuid))
+            .collect();
         let mode = match policy.mode {
             PolicyMode::Auto => lifeboat_proto::BackupMode::Auto,
             PolicyMode::Full => lifeboat_proto::BackupMode::Full,
@@ -282,13 +274,21 @@ impl Ops {
                 failures.push(format!("{name}: backup job {job_id} failed"));
             }
         }
-        let retention = policy.retention;
+        let mut retention = policy.retention;
+        if retention.prunes() && !who.can(Privilege::DeleteBackup) {
+            failures.push(format!(
+                "retention not applied: {} lacks the 'delete-backup' privilege",
+                who.user
+            ));
+            retention = PruneOptions::default();
+        }
         let vms: Vec<String> = covered.into_iter().map(|(u, _)| u).collect();
         let oldest = self.oldest_running_backup();
-        let housekeeping =
-            tokio::task::spawn_blocking(move || apply_retention(&store, &vms, &retention, oldest))
-                .await
-                .map_err(|e| e.to_string())?;
+        let housekeeping = tokio::task::spawn_blocking(move || {
+            super::retention::apply_retention(&store, &vms, &retention, oldest)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         if let Err(e) = housekeeping {
             failures.push(e);
         }
@@ -311,11 +311,12 @@ impl Ops {
 
     /// Starts a verify job for every backup of the VMs a policy covers.
     async fn verify_covered(self: &Arc<Self>, policy: &BackupPolicy) {
-        let who = scheduler();
+        let who = self.scheduled_as(policy);
         let vms: Vec<String> = self
             .covered_vms(policy)
             .into_iter()
             .map(|(uuid, _)| uuid)
+            .filter(|uuid| self.visible_uuid(&who, uuid))
             .collect();
         for vm in vms {
             let Ok(backups) = self.vm_backups(&who, &vm).await else {
@@ -388,6 +389,19 @@ impl Ops {
         }
     }
 
+    /// Who a scheduled run of `policy` acts as: its owner with their rights
+    /// and scope as they are now (nobody, if the owner is gone or
+    /// disabled), or the scheduler for a policy without a recorded owner.
+    fn scheduled_as(&self, policy: &BackupPolicy) -> Principal {
+        match &policy.owner {
+            None => scheduler(),
+            Some(owner) => self
+                .access
+                .current_principal(owner, "schedule")
+                .unwrap_or_else(|| Principal::nobody(owner, "schedule")),
+        }
+    }
+
     /// Runs every enabled policy that is due, and imports dropped archives.
     /// Called by the scheduler.
     pub(super) async fn scheduler_tick(self: &Arc<Self>) {
@@ -411,7 +425,10 @@ impl Ops {
                 tracing::error!(policy = policy.name, "cannot record the run: {e}");
                 continue;
             }
-            match self.run_policy(&scheduler(), &policy.id).await {
+            match self
+                .run_policy(&self.scheduled_as(&policy), &policy.id)
+                .await
+            {
                 Ok(job) => tracing::info!(
                     policy = policy.name,
                     job = job.id,
@@ -421,40 +438,4 @@ impl Ops {
             }
         }
     }
-}
-
-/// Retention for each VM, then garbage collection of the datastore.
-fn apply_retention(
-    store: &Datastore,
-    vms: &[String],
-    retention: &PruneOptions,
-    oldest_running: Option<SystemTime>,
-) -> Result<(), String> {
-    for vm in vms {
-        let Ok(vm) = vm.parse::<VmUuid>() else {
-            continue;
-        };
-        let ids = store.list_backups(&vm).map_err(|e| e.to_string())?;
-        let marked: Vec<_> = ids
-            .iter()
-            .map(|id| (id.clone(), store.is_protected(&vm, id)))
-            .collect();
-        for (id, mark) in compute_prune(&marked, retention) {
-            if mark == PruneMark::Remove {
-                prune_backup(store, &vm, &id).map_err(|e| e.to_string())?;
-                tracing::info!(
-                    vm = vm.as_str(),
-                    backup = id.as_str(),
-                    "pruned by retention"
-                );
-            }
-        }
-    }
-    let report = collect_garbage(store, oldest_running).map_err(|e| e.to_string())?;
-    tracing::info!(
-        removed = report.sweep.removed,
-        kept = report.sweep.kept,
-        "garbage collected"
-    );
-    Ok(())
 }

@@ -80,18 +80,26 @@ impl Ops {
         !self.visible_uuid(who, &uuid)
     }
 
-    /// Names and UUIDs of the VMs hidden from `who`, for filtering text
-    /// that mentions VMs (events, audit records); empty when unrestricted.
-    pub fn hidden_vm_words(&self, who: &Principal) -> Vec<String> {
-        if who.scope.is_none() {
-            return Vec::new();
-        }
+    /// What filters text that may mention VMs (events, audit records) for
+    /// `who`; `None` when unrestricted.
+    pub fn text_filter(&self, who: &Principal) -> Option<TextFilter> {
+        who.scope.as_ref()?;
         let visible = self.visibility(who);
+        let mut filter = TextFilter::default();
         self.inventory.with_vms(|vms| {
-            vms.filter(|vm| !visible(vm))
-                .flat_map(|vm| [vm.info.name.clone(), vm.info.uuid.clone()])
-                .collect()
-        })
+            for vm in vms {
+                if visible(vm) {
+                    filter.known_ids.insert(vm.info.uuid.to_ascii_lowercase());
+                } else {
+                    filter.hidden_words.insert(vm.info.name.clone());
+                    filter.hidden_words.insert(vm.info.uuid.clone());
+                }
+            }
+        });
+        for h in self.inventory.hosts() {
+            filter.known_ids.insert(h.host.id.to_ascii_lowercase());
+        }
+        Some(filter)
     }
 
     pub fn vm_own_categories(
@@ -116,6 +124,7 @@ impl Ops {
         let vm = self.vm(who, vm_id)?;
         let result = async {
             require(who, Privilege::ManageUsers, "setting VM categories")?;
+            super::require_unrestricted(who, "setting VM categories")?;
             for (k, v) in &tags {
                 check_key(k).map_err(OpsError::BadRequest)?;
                 check_value(v).map_err(OpsError::BadRequest)?;
@@ -145,6 +154,7 @@ impl Ops {
         let object = format!("category rule {}={}", rule.key, rule.value);
         let result = async {
             require(who, Privilege::ManageUsers, "managing category rules")?;
+            super::require_unrestricted(who, "managing category rules")?;
             rule.validate().map_err(OpsError::BadRequest)?;
             rule.id = uuid::Uuid::new_v4().to_string();
             self.category_rules.put(&rule.id, rule.clone()).await?;
@@ -158,6 +168,7 @@ impl Ops {
     pub async fn delete_category_rule(&self, who: &Principal, id: &str) -> Result<(), OpsError> {
         let result = async {
             require(who, Privilege::ManageUsers, "managing category rules")?;
+            super::require_unrestricted(who, "managing category rules")?;
             if !self.category_rules.delete(id).await? {
                 return Err(OpsError::NotFound(format!("no category rule {id}")));
             }
@@ -196,6 +207,7 @@ impl Ops {
         let object = format!("access policy {}", policy.name);
         let result = async {
             require(who, Privilege::ManageUsers, "managing access policies")?;
+            super::require_unrestricted(who, "managing access policies")?;
             policy.validate().map_err(OpsError::BadRequest)?;
             let exists = self.access.policies.get(&policy.name).is_some();
             if create && exists {
@@ -228,6 +240,7 @@ impl Ops {
     pub async fn delete_access_policy(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
         let result = async {
             require(who, Privilege::ManageUsers, "managing access policies")?;
+            super::require_unrestricted(who, "managing access policies")?;
             let holders: Vec<String> = self
                 .access
                 .users()
@@ -257,17 +270,66 @@ impl Ops {
     }
 }
 
-/// Drops the texts that mention a hidden VM.
-pub fn without_hidden<T>(items: Vec<T>, hidden: &[String], text: impl Fn(&T) -> String) -> Vec<T> {
-    if hidden.is_empty() {
-        return items;
+/// Decides whether a text may reach a restricted principal: it names no
+/// VM hidden from them, and every UUID in it is a VM they see or a host.
+/// A UUID of a VM no longer in the inventory (whose name is no longer
+/// known either) is therefore hidden too.
+#[derive(Debug, Default)]
+pub struct TextFilter {
+    hidden_words: HashSet<String>,
+    known_ids: HashSet<String>,
+}
+
+impl TextFilter {
+    pub fn allows(&self, text: &str) -> bool {
+        !self.hidden_words.iter().any(|w| text.contains(w.as_str()))
+            && uuids_in(text).all(|u| self.known_ids.contains(&u.to_ascii_lowercase()))
     }
-    let hidden: HashSet<&str> = hidden.iter().map(String::as_str).collect();
-    items
-        .into_iter()
-        .filter(|item| {
-            let t = text(item);
-            !hidden.iter().any(|h| t.contains(h))
+}
+
+/// Keeps the items whose text `filter` allows (all, without a filter).
+pub fn allowed_by<T>(
+    items: Vec<T>,
+    filter: Option<&TextFilter>,
+    text: impl Fn(&T) -> String,
+) -> Vec<T> {
+    match filter {
+        None => items,
+        Some(f) => items.into_iter().filter(|i| f.allows(&text(i))).collect(),
+    }
+}
+
+/// Every UUID-shaped run (8-4-4-4-12 hex digits) in `text`.
+fn uuids_in(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(35))
+        .filter(move |&i| {
+            bytes[i..i + 36].iter().enumerate().all(|(j, b)| match j {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            })
         })
-        .collect()
+        .map(move |i| &text[i..i + 36])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_naming_a_hidden_or_unknown_vm_is_held_back() {
+        let mut f = TextFilter::default();
+        f.hidden_words.insert("hr-db".into());
+        f.known_ids
+            .insert("6f1c3e2a-0b4d-4c8e-9a7b-1d2e3f405162".into());
+        assert!(f.allows("vm fin-app (6F1C3E2A-0B4D-4C8E-9A7B-1D2E3F405162)"));
+        assert!(f.allows("login"));
+        assert!(!f.allows("vm hr-db (00000000-0000-4000-8000-000000000001)"));
+        assert!(
+            !f.allows("vm gone (00000000-0000-4000-8000-000000000002)"),
+            "a VM no longer in the inventory"
+        );
+        assert!(!f.allows("backup local:00000000-0000-4000-8000-000000000002@2026-01-01T00:00:00Z"));
+        assert_eq!(uuids_in("x").count(), 0);
+    }
 }

@@ -66,6 +66,32 @@ impl Ops {
         }
     }
 
+    /// Whether `who` may manage a user held to `policies`: anyone
+    /// unrestricted may; a restricted manager only users held to exactly
+    /// their own access policies, so nothing they do widens a scope.
+    fn manages_scope(&self, who: &Principal, policies: &[String]) -> bool {
+        if who.scope.is_none() {
+            return true;
+        }
+        let own = self
+            .access
+            .user(&who.user)
+            .map(|u| sorted(u.policies))
+            .unwrap_or_default();
+        !own.is_empty() && own == sorted(policies.to_vec())
+    }
+
+    fn require_scope(&self, who: &Principal, policies: &[String]) -> Result<(), OpsError> {
+        if self.manages_scope(who, policies) {
+            return Ok(());
+        }
+        Err(OpsError::Forbidden(
+            "permission denied: a user with access policies manages only users held to exactly \
+             their own policies"
+                .into(),
+        ))
+    }
+
     /// `who` manages users and holds every privilege user `name` has.
     fn require_over(&self, who: &Principal, name: &str, what: &str) -> Result<(), OpsError> {
         require(who, Privilege::ManageUsers, "managing users")?;
@@ -74,20 +100,24 @@ impl Ops {
         self.require_covers(who, rights, what)
     }
 
+    /// The users `who` manages (a restricted manager: those of their scope).
     pub fn users(&self, who: &Principal) -> Result<Vec<UserView>, OpsError> {
         require(who, Privilege::ManageUsers, "listing users")?;
         Ok(self
             .access
             .users()
             .into_iter()
+            .filter(|u| self.manages_scope(who, &u.policies))
             .map(UserView::from)
             .collect())
     }
 
     pub fn user(&self, who: &Principal, name: &str) -> Result<UserView, OpsError> {
         require(who, Privilege::ManageUsers, "viewing users")?;
+        let name = crate::access::normalize_login(name);
         self.access
-            .user(name)
+            .user(&name)
+            .filter(|u| self.manages_scope(who, &u.policies))
             .map(UserView::from)
             .ok_or_else(|| OpsError::NotFound(format!("no user {name}")))
     }
@@ -100,6 +130,7 @@ impl Ops {
         let object = format!("user {}", input.name.clone().unwrap_or_default());
         let result = async {
             require(who, Privilege::ManageUsers, "managing users")?;
+            self.require_scope(who, input.policies.as_deref().unwrap_or_default())?;
             if let Some(role) = &input.role {
                 self.require_covers(who, self.role_privileges(role)?, "assigning a role")?;
             }
@@ -117,12 +148,15 @@ impl Ops {
     ) -> Result<UserView, OpsError> {
         let result = async {
             self.require_over(who, name, "changing this user")?;
+            if let Some(policies) = &input.policies {
+                self.require_scope(who, policies)?;
+            }
             if let Some(role) = &input.role {
                 self.require_covers(who, self.role_privileges(role)?, "assigning a role")?;
             }
             let new_password = input.password.is_some();
             let user = self.access.update_user(name, input).await?;
-            if new_password && name == "admin" {
+            if new_password && user.name == "admin" {
                 self.forget_initial_password();
             }
             Ok(UserView::from(user))
@@ -135,7 +169,7 @@ impl Ops {
     pub async fn delete_user(&self, who: &Principal, name: &str) -> Result<(), OpsError> {
         let result = async {
             self.require_over(who, name, "deleting this user")?;
-            if name == who.user {
+            if crate::access::normalize_login(name) == who.user {
                 return Err(OpsError::Conflict("you cannot delete yourself".into()));
             }
             Ok(self.access.delete_user(name).await?)
@@ -237,12 +271,20 @@ impl Ops {
                 && filter.since.is_none_or(|t| r.time >= t)
                 && filter.until.is_none_or(|t| r.time <= t)
         };
-        let hidden = self.hidden_vm_words(who);
+        let text_filter = self.text_filter(who);
         let records = self.audit.newest(filter.limit.clamp(1, 100_000), keep);
-        Ok(super::scope::without_hidden(records, &hidden, |r| {
-            r.object.clone()
-        }))
+        Ok(super::scope::allowed_by(
+            records,
+            text_filter.as_ref(),
+            |r| format!("{} {}", r.object, r.result),
+        ))
     }
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The records as CSV (RFC 4180), with a header line.

@@ -1,8 +1,12 @@
 //! A keyed collection of records kept in memory and in one store table:
 //! readers never touch redb, and a change is committed before it returns.
+//! Readers see only committed state: a change reaches the in-memory copy
+//! after its commit succeeds, and never if it fails. Changes are queued in
+//! the order they are made and numbered, so a change to a key never
+//! replaces a later one in memory, whatever order their callers resume in.
 
-use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -13,6 +17,9 @@ pub struct Book<T> {
     store: Store,
     table: Table,
     records: RwLock<BTreeMap<String, T>>,
+    /// Numbers changes as they are queued; per key, the number of the
+    /// change the in-memory copy shows.
+    order: Mutex<(u64, HashMap<String, u64>)>,
 }
 
 impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
@@ -22,6 +29,7 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
             store,
             table,
             records: RwLock::new(records),
+            order: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -50,32 +58,42 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
     }
 
     pub async fn put(&self, key: &str, record: T) -> Result<(), StoreError> {
-        let ack = {
-            let mut map = self.records.write().expect("book lock");
-            let ack = self
-                .store
-                .enqueue(vec![Write::put(self.table, key, &record)])?;
-            map.insert(key.to_string(), record);
-            ack
-        };
-        ack.await
-            .map_err(|_| StoreError::WriterGone)?
-            .map_err(StoreError::CommitFailed)
+        let write = Write::put(self.table, key, &record);
+        self.change(key, write, Some(record)).await
     }
 
     /// False when there was nothing under `key`.
     pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let ack = {
-            let mut map = self.records.write().expect("book lock");
-            if map.remove(key).is_none() {
-                return Ok(false);
-            }
-            self.store.enqueue(vec![Write::delete(self.table, key)])?
+        if !self.read().contains_key(key) {
+            return Ok(false);
+        }
+        self.change(key, Write::delete(self.table, key), None)
+            .await?;
+        Ok(true)
+    }
+
+    /// Queues `write`, waits for its commit, then shows `after` (a record,
+    /// or `None`: gone) unless a later change to `key` is already shown.
+    async fn change(&self, key: &str, write: Write, after: Option<T>) -> Result<(), StoreError> {
+        let (seq, ack) = {
+            let mut order = self.order.lock().expect("book order lock");
+            order.0 += 1;
+            (order.0, self.store.enqueue(vec![write])?)
         };
         ack.await
             .map_err(|_| StoreError::WriterGone)?
             .map_err(StoreError::CommitFailed)?;
-        Ok(true)
+        let mut order = self.order.lock().expect("book order lock");
+        let shown = order.1.entry(key.to_string()).or_insert(0);
+        if *shown < seq {
+            *shown = seq;
+            let mut map = self.records.write().expect("book lock");
+            match after {
+                Some(record) => map.insert(key.to_string(), record),
+                None => map.remove(key),
+            };
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, T>> {
