@@ -5,9 +5,9 @@
 //! Rock Ridge (Linux), and the image appears complete or not at all.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Cursor, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use std::io::Cursor;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,44 +31,12 @@ const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
 /// QEMU can read it whichever user it runs as.
 pub fn write_config_drive(path: &Path, files: &BTreeMap<String, String>) -> anyhow::Result<()> {
     let image = build_image(files)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("config drive path {} names no file", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nanos:08x}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> anyhow::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&image)?;
-        // The umask may have narrowed the mode given at creation.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("moving the config drive to {}", path.display()))?;
-        // Durable rename; some network filesystems refuse fsync on a directory.
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    written.with_context(|| format!("writing config drive {}", path.display()))
+    lifeboat_os::durable::AtomicWrite::new(0o644)
+        .write(path, &image)
+        .with_context(|| format!("writing config drive {}", path.display()))
 }
 
 /// The ISO image in memory: a config drive is a few sectors.
@@ -142,6 +110,7 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
 
     struct Scratch(std::path::PathBuf);

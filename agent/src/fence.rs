@@ -295,9 +295,7 @@ fn parse_default_gateway(routes: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 fn save_atomically<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
-    std::fs::rename(&tmp, path)
+    lifeboat_os::durable::AtomicWrite::new(0o644).write(path, &serde_json::to_vec(value)?)
 }
 
 #[cfg(test)]

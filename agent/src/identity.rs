@@ -3,8 +3,6 @@
 //! Written once at enrollment, atomically, so a crash never leaves half of it.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -52,18 +50,10 @@ pub fn load(dir: &Path) -> anyhow::Result<Identity> {
 }
 
 fn write_file(dir: &Path, name: &str, contents: &str, mode: u32) -> anyhow::Result<()> {
-    let tmp = path(dir, &format!(".{name}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path(dir, name))?;
-    Ok(())
+    let target = path(dir, name);
+    lifeboat_os::durable::AtomicWrite::new(mode)
+        .write(&target, contents.as_bytes())
+        .with_context(|| format!("cannot write {}", target.display()))
 }
 
 /// Saves a new identity; `host-id` is written last and marks it complete.
@@ -79,9 +69,5 @@ pub fn save(
     write_file(dir, "agent.key", key_pem, 0o600)?;
     write_file(dir, "agent.pem", cert_pem, 0o644)?;
     write_file(dir, "ca.pem", ca_pem, 0o644)?;
-    write_file(dir, "host-id", host_id, 0o644)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_file(dir, "host-id", host_id, 0o644)
 }

@@ -138,15 +138,7 @@ fn rand_ms(max: u64) -> u64 {
 }
 
 fn memory_free_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    lifeboat_os::host::memory().map_or(0, |m| m.available)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
@@ -176,7 +168,8 @@ async fn session(
     let (mut reader, mut writer) = tokio::io::split(stream);
 
     let d = driver.clone();
-    let facts = blocking(move || d.host_facts()).await??;
+    let mut facts = blocking(move || d.host_facts()).await??;
+    facts.image_dirs = crate::host_dirs::image_dirs();
     write_frame(
         &mut writer,
         &AgentMessage::Hello {

@@ -4,6 +4,7 @@
 mod backup;
 mod config_drive;
 mod fence;
+mod host_dirs;
 mod hypervisor;
 mod identity;
 mod link;
@@ -53,18 +54,16 @@ struct Args {
     /// Number of VMs the `sim` driver makes up.
     #[arg(long, default_value_t = 100)]
     sim_vms: usize,
+    /// A directory this host keeps VM disks in; repeat for several.
+    /// Restores write disks only there. Default: libvirt's default pool.
+    #[arg(long = "image-dir", value_name = "DIR", default_value = host_dirs::DEFAULT_IMAGE_DIR)]
+    image_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Driver {
     Libvirt,
     Sim,
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +85,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = backup::send::READ_LIMIT.set(args.backup_read_limit_mib * 1024 * 1024);
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    host_dirs::init(&args.image_dirs, &args.state_dir)
+        .with_context(|| format!("cannot prepare {}/tmp", args.state_dir.display()))?;
     if !identity::is_enrolled(&args.state_dir) {
         let (Some(token), Some(fp)) = (&args.token, &args.ca_fingerprint) else {
             bail!(
@@ -93,7 +96,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.state_dir.display()
             );
         };
-        let host = hostname();
+        let host = lifeboat_os::host::hostname();
         let name = args.name.clone().unwrap_or_else(|| host.clone());
         link::enroll(
             &link::Enrollment {
@@ -113,7 +116,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let driver: Arc<dyn hypervisor::Hypervisor> = match args.driver {
         Driver::Libvirt => Arc::new(hypervisor::libvirt::LibvirtDriver::new(args.libvirt_uri)),
         Driver::Sim => {
-            let name = args.name.clone().unwrap_or_else(hostname);
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(lifeboat_os::host::hostname);
             tracing::warn!(
                 vms = args.sim_vms,
                 "SIMULATED host: no real VM is managed (demo/load-test driver)"

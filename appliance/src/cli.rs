@@ -3,13 +3,14 @@
 //! disaster recovery. Safe while the controller runs: export and list only
 //! read, and import writes the datastore the way a backup does (atomically).
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lifeboat_os::durable::AtomicWrite;
 
 use lifeboat_core::model::{BackupId, ExportStats, Progress, VmUuid};
 use lifeboat_core::ops::offline::{OfflineDatastore, OfflineError};
@@ -168,38 +169,15 @@ fn list(args: &ListArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `path` through a temp file beside it, renamed into place once
-/// complete and synced: a failed export leaves no half archive behind.
+/// Writes a new `path` atomically: a failed export leaves no half archive
+/// behind, and an existing file is never overwritten.
 fn write_new_file<T>(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<T, OfflineError>,
 ) -> anyhow::Result<T> {
-    if fs::symlink_metadata(path).is_ok() {
-        bail!("{} already exists; not overwriting it", path.display());
-    }
-    let name = path.file_name().and_then(|n| n.to_str());
-    let Some(name) = name else {
-        bail!("{} is not a file name", path.display());
-    };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let tmp = dir.unwrap_or(Path::new(".")).join(format!(
-        ".{name}.tmp-{}",
-        &lifeboat_core::model::random_token()[..16]
-    ));
-    let file =
-        File::create_new(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let result = (|| {
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let value = write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        anyhow::Ok(value)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(AtomicWrite::new(0o644)
+        .no_replace()
+        .write_with(path, write)?)
 }
 
 /// The terminal progress bar export and import report to.
@@ -253,6 +231,7 @@ fn bar_style(total_known: bool) -> ProgressStyle {
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::fs;
 
     #[derive(Parser)]
     struct BackupCli {

@@ -140,6 +140,10 @@ pub struct HostFacts {
     pub cpus: u32,
     pub memory_total_bytes: u64,
     pub memory_free_bytes: u64,
+    /// Directories this host keeps VM disks in (`--image-dir`): restores
+    /// write only there, and definitions sent here name disks only there.
+    #[serde(default)]
+    pub image_dirs: Vec<String>,
 }
 
 /// A command the controller asks an agent to run.

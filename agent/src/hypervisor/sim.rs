@@ -108,6 +108,7 @@ impl Hypervisor for SimDriver {
             cpus: 64,
             memory_total_bytes: 1 << 40,
             memory_free_bytes: 1 << 39,
+            image_dirs: Vec::new(),
         })
     }
 

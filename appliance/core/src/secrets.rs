@@ -10,8 +10,8 @@
 //! secret unreadable: it belongs in the controller's own backup.
 
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -71,7 +71,7 @@ impl Secrets {
         let key = match read_key(&path)? {
             Some(key) => key,
             None => {
-                create_key(dir, &path)?;
+                create_key(&path)?;
                 read_key(&path)?.ok_or_else(|| SecretsError::DamagedKey { path: path.clone() })?
             }
         };
@@ -151,33 +151,18 @@ fn read_key(path: &Path) -> Result<Option<[u8; KEY_LEN]>, SecretsError> {
     Ok(Some(key))
 }
 
-fn create_key(dir: &Path, path: &Path) -> Result<(), SecretsError> {
+fn create_key(path: &Path) -> Result<(), SecretsError> {
     let rng = SystemRandom::new();
-    let (mut key, mut tag) = ([0u8; KEY_LEN], [0u8; 8]);
+    let mut key = [0u8; KEY_LEN];
     rng.fill(&mut key).map_err(|_| SecretsError::Random)?;
-    rng.fill(&mut tag).map_err(|_| SecretsError::Random)?;
-    let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", hex::encode(tag)));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()
-    })();
+    // Never replacing an existing key: whoever writes first wins and
+    // everyone then reads the winner's key.
+    let written = lifeboat_os::durable::AtomicWrite::new(0o600)
+        .no_replace()
+        .write(path, &key);
     key.fill(0);
-    written.map_err(io_at(&tmp))?;
-    // A hard link never replaces an existing file: whoever links first wins
-    // and everyone then reads the winner's key.
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
+    match written {
         Ok(()) => {
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_at(dir))?;
             tracing::info!("created the secrets key {}", path.display());
             Ok(())
         }

@@ -9,8 +9,8 @@ use super::routes::{Call, Reply};
 use super::views::{backup_json, datastore_json};
 use super::{bad_request, parse_body, parse_optional_body};
 use crate::http::json;
-use lifeboat_core::model::{AsNew, DatastoreInput};
-use lifeboat_core::ops::PolicyInput;
+use lifeboat_core::model::DatastoreInput;
+use lifeboat_core::ops::{PolicyInput, RestoreOptions};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -19,19 +19,6 @@ struct BackupBody {
     datastore: Option<String>,
     #[serde(default)]
     mode: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RestoreBody {
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    replace: bool,
-    #[serde(default)]
-    start: bool,
-    #[serde(default)]
-    as_new: Option<AsNew>,
 }
 
 #[derive(Deserialize)]
@@ -132,18 +119,8 @@ pub async fn verify(c: Call<'_>) -> Reply {
 }
 
 pub async fn restore(c: Call<'_>) -> Reply {
-    let body: RestoreBody = parse_optional_body(c.req)?;
-    let job = c
-        .ops
-        .restore(
-            c.who(),
-            c.arg("ref"),
-            body.host.as_deref(),
-            body.replace,
-            body.start,
-            body.as_new,
-        )
-        .await?;
+    let options: RestoreOptions = parse_optional_body(c.req)?;
+    let job = c.ops.restore(c.who(), c.arg("ref"), options).await?;
     job_accepted(job.id)
 }
 

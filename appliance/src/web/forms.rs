@@ -13,7 +13,7 @@ use lifeboat_core::model::{
     AsNew, ClusterHa, DatastoreInput, HostHa, HostProbe, PhysicalMachine, PhysicalState, Principal,
     Privilege, PruneOptions, VmHa,
 };
-use lifeboat_core::ops::{Ops, OpsError, PolicyInput};
+use lifeboat_core::ops::{Ops, OpsError, PolicyInput, RestoreOptions};
 use lifeboat_proto::{BackupMode, PowerAction};
 use Privilege::*;
 
@@ -213,19 +213,14 @@ async fn restore(s: Submission<'_>) -> FormReply {
         domain: s.non_empty("domain"),
         hostname: s.non_empty("hostname"),
     });
-    let replace = s.checked("replace") && as_new.is_none();
-    let host = s.field("host");
-    let job = s
-        .ops
-        .restore(
-            s.who,
-            s.arg("ref"),
-            host.as_deref(),
-            replace,
-            s.checked("start"),
-            as_new,
-        )
-        .await?;
+    let options = RestoreOptions {
+        replace: s.checked("replace") && as_new.is_none(),
+        host: s.field("host"),
+        start: s.checked("start"),
+        as_new,
+        allow_passthrough: false,
+    };
+    let job = s.ops.restore(s.who, s.arg("ref"), options).await?;
     Ok(redirect(&format!("/jobs/{}", job.id)))
 }
 

@@ -43,14 +43,7 @@ impl LibvirtDriver {
                 request.uuid
             )));
         }
-        let xml_file = std::env::temp_dir().join(format!("lifeboat-failover-{}.xml", request.uuid));
-        std::fs::write(&xml_file, &request.config).map_err(|e| HypervisorError::Command {
-            command: "write domain XML".into(),
-            message: e.to_string(),
-        })?;
-        let defined = self.virsh(&["define", "--file", &xml_file.to_string_lossy()]);
-        let _ = std::fs::remove_file(&xml_file);
-        defined?;
+        self.define_from(&request.config)?;
         match request.state {
             PowerState::Running => self.virsh_on(&request.uuid, "start", &[]).map(drop),
             PowerState::Paused => self

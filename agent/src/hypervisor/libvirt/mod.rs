@@ -10,24 +10,25 @@ mod parse;
 mod restore;
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lifeboat_os::command::run_bounded;
 use lifeboat_proto::{DiskInfo, HostFacts, PowerAction, PowerState, VmInfo};
 
 use super::{Hypervisor, HypervisorError};
 use parse::{
-    memory_from_meminfo, memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields,
-    parse_domain, parse_domain_list, parse_domstats_states, power_state, version_summary,
-    DiskSource, DiskSpec,
+    memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields, parse_domain,
+    parse_domain_list, parse_domstats_states, power_state, version_summary, DiskSource, DiskSpec,
 };
 
 /// A libvirtd wedged on a stuck QEMU monitor or hung storage must not wedge
 /// the agent's heartbeat and inventory with it.
 const VIRSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Each of virsh's outputs is kept up to this (domain XML, listings).
+const MAX_VIRSH_OUTPUT: usize = 64 << 20;
 /// How long a domain's dumped XML is reused while its power state is
 /// unchanged. Edits that keep the state (`virsh edit`, disk hotplug) show up
 /// within this delay; it keeps a 2-second inventory at two `virsh` calls for
@@ -76,9 +77,11 @@ impl LibvirtDriver {
         }
         // C locale: state names and error texts are parsed, so no translations.
         cmd.args(args).env("LC_ALL", "C");
-        let output = run_bounded(cmd, VIRSH_TIMEOUT).map_err(|e| HypervisorError::Command {
-            command: command_line.clone(),
-            message: e.to_string(),
+        let output = run_bounded(cmd, VIRSH_TIMEOUT, MAX_VIRSH_OUTPUT).map_err(|e| {
+            HypervisorError::Command {
+                command: command_line.clone(),
+                message: e.to_string(),
+            }
         })?;
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
@@ -218,8 +221,8 @@ impl LibvirtDriver {
     }
 
     fn hostname(&self) -> Result<String, HypervisorError> {
-        match std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            Ok(name) if !name.trim().is_empty() => Ok(name.trim().to_string()),
+        match lifeboat_os::host::hostname() {
+            name if !name.is_empty() => Ok(name),
             _ => Ok(self.virsh(&["hostname"])?.trim().to_string()),
         }
     }
@@ -324,11 +327,7 @@ impl Hypervisor for LibvirtDriver {
             Ok(out) => memory_from_nodememstats(&out),
             Err(_) => None,
         }
-        .or_else(|| {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| memory_from_meminfo(&m))
-        })
+        .or_else(|| lifeboat_os::host::memory().map(|m| (m.total, m.available)))
         .ok_or_else(|| {
             HypervisorError::Parse("no memory figures from nodememstats or /proc/meminfo".into())
         })?;
@@ -339,6 +338,7 @@ impl Hypervisor for LibvirtDriver {
             cpus,
             memory_total_bytes,
             memory_free_bytes,
+            image_dirs: Vec::new(),
         })
     }
 
@@ -437,50 +437,6 @@ fn virsh_error_text(stderr: &[u8]) -> String {
     }
 }
 
-/// Runs `cmd`, killing it after `limit`. Pipes are drained on their own
-/// threads so a large dump cannot fill one and stall the child.
-fn run_bounded(mut cmd: Command, limit: Duration) -> std::io::Result<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            // The readers are left behind: a grandchild (ssh transport) may
-            // still hold the pipes open.
-            let message = format!("no answer within {} s, killed", limit.as_secs());
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message));
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
-}
-
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,17 +483,5 @@ mod tests {
             "Requested operation is not valid: domain is already running"
         ));
         assert_eq!(virsh_error_text(b"\n"), "virsh failed without a message");
-    }
-
-    #[test]
-    fn bounded_run_kills_a_hung_command() {
-        let started = Instant::now();
-        let mut cmd = Command::new("sleep");
-        cmd.arg("5");
-        let err = run_bounded(cmd, Duration::from_millis(200)).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() < Duration::from_secs(4));
-        let out = run_bounded(Command::new("true"), Duration::from_secs(5)).unwrap();
-        assert!(out.status.success());
     }
 }

@@ -106,16 +106,6 @@ pub(super) fn memory_from_nodememstats(out: &str) -> Option<(u64, u64)> {
     Some((total, free.min(total)))
 }
 
-/// (total, available) from /proc/meminfo.
-pub(super) fn memory_from_meminfo(meminfo: &str) -> Option<(u64, u64)> {
-    let fields = parse_colon_fields(meminfo);
-    let figure = |key: &str| fields.get(key).and_then(|v| kib_figure(v));
-    Some((
-        figure("MemTotal")?,
-        figure("MemAvailable").or_else(|| figure("MemFree"))?,
-    ))
-}
-
 /// "QEMU 7.2.22, libvirt 9.0.0" from `virsh version --daemon`.
 pub(super) fn version_summary(out: &str) -> String {
     let fields = parse_colon_fields(out);
@@ -514,11 +504,6 @@ mod tests {
         assert_eq!(
             memory_from_nodememstats(stats),
             Some((24_684_084 * KIB, (23_622_548 + 23_220 + 769_008) * KIB))
-        );
-        let meminfo = "MemTotal:       24684084 kB\nMemFree:        23437800 kB\nMemAvailable:   24212536 kB\n";
-        assert_eq!(
-            memory_from_meminfo(meminfo),
-            Some((24_684_084 * KIB, 24_212_536 * KIB))
         );
         let version = "Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n\
                        Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.22\nRunning against daemon: 9.0.0\n";

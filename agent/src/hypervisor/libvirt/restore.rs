@@ -30,6 +30,17 @@ fn attachments(config: &str) -> Result<(Vec<String>, Vec<String>), HypervisorErr
 }
 
 impl LibvirtDriver {
+    /// `virsh define` of `config`, through a private scratch file.
+    pub(super) fn define_from(&self, config: &str) -> Result<(), HypervisorError> {
+        let file = crate::host_dirs::ScratchFile::with_contents("domain.xml", config.as_bytes())
+            .map_err(|e| HypervisorError::Command {
+                command: "write domain XML".into(),
+                message: e.to_string(),
+            })?;
+        self.virsh(&["define", "--file", &file.path().to_string_lossy()])
+            .map(drop)
+    }
+
     /// The disk files of an existing domain, to allow replacing them.
     fn disk_files(&self, uuid: &str) -> Vec<String> {
         self.virsh_on(uuid, "domblklist", &["--details"])
@@ -87,17 +98,23 @@ impl Restorer for LibvirtDriver {
                 )));
             }
         }
+        let outside = |path: &str| {
+            refused(format!(
+                "{path:?} is outside this host's image directories ({}); start the agent with --image-dir to add one",
+                crate::host_dirs::image_dirs().join(", ")
+            ))
+        };
         if let Some(drive) = &r.config_drive {
-            if !Path::new(&drive.path).is_absolute() || Path::new(&drive.path).exists() {
-                return Err(refused(format!(
-                    "config drive {} exists or is not an absolute path",
-                    drive.path
-                )));
+            if !crate::host_dirs::in_image_dirs(&drive.path) {
+                return Err(outside(&drive.path));
+            }
+            if Path::new(&drive.path).exists() {
+                return Err(refused(format!("config drive {} exists", drive.path)));
             }
         }
         for d in &r.disks {
-            if !Path::new(&d.path).is_absolute() || d.path.contains("/../") {
-                return Err(refused(format!("disk path {:?} must be absolute", d.path)));
+            if !crate::host_dirs::in_image_dirs(&d.path) {
+                return Err(outside(&d.path));
             }
             if Path::new(&d.path).exists() && !replaceable.contains(&d.path) {
                 return Err(refused(format!(
@@ -124,11 +141,7 @@ impl Restorer for LibvirtDriver {
         for (temp, path) in images {
             std::fs::rename(temp, path).map_err(|e| io("move restored image into place", e))?;
         }
-        let xml_file = std::env::temp_dir().join(format!("lifeboat-restore-{}.xml", r.uuid));
-        std::fs::write(&xml_file, &r.config).map_err(|e| io("write domain XML", e))?;
-        let defined = self.virsh(&["define", "--file", &xml_file.to_string_lossy()]);
-        let _ = std::fs::remove_file(&xml_file);
-        defined?;
+        self.define_from(&r.config)?;
         if r.start {
             self.virsh_on(&r.uuid, "start", &[])?;
         }

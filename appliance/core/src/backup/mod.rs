@@ -27,7 +27,6 @@ pub mod verify;
 pub use lifeboat_proto::chunk;
 pub use lifeboat_proto::ChunkDigest;
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -96,18 +95,7 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BackupError + '_ {
 /// refuse fsync on a directory (EINVAL); there the server orders metadata
 /// itself, so that refusal is not an error.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    let result = File::open(dir).and_then(|d| d.sync_all());
-    match result {
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
-            ) =>
-        {
-            Ok(())
-        }
-        other => other.map_err(io_at(dir)),
-    }
+    lifeboat_os::durable::sync_dir(dir).map_err(io_at(dir))
 }
 
 /// A name for a temp file next to `final_name` that no concurrent writer
@@ -116,33 +104,17 @@ pub(crate) fn temp_name(final_name: &str) -> String {
     format!(".{final_name}.tmp-{:016x}", rand::random::<u64>())
 }
 
-/// Writes `data` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+/// Writes `data` to `dir/name` atomically (see `lifeboat_os::durable`),
+/// then drops its pages from the page cache: datastore files are written
+/// once and rarely read soon, and reusing the freed pages for the next file
+/// is far cheaper than growing the page cache into untouched memory (3.1 s
+/// against 0.65 s for 1 GiB of 4 MiB chunks on a VM, measured).
 pub(crate) fn write_file_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(temp_name(name));
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(io_at(&tmp))?;
-        file.write_all(data).map_err(io_at(&tmp))?;
-        file.sync_all().map_err(io_at(&tmp))?;
-        // The pages are clean now; drop them. Datastore files are written once
-        // and rarely read soon, and reusing the freed pages for the next file
-        // is far cheaper than growing the page cache into untouched memory
-        // (3.1 s against 0.65 s for 1 GiB of 4 MiB chunks on a VM, measured).
-        // Only advice: a file system without it loses nothing.
-        let _ = nix::fcntl::posix_fadvise(
-            &file,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-        let target = dir.join(name);
-        std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let target = dir.join(name);
+    lifeboat_os::durable::AtomicWrite::new(0o644)
+        .drop_cache()
+        .write(&target, data)
+        .map_err(io_at(&target))
 }
 
 /// A scratch directory for tests, removed when dropped.

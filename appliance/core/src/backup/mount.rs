@@ -10,11 +10,13 @@
 //! the NFS side).
 
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use lifeboat_os::command::{run_bounded, CommandError};
 
 /// A mount or unmount that takes longer is killed and reported: an NFS
 /// server that does not answer must not hold an API request for minutes.
@@ -364,35 +366,18 @@ fn run_program(
     args: &[String],
     redact: Option<&str>,
 ) -> Result<(), MountError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MountError::Spawn { program, source })?;
-    // Read aside so a chatty helper cannot block on a full pipe.
-    let stderr = child.stderr.take().map(|mut pipe| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.by_ref().take(64 * 1024).read_to_end(&mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        })
-    });
-    let deadline = Instant::now() + MOUNT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(MountError::TimedOut { program });
-            }
-            Err(source) => return Err(MountError::Spawn { program, source }),
+    let mut command = Command::new(program);
+    command.args(args);
+    let out = run_bounded(command, MOUNT_TIMEOUT, 64 * 1024).map_err(|e| match e {
+        CommandError::TimedOut(_) => MountError::TimedOut { program },
+        CommandError::Spawn(source) | CommandError::Wait(source) => {
+            MountError::Spawn { program, source }
         }
-    };
-    let output = stderr.and_then(|r| r.join().ok()).unwrap_or_default();
+    })?;
+    let (status, output) = (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     if status.success() {
         return Ok(());
     }

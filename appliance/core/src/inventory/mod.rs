@@ -3,9 +3,12 @@
 //! of that host; only records that changed are written.
 //!
 //! Writes are queued to the store while the inventory lock is held, so the
-//! commit order always matches the order of in-memory updates.
+//! commit order always matches the order of in-memory updates. VM UUIDs are
+//! kept in one canonical form (lower-case), whatever an agent sends.
 
 pub mod categories;
+pub mod claims;
+pub mod definition;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -16,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
 use crate::store::{Store, StoreError, Table, Write};
+use claims::Claim;
 
 /// A host whose agent has not sent a heartbeat for this long counts as offline
 /// even if its connection has not yet been torn down.
@@ -79,6 +83,32 @@ struct Data {
     last_heard: HashMap<String, Instant>,
     /// (host, VM) reports of a stopped copy of a VM that runs elsewhere.
     stale_copies: Vec<(String, String)>,
+    /// VMs the controller is putting on a host: UUID → (host, since when).
+    expected: HashMap<String, (String, Instant)>,
+    /// Claims refused because another host owns the VM: UUID → (claimant,
+    /// what it reported), adopted if the owner stops reporting the VM.
+    refused: HashMap<String, (String, VmInfo)>,
+    /// Refusals not yet taken by [`Inventory::take_refused_claims`].
+    refused_claims: Vec<RefusedClaim>,
+}
+
+/// How long a move the controller started (a restore can take hours) makes
+/// the destination's report of that VM believable.
+const EXPECTED_MOVE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A host's report that claimed a VM another host owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedClaim {
+    pub claimant: String,
+    pub owner: String,
+    pub uuid: String,
+    pub name: String,
+}
+
+fn push_once<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
 }
 
 pub struct Inventory {
@@ -238,8 +268,11 @@ impl Inventory {
         }
     }
 
-    /// Replaces everything known about a host's VMs with its agent's report.
-    /// Returns how many records changed.
+    /// Replaces everything known about a host's VMs with its agent's report,
+    /// believing it only about that host (see [`claims`]): a VM another
+    /// host owns is refused (kept in [`Inventory::take_refused_claims`],
+    /// and adopted if its owner later stops reporting it). Returns how many
+    /// records changed.
     pub async fn replace_host_vms(
         &self,
         host_id: &str,
@@ -248,56 +281,78 @@ impl Inventory {
         let now = unix_now();
         let ack = {
             let mut d = self.write();
+            let d = &mut *d;
             let mut writes = Vec::new();
-            let reported: std::collections::HashSet<&str> =
-                vms.iter().map(|v| v.uuid.as_str()).collect();
+            let mut report = HashMap::new();
+            for mut info in vms {
+                match claims::canonical_uuid(&info.uuid) {
+                    Some(uuid) => {
+                        info.uuid = uuid;
+                        report.insert(info.uuid.clone(), info);
+                    }
+                    None => tracing::warn!(host_id, uuid = info.uuid, "report: not a VM UUID"),
+                }
+            }
+            d.expected
+                .retain(|_, (_, since)| since.elapsed() < EXPECTED_MOVE_TTL);
+            let earlier_refusals: Vec<String> = d
+                .refused
+                .iter()
+                .filter(|(_, (claimant, _))| claimant == host_id)
+                .map(|(uuid, _)| uuid.clone())
+                .collect();
+            for uuid in &earlier_refusals {
+                d.refused.remove(uuid);
+            }
             let gone: Vec<String> = d
                 .vms
                 .iter()
-                .filter(|(uuid, vm)| vm.host_id == host_id && !reported.contains(uuid.as_str()))
+                .filter(|(uuid, vm)| vm.host_id == host_id && !report.contains_key(uuid.as_str()))
                 .map(|(uuid, _)| uuid.clone())
                 .collect();
             for uuid in gone {
                 d.vms.remove(&uuid);
-                writes.push(Write::delete(Table::Vms, uuid));
-            }
-            for info in vms {
-                // A stopped copy on a host that came back after its VMs
-                // failed over must not take the record of the running VM.
-                let runs_elsewhere = d.vms.get(&info.uuid).is_some_and(|old| {
-                    old.host_id != host_id
-                        && matches!(
-                            old.info.power_state,
-                            PowerState::Running | PowerState::Paused
-                        )
-                        && !matches!(info.power_state, PowerState::Running | PowerState::Paused)
-                });
-                if runs_elsewhere {
-                    let copy = (host_id.to_string(), info.uuid.clone());
-                    if !d.stale_copies.contains(&copy) {
-                        d.stale_copies.push(copy);
-                    }
-                    continue;
+                writes.push(Write::delete(Table::Vms, uuid.clone()));
+                // A claim refused while this host owned the VM stands now.
+                if let Some((claimant, info)) = d.refused.remove(&uuid) {
+                    let vm = Vm {
+                        host_id: claimant,
+                        updated_at: now,
+                        info,
+                    };
+                    writes.push(Write::put(Table::Vms, uuid.clone(), &vm));
+                    d.vms.insert(uuid, vm);
                 }
-                // A VM now running here that was recorded on another host
-                // has moved (failover, restore): the copy there is stale.
-                let moved_from = d
-                    .vms
-                    .get(&info.uuid)
-                    .filter(|old| old.host_id != host_id)
-                    .filter(|_| {
-                        matches!(info.power_state, PowerState::Running | PowerState::Paused)
-                    })
-                    .map(|old| old.host_id.clone());
-                if let Some(old_host) = moved_from {
-                    let copy = (old_host, info.uuid.clone());
-                    if !d.stale_copies.contains(&copy) {
-                        d.stale_copies.push(copy);
+            }
+            for (uuid, info) in report {
+                let expected = d.expected.get(&uuid).is_some_and(|(h, _)| h == host_id);
+                match claims::decide(d.vms.get(&uuid), host_id, &info, expected) {
+                    Claim::Accept => {}
+                    Claim::Moved { from } => {
+                        d.expected.remove(&uuid);
+                        push_once(&mut d.stale_copies, (from, uuid.clone()));
+                    }
+                    Claim::StaleCopy => {
+                        push_once(&mut d.stale_copies, (host_id.to_string(), uuid));
+                        continue;
+                    }
+                    Claim::Ignore => continue,
+                    Claim::Refuse { owner } => {
+                        if !earlier_refusals.contains(&uuid) {
+                            d.refused_claims.push(RefusedClaim {
+                                claimant: host_id.to_string(),
+                                owner,
+                                uuid: uuid.clone(),
+                                name: info.name.clone(),
+                            });
+                        }
+                        d.refused.insert(uuid, (host_id.to_string(), info));
+                        continue;
                     }
                 }
                 let unchanged = d
                     .vms
-                    .get(&info.uuid)
+                    .get(&uuid)
                     .is_some_and(|old| old.host_id == host_id && old.info == info);
                 if unchanged {
                     continue;
@@ -307,8 +362,8 @@ impl Inventory {
                     updated_at: now,
                     info,
                 };
-                writes.push(Write::put(Table::Vms, vm.info.uuid.clone(), &vm));
-                d.vms.insert(vm.info.uuid.clone(), vm);
+                writes.push(Write::put(Table::Vms, uuid.clone(), &vm));
+                d.vms.insert(uuid, vm);
             }
             if writes.is_empty() {
                 return Ok(0);
@@ -323,6 +378,21 @@ impl Inventory {
         Ok(ack.1)
     }
 
+    /// The controller is about to put VM `uuid` on host `host_id` (a
+    /// failover, a restore): that host's report of it will be believed.
+    pub fn expect_move(&self, uuid: &str, host_id: &str) {
+        if let Some(uuid) = claims::canonical_uuid(uuid) {
+            self.write()
+                .expected
+                .insert(uuid, (host_id.to_string(), Instant::now()));
+        }
+    }
+
+    /// Reports refused since the last call: a host claiming another's VM.
+    pub fn take_refused_claims(&self) -> Vec<RefusedClaim> {
+        std::mem::take(&mut self.write().refused_claims)
+    }
+
     /// When the host's agent was last heard in this controller's life.
     pub fn last_heard(&self, id: &str) -> Option<Instant> {
         self.read().last_heard.get(id).copied()
@@ -334,8 +404,13 @@ impl Inventory {
         std::mem::take(&mut self.write().stale_copies)
     }
 
+    /// A VM by UUID, in any letter case.
     pub fn vm(&self, uuid: &str) -> Option<Vm> {
-        self.read().vms.get(uuid).cloned()
+        let d = self.read();
+        d.vms
+            .get(uuid)
+            .or_else(|| d.vms.get(&uuid.to_ascii_lowercase()))
+            .cloned()
     }
 
     /// Calls `f` with every VM while holding the read lock; used by listings

@@ -117,6 +117,28 @@ pub struct BackupSummary {
     pub protected: bool,
 }
 
+/// How to restore a backup.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreOptions {
+    /// The host's id or name; default: the VM's origin host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Replace the VM if the host has it (exact restores only).
+    #[serde(default)]
+    pub replace: bool,
+    /// Start the VM once restored.
+    #[serde(default)]
+    pub start: bool,
+    /// Restore as a new VM with this identity.
+    #[serde(default)]
+    pub as_new: Option<AsNew>,
+    /// Let the definition hand host devices (PCI/USB, block devices,
+    /// directories) to the guest; needs `administer`.
+    #[serde(default)]
+    pub allow_passthrough: bool,
+}
+
 fn not_found(what: &str) -> OpsError {
     OpsError::NotFound(format!("no backup {what}"))
 }
@@ -213,16 +235,21 @@ impl Ops {
     }
 
     /// Restores a backup exactly as it was (same UUID, name, MACs and disk
-    /// paths) onto `host` (id or name; default: the VM's origin host).
+    /// paths), or as a new VM, onto a host (default: the VM's origin host).
     pub async fn restore(
         self: &Arc<Self>,
         who: &Principal,
         reference: &str,
-        host: Option<&str>,
-        replace: bool,
-        start: bool,
-        as_new: Option<AsNew>,
+        options: RestoreOptions,
     ) -> Result<Job, OpsError> {
+        let RestoreOptions {
+            host,
+            replace,
+            start,
+            as_new,
+            allow_passthrough,
+        } = options;
+        let host = host.as_deref();
         let opened = self.open_backup(who, reference).await?;
         let backup = &opened.summary;
         let object = format!("backup {reference}");
@@ -269,6 +296,31 @@ impl Ops {
                     as_new_request(exact, new).map_err(OpsError::BadRequest)?
                 }
             };
+            // The manifest is untrusted: what the host will write and define
+            // is checked against the plan and that host's storage first.
+            if allow_passthrough {
+                require(who, Privilege::Administer, "restoring with host devices")?;
+            }
+            self.check_definition_for(
+                &dest.host.id,
+                &request.config,
+                &request.name,
+                &request.uuid,
+                allow_passthrough,
+            )?;
+            for disk in &request.disks {
+                self.check_disk_path_for(&dest.host.id, &disk.path)?;
+            }
+            if let Some(drive) = &request.config_drive {
+                self.check_disk_path_for(&dest.host.id, &drive.path)?;
+            }
+            if as_new.is_none() {
+                self.refuse_other_domain(&request.uuid, &request.name)?;
+                if self.inventory.vm(&request.uuid).map(|v| v.host_id) != Some(dest.host.id.clone())
+                {
+                    self.inventory.expect_move(&request.uuid, &dest.host.id);
+                }
+            }
             let job = self
                 .jobs
                 .create(NewJob {
@@ -304,6 +356,17 @@ impl Ops {
         }
         .await;
         self.audited(who, "restore", &object, result).await
+    }
+
+    /// An exact restore must not redefine another VM: the backup's UUID, if
+    /// known, must belong to a VM of the backup's name.
+    fn refuse_other_domain(&self, uuid: &str, name: &str) -> Result<(), OpsError> {
+        match self.inventory.vm(uuid) {
+            Some(vm) if vm.info.name != name => Err(OpsError::Conflict(
+                "the backup's UUID belongs to another VM now; restore it as a new VM".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// An exact restore onto another host while the VM runs on a live host

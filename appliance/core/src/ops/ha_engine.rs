@@ -90,6 +90,9 @@ impl Ops {
         for (host_id, uuid) in self.inventory.take_stale_copies() {
             self.forget_stale_copy(host_id, uuid);
         }
+        for claim in self.inventory.take_refused_claims() {
+            self.refused_claim(claim).await;
+        }
         let now = Instant::now();
         for h in &hosts {
             let id = &h.host.id;

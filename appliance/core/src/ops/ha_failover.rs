@@ -159,6 +159,9 @@ impl Ops {
                 } else {
                     remap_disks(&vm.config, &from, &self.ha.host(dest).storage_mounts)?
                 };
+                self.check_definition_for(dest, &config, &vm.name, &vm.uuid, false)
+                    .map_err(|e| format!("not started on the destination: {e}"))?;
+                self.inventory.expect_move(&vm.uuid, dest);
                 let request = StartVmRequest {
                     uuid: vm.uuid.clone(),
                     config,
@@ -190,10 +193,11 @@ impl Ops {
             .restore(
                 &who,
                 &latest.reference.to_string(),
-                Some(dest),
-                false,
-                start,
-                None,
+                super::RestoreOptions {
+                    host: Some(dest.to_string()),
+                    start,
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -214,6 +218,25 @@ impl Ops {
 
     /// A host that came back still has the definition of a VM that now runs
     /// elsewhere: forget it there (disks stay), so it is never started twice.
+    /// A host reported a live copy of a VM another host owns: the report
+    /// was refused (the owner's VM is left alone); this raises it in the
+    /// claimant's history and the audit trail.
+    pub(super) async fn refused_claim(&self, claim: crate::inventory::RefusedClaim) {
+        let owner = self.inventory.host_name(&claim.owner);
+        let message = format!(
+            "report refused: it claims VM {} ({}), which host {owner} owns",
+            claim.name, claim.uuid
+        );
+        tracing::warn!(host = claim.claimant, "{message}");
+        let state = self.ha.watch(&claim.claimant).state;
+        self.ha.event(&claim.claimant, state, message.clone()).await;
+        let object = format!("host {}", self.inventory.host_name(&claim.claimant));
+        let _ = self
+            .audit
+            .record(&ha_engine(), "agent report", &object, &Err(message))
+            .await;
+    }
+
     pub(super) fn forget_stale_copy(self: &Arc<Self>, host_id: String, uuid: String) {
         let ops = self.clone();
         tokio::spawn(async move {

@@ -28,6 +28,8 @@ pub enum OfflineError {
     Backup(#[from] BackupError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// One line of a listing. A broken manifest is listed, not fatal: the

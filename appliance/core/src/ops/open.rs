@@ -1,7 +1,7 @@
 //! Opening a controller: the data directory (private, 0700), the CA, the
 //! store and every domain module loaded from it, wired into one [`Ops`].
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -170,13 +170,5 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+    lifeboat_os::durable::AtomicWrite::new(0o600).write(path, contents.as_bytes())
 }

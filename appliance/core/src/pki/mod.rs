@@ -5,8 +5,6 @@
 //! Private keys live only in `DATA_DIR/tls/*.key`, mode 0600.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -71,17 +69,9 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    lifeboat_os::durable::AtomicWrite::new(mode)
+        .write(path, contents.as_bytes())
+        .map_err(io)
 }
 
 fn ca_params() -> CertificateParams {
@@ -150,9 +140,7 @@ impl Pki {
         let server_pem_path = tls_dir.join("server.pem");
         if !server_key_path.exists() {
             let key = KeyPair::generate()?;
-            let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default();
+            let hostname = lifeboat_os::host::hostname();
             let mut sans = vec![
                 SanType::DnsName(lifeboat_proto::CONTROLLER_SERVER_NAME.try_into()?),
                 SanType::DnsName("localhost".try_into()?),

@@ -1,0 +1,62 @@
+//! Where a host keeps VM disks (the image directories its agent reports,
+//! and the shared storages it mounts), and the check every definition and
+//! disk path passes before it is sent there.
+
+use super::{Ops, OpsError};
+use crate::inventory::definition::{check_definition, path_within, DefinitionRules};
+
+/// libvirt's default storage pool: where a host keeps VM disks when its
+/// agent reports nothing else (agents from before image directories).
+const DEFAULT_IMAGE_DIR: &str = "/var/lib/libvirt/images";
+
+impl Ops {
+    /// The directories host `host_id` keeps VM disks in.
+    pub(super) fn host_vm_storage(&self, host_id: &str) -> Vec<String> {
+        let mut dirs = self
+            .inventory
+            .host(host_id)
+            .map(|h| h.host.facts.image_dirs)
+            .unwrap_or_default();
+        if dirs.is_empty() {
+            dirs.push(DEFAULT_IMAGE_DIR.to_string());
+        }
+        dirs.extend(self.ha.host(host_id).storage_mounts.into_values());
+        dirs
+    }
+
+    /// Refuses a definition for VM `name`/`uuid` that host `host_id` must
+    /// not be sent (see `inventory::definition`).
+    pub(super) fn check_definition_for(
+        &self,
+        host_id: &str,
+        xml: &str,
+        name: &str,
+        uuid: &str,
+        allow_passthrough: bool,
+    ) -> Result<(), OpsError> {
+        let dirs = self.host_vm_storage(host_id);
+        check_definition(
+            xml,
+            &DefinitionRules {
+                name,
+                uuid,
+                disk_dirs: &dirs,
+                allow_passthrough,
+            },
+        )
+        .map_err(|e| OpsError::BadRequest(e.to_string()))
+    }
+
+    /// Refuses a disk path host `host_id` would write outside its storage.
+    pub(super) fn check_disk_path_for(&self, host_id: &str, path: &str) -> Result<(), OpsError> {
+        let dirs = self.host_vm_storage(host_id);
+        if path_within(path, &dirs) {
+            return Ok(());
+        }
+        Err(OpsError::BadRequest(format!(
+            "disk {path:?} is outside the host's VM storage ({}); start its agent with \
+             --image-dir for another directory",
+            dirs.join(", ")
+        )))
+    }
+}
