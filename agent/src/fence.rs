@@ -141,6 +141,11 @@ impl FenceWatchdog {
     }
 
     /// How often to send heartbeats: as the controller says, else the default.
+    /// The storage-heartbeat epoch of the configuration held now.
+    pub fn epoch(&self) -> u64 {
+        self.lock().config.epoch
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         match self.lock().config.heartbeat_interval_ms {
             0 => Duration::from_millis(lifeboat_proto::HEARTBEAT_INTERVAL_MS),
@@ -235,12 +240,21 @@ impl FenceWatchdog {
         let (dirs, beat) = {
             let mut s = self.lock();
             s.storage_seq += 1;
-            let beat = StorageHeartbeat {
+            let mut beat = StorageHeartbeat {
                 host_id: self.host_id.clone(),
                 seq: s.storage_seq,
                 controller_silent_ms: s.last_round_trip.elapsed().as_millis() as u64,
                 fenced: s.fenced.clone(),
+                epoch: s.config.epoch,
+                mac: String::new(),
             };
+            // Unsigned only for a controller that sent no key (older): it
+            // then trusts nothing the storage says.
+            if let Ok(key) = hex::decode(&s.config.storage_key) {
+                if !key.is_empty() {
+                    beat.sign(&key);
+                }
+            }
             (s.config.heartbeat_dirs.clone(), beat)
         };
         if dirs.is_empty() {

@@ -374,6 +374,7 @@ async fn heartbeats(outbox: mpsc::Sender<AgentMessage>, watchdog: Arc<FenceWatch
         let msg = AgentMessage::Heartbeat {
             seq,
             memory_free_bytes: memory_free_bytes(),
+            epoch: watchdog.epoch(),
         };
         if outbox.send(msg).await.is_err() {
             return;

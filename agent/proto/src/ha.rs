@@ -24,6 +24,14 @@ pub struct HaAgentConfig {
     /// connection or a refusal proves the network works. Empty: the host's
     /// default gateway.
     pub isolation_addresses: Vec<String>,
+    /// The key (hex) this host signs its storage heartbeat with; the
+    /// controller trusts no heartbeat without its signature.
+    #[serde(default)]
+    pub storage_key: String,
+    /// Changes with every connection; a heartbeat carries the one its agent
+    /// got last, so one written in an earlier outage cannot be replayed.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The file an agent rewrites every second in each heartbeat directory,
@@ -39,6 +47,41 @@ pub struct StorageHeartbeat {
     /// Set once the agent has hard-stopped its HA VMs in this outage.
     #[serde(default)]
     pub fenced: Option<FenceRecord>,
+    /// [`HaAgentConfig::epoch`] of the agent's last connection.
+    #[serde(default)]
+    pub epoch: u64,
+    /// HMAC-SHA256 (hex) of the heartbeat with this field empty, under the
+    /// host's [`HaAgentConfig::storage_key`]: others who can write the
+    /// shared storage cannot forge it.
+    #[serde(default)]
+    pub mac: String,
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl StorageHeartbeat {
+    fn mac_over(&self, key: &[u8]) -> HmacSha256 {
+        use hmac::Mac;
+        let unsigned = StorageHeartbeat {
+            mac: String::new(),
+            ..self.clone()
+        };
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(&serde_json::to_vec(&unsigned).expect("a heartbeat serializes"));
+        mac
+    }
+
+    /// Signs the heartbeat with `key`.
+    pub fn sign(&mut self, key: &[u8]) {
+        use hmac::Mac;
+        self.mac = hex::encode(self.mac_over(key).finalize().into_bytes());
+    }
+
+    /// Whether it carries a valid signature under `key` (in constant time).
+    pub fn verify(&self, key: &[u8]) -> bool {
+        use hmac::Mac;
+        hex::decode(&self.mac).is_ok_and(|tag| self.mac_over(key).verify_slice(&tag).is_ok())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,4 +93,33 @@ pub struct FenceRecord {
     /// Ones it could not stop, with the reason.
     #[serde(default)]
     pub failed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_key_holder_signs_a_heartbeat_and_no_field_can_change() {
+        let mut beat = StorageHeartbeat {
+            host_id: "h1".into(),
+            seq: 7,
+            epoch: 42,
+            ..StorageHeartbeat::default()
+        };
+        beat.sign(b"host key");
+        assert!(beat.verify(b"host key"));
+        assert!(!beat.verify(b"another key"));
+        let mut forged = beat.clone();
+        forged.fenced = Some(FenceRecord::default());
+        assert!(!forged.verify(b"host key"), "a fence claim added later");
+        let mut replayed = beat.clone();
+        replayed.epoch = 43;
+        assert!(!replayed.verify(b"host key"));
+        let unsigned = StorageHeartbeat {
+            mac: String::new(),
+            ..beat
+        };
+        assert!(!unsigned.verify(b"host key"));
+    }
 }

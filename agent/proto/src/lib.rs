@@ -343,9 +343,7 @@ pub enum AgentMessage {
     },
     /// First message of a job's data channel: a second mutually
     /// authenticated connection that carries only that job's bulk data.
-    OpenDataChannel {
-        job_token: String,
-    },
+    OpenDataChannel { job_token: String },
     /// First message of a mutually authenticated connection.
     Hello {
         protocol_version: u32,
@@ -355,11 +353,13 @@ pub enum AgentMessage {
     Heartbeat {
         seq: u64,
         memory_free_bytes: u64,
+        /// The [`HaAgentConfig::epoch`] the agent holds: the controller
+        /// learns which epoch its storage heartbeats now carry.
+        #[serde(default)]
+        epoch: u64,
     },
     /// The complete list of VMs on the host; replaces what the controller had.
-    Inventory {
-        vms: Vec<VmInfo>,
-    },
+    Inventory { vms: Vec<VmInfo> },
     /// Answer to [`ControllerMessage::Request`] with the same `id`.
     Reply {
         id: u64,
@@ -411,8 +411,8 @@ pub enum ControllerMessage {
 pub enum FrameError {
     #[error("connection closed")]
     Closed,
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
     #[error("unexpected frame kind {0}")]
@@ -447,7 +447,7 @@ async fn write_raw<W: AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     let len = 1 + head.len() + tail.len();
     if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge(len, MAX_FRAME_BYTES));
     }
     let mut first = Vec::with_capacity(5 + head.len());
     first.extend_from_slice(&(len as u32).to_be_bytes());
@@ -486,6 +486,16 @@ where
     R: tokio::io::AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_any_within(r, MAX_FRAME_BYTES).await
+}
+
+/// [`read_any`] refusing frames over `limit` bytes before reading them: for
+/// a peer that has not authenticated yet, whose frames are small.
+pub async fn read_any_within<R, T>(r: &mut R, limit: usize) -> Result<Frame<T>, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -493,8 +503,9 @@ where
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
+    let limit = limit.min(MAX_FRAME_BYTES);
+    if len > limit {
+        return Err(FrameError::TooLarge(len, limit));
     }
     if len == 0 {
         return Err(FrameError::UnexpectedKind(u8::MAX));
@@ -518,15 +529,21 @@ where
 }
 
 /// Reads exactly `n` bytes (already bounded by the caller) into a new buffer,
-/// without zeroing it first.
+/// without zeroing it first. The buffer grows with what arrives, never to
+/// the claimed length up front: a peer that announces a large frame and
+/// sends nothing costs nothing.
 async fn read_exactly<R: tokio::io::AsyncRead + Unpin>(
     r: &mut R,
     n: usize,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut buf = Vec::with_capacity(n);
+    const STEP: usize = 64 * 1024;
+    let mut buf = Vec::with_capacity(n.min(STEP));
     // Not `read_to_end`: probing for the end would grow (and copy) a full
     // buffer. `take` keeps a roomier allocation from reading the next frame.
     while buf.len() < n {
+        if buf.len() == buf.capacity() {
+            buf.reserve((n - buf.len()).min(buf.capacity().max(STEP)));
+        }
         let want = (n - buf.len()) as u64;
         if (&mut *r).take(want).read_buf(&mut buf).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -541,7 +558,16 @@ where
     R: tokio::io::AsyncRead + Unpin,
     T: DeserializeOwned,
 {
-    match read_any(r).await? {
+    read_frame_within(r, MAX_FRAME_BYTES).await
+}
+
+/// [`read_frame`] refusing frames over `limit` bytes (see [`read_any_within`]).
+pub async fn read_frame_within<R, T>(r: &mut R, limit: usize) -> Result<T, FrameError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    match read_any_within(r, limit).await? {
         Frame::Message(m) => Ok(m),
         Frame::Chunk { .. } => Err(FrameError::UnexpectedKind(KIND_CHUNK)),
     }
@@ -557,6 +583,7 @@ mod tests {
         let msg = AgentMessage::Heartbeat {
             seq: 7,
             memory_free_bytes: 42,
+            epoch: 0,
         };
         write_frame(&mut a, &msg).await.unwrap();
         let got: AgentMessage = read_frame(&mut b).await.unwrap();
@@ -568,7 +595,30 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let err = read_frame::<_, AgentMessage>(&mut b).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge(_)));
+        assert!(matches!(err, FrameError::TooLarge(..)));
+    }
+
+    #[tokio::test]
+    async fn a_strangers_frame_is_bounded_and_never_allocated_up_front() {
+        // Over the stranger's limit: refused on the length alone.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(100_000u32).to_be_bytes()).await.unwrap();
+        let err = read_frame_within::<_, AgentMessage>(&mut b, 64 * 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge(100_000, 65_536)),
+            "{err}"
+        );
+        // A large JSON frame that trickles in grows its buffer as bytes
+        // arrive; a peer that stops early gets an error, not a 16 MiB buffer.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
+        a.write_all(&[0u8]).await.unwrap();
+        a.write_all(b"{\"type\":").await.unwrap();
+        drop(a);
+        let err = read_frame::<_, AgentMessage>(&mut b).await.unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)), "{err}");
     }
 
     #[tokio::test]

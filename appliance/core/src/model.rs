@@ -16,7 +16,9 @@ pub use crate::backup::{BackupId, VmUuid};
 pub use crate::clock::rfc3339;
 pub use crate::ha::failover::{Failover, FailoverState};
 pub use crate::ha::physical::{HealthCheck, PhysicalMachine, PhysicalState};
-pub use crate::ha::settings::{ClusterHa, FailoverMethod, HostHa, HostProbe, Priority, VmHa};
+pub use crate::ha::settings::{
+    ClusterHa, FailoverMethod, HostHa, HostHaView, HostProbe, Priority, VmHa,
+};
 pub use crate::ha::HostEvent;
 pub use crate::hub::enrollment::EnrollmentToken;
 pub use crate::inventory::categories::{Categories, CategoryRule};

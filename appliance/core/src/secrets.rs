@@ -46,6 +46,9 @@ pub enum SecretsError {
 /// Holds the key; prints nothing of it.
 pub struct Secrets {
     key: LessSafeKey,
+    /// For per-purpose keys derived from the same secret (HMAC-SHA256 of
+    /// the purpose and an id), so no second secret needs storing.
+    derivation: ring::hmac::Key,
     rng: SystemRandom,
 }
 
@@ -79,8 +82,23 @@ impl Secrets {
             .map_err(|_| SecretsError::DamagedKey { path })?;
         Ok(Secrets {
             key: LessSafeKey::new(unbound),
+            derivation: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// A 32-byte key for `purpose` and `id` (a host's storage heartbeat
+    /// key, say): the same for as long as the secret key lasts, different
+    /// for every purpose and id, and telling nothing of the secret key.
+    pub fn derive(&self, purpose: &str, id: &str) -> [u8; 32] {
+        let mut input = Vec::with_capacity(purpose.len() + 1 + id.len());
+        input.extend_from_slice(purpose.as_bytes());
+        input.push(0);
+        input.extend_from_slice(id.as_bytes());
+        let tag = ring::hmac::sign(&self.derivation, &input);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
     }
 
     /// Seals `plaintext` under a fresh random nonce.

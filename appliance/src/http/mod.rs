@@ -120,6 +120,15 @@ fn security_headers(r: &mut Response<Body>) {
 /// Past this many bytes an oversized body is no longer drained: the
 /// connection is closed instead. Up to it, the client gets a clean 413.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+/// A request's headers must arrive within this (also on a kept-alive
+/// connection), and its body within [`BODY_DEADLINE`]: a slow client ties up
+/// a connection for at most that long.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections served at once, in all and from one source address; more
+/// are closed at once.
+const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 
 async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, Response<Body>> {
     let (parts, mut body) = req.into_parts();
@@ -139,7 +148,21 @@ async fn read_request(req: Request<Incoming>, peer: SocketAddr) -> Result<Req, R
     }
     let mut buf = Vec::new();
     let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
+    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the request body did not arrive within {} s",
+                        BODY_DEADLINE.as_secs()
+                    ),
+                ))
+            }
+        };
         let frame = frame.map_err(|e| {
             json_error(
                 StatusCode::BAD_REQUEST,
@@ -188,9 +211,55 @@ pub fn tls_acceptor(ops: &Ops) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(ops.web_tls_config()?)))
 }
 
+/// Counts open connections, in all and per source address.
+#[derive(Default)]
+struct ConnectionCount {
+    total: usize,
+    by_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A served connection's place in the [`ConnectionCount`], given back on drop.
+struct ConnectionSlot {
+    count: Arc<std::sync::Mutex<ConnectionCount>>,
+    source: std::net::IpAddr,
+}
+
+impl ConnectionSlot {
+    fn take(
+        count: &Arc<std::sync::Mutex<ConnectionCount>>,
+        source: std::net::IpAddr,
+    ) -> Option<Self> {
+        let mut c = count.lock().expect("connection count lock");
+        let from_source = c.by_source.get(&source).copied().unwrap_or(0);
+        if c.total >= MAX_CONNECTIONS || from_source >= MAX_CONNECTIONS_PER_SOURCE {
+            return None;
+        }
+        c.total += 1;
+        c.by_source.insert(source, from_source + 1);
+        Some(ConnectionSlot {
+            count: count.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.count.lock().expect("connection count lock");
+        c.total -= 1;
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
 /// Serves the console and API over HTTPS forever.
 pub async fn serve(ops: Arc<Ops>, listener: TcpListener) -> anyhow::Result<()> {
     let acceptor = tls_acceptor(&ops)?;
+    let count = Arc::new(std::sync::Mutex::new(ConnectionCount::default()));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -200,9 +269,14 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener) -> anyhow::Result<()> {
                 continue;
             }
         };
+        let Some(slot) = ConnectionSlot::take(&count, peer.ip()) else {
+            tracing::debug!(%peer, "web connection refused: too many open");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let ops = ops.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => t,
@@ -215,7 +289,7 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener) -> anyhow::Result<()> {
             let service = hyper::service::service_fn(move |req| handle(ops.clone(), req, peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(HEADER_DEADLINE)
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "web connection ended: {e}");

@@ -270,7 +270,13 @@ async fn set_host_ha(s: Submission<'_>) -> FormReply {
     let settings = HostHa {
         probe,
         address: s.text("address"),
-        fence_command: s.text("fence_command"),
+        // Empty keeps the command set; the checkbox removes it.
+        fence_command: match (s.checked("clear_fence_command"), s.text("fence_command")) {
+            (true, _) => Some(String::new()),
+            (false, command) if command.is_empty() => None,
+            (false, command) => Some(command),
+        },
+        fence_command_sealed: String::new(),
         storage_mounts: ha_pages::parse_pairs(&s.text("storage_mounts"))
             .map_err(OpsError::BadRequest)?,
     };

@@ -9,7 +9,7 @@ use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::Failover;
 use lifeboat_core::model::HostEvent;
 use lifeboat_core::model::Privilege;
-use lifeboat_core::model::{FailoverMethod, HostHa, HostProbe, Priority, VmHa};
+use lifeboat_core::model::{FailoverMethod, HostHaView, HostProbe, Priority, VmHa};
 use lifeboat_core::model::{HealthCheck, PhysicalMachine, PhysicalState};
 use lifeboat_core::ops::ClusterView;
 
@@ -165,7 +165,7 @@ pub fn failover(ctx: &PageCtx, f: &Failover) -> Markup {
     )
 }
 
-pub fn host_section(ctx: &PageCtx, host_id: &str, ha: &HostHa, events: &[HostEvent]) -> Markup {
+pub fn host_section(ctx: &PageCtx, host_id: &str, ha: &HostHaView, events: &[HostEvent]) -> Markup {
     let (probe, port) = match ha.probe {
         HostProbe::Icmp => ("icmp", String::new()),
         HostProbe::Tcp { port } => ("tcp", port.to_string()),
@@ -182,7 +182,12 @@ pub fn host_section(ctx: &PageCtx, host_id: &str, ha: &HostHa, events: &[HostEve
                 " port " input type="number" name="port" value=(port);
             }
             label { "Probe address (empty: where the agent connects from) " input name="address" value=(ha.address); }
-            label { "Out-of-band fence command (sh -c; exit 0 = powered off) " input name="fence_command" value=(ha.fence_command); }
+            label { "Out-of-band fence command (sh -c; exit 0 = powered off; administrators only) "
+                input type="password" name="fence_command" autocomplete="off"
+                    placeholder=(if ha.fence_command_set { "set — leave empty to keep it" } else { "none" }); }
+            @if ha.fence_command_set {
+                label { input type="checkbox" name="clear_fence_command"; " Remove the fence command" }
+            }
             label { "Shared storage mounts (NAME=PATH ON THIS HOST, one per line) "
                 textarea name="storage_mounts" rows="3" { (pairs(&ha.storage_mounts)) } }
             @if can_manage(ctx) { button type="submit" { "Save HA settings" } }

@@ -38,6 +38,9 @@ const LOCKOUT: Duration = Duration::from_secs(60);
 /// Verified HTTP Basic credentials are remembered this long, so scripts that
 /// send them on every request do not pay an argon2 verification each time.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Users and addresses whose failed logins are tracked at most; a flood of
+/// made-up names cannot grow the table past it.
+const MAX_TRACKED_FAILURES: usize = 100_000;
 
 /// Who is acting, and from where; handed to every operation.
 #[derive(Debug, Clone)]
@@ -170,6 +173,9 @@ pub struct Access {
     sessions: RwLock<HashMap<String, LiveSession>>,
     basic_cache: Mutex<HashMap<String, (String, Instant)>>,
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Password hashing is slow on purpose: this many at once (one per
+    /// core), the rest wait their turn instead of starving the machine.
+    password_work: tokio::sync::Semaphore,
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -239,6 +245,9 @@ impl Access {
             sessions: RwLock::new(sessions),
             basic_cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            password_work: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         })
     }
 
@@ -284,7 +293,13 @@ impl Access {
 
     fn record_failure(&self, keys: &[String]) {
         let mut failures = self.failures.lock().expect("failures lock");
+        if failures.len() >= MAX_TRACKED_FAILURES {
+            failures.retain(|_, (_, since)| since.elapsed() < LOCKOUT);
+        }
         for key in keys {
+            if failures.len() >= MAX_TRACKED_FAILURES && !failures.contains_key(key) {
+                continue; // the other key of the pair still counts
+            }
             let entry = failures.entry(key.clone()).or_insert((0, Instant::now()));
             if entry.1.elapsed() >= LOCKOUT {
                 *entry = (0, Instant::now());
@@ -362,7 +377,9 @@ impl Access {
         let record = self.users.read().expect("users lock").get(user).cloned();
         let hash = record.as_ref().map(|u| u.password_hash.clone());
         let password_owned = password.to_string();
-        // argon2 is deliberately slow: keep it off the async workers.
+        // argon2 is deliberately slow: keep it off the async workers, and
+        // run no more at once than there are cores.
+        let _turn = self.password_work.acquire().await;
         let ok = tokio::task::spawn_blocking(move || match hash {
             Some(h) => verify_password(&h, &password_owned),
             None => {

@@ -92,11 +92,17 @@ pub struct Ha {
     pub physical: Book<PhysicalMachine>,
     /// Per host: the UUIDs the agent was last told to protect (and fence).
     pub told_to_protect: Book<Vec<String>>,
+    /// Per host: the storage-heartbeat epoch its agent was last given, so a
+    /// restarted controller still knows which heartbeats are current.
+    pub epochs: Book<u64>,
     events: Book<HostEvent>,
     pub watches: Mutex<HashMap<String, HostWatch>>,
     /// Detection counts silence from here for hosts not heard since.
     pub started: Instant,
     event_seq: std::sync::atomic::AtomicU64,
+    /// Random per controller start: with the connection number it makes
+    /// each connection's storage-heartbeat epoch unique across restarts.
+    epoch_base: u64,
 }
 
 impl Ha {
@@ -108,11 +114,18 @@ impl Ha {
             failovers: Book::load(store.clone(), Table::Failovers)?,
             physical: Book::load(store.clone(), Table::PhysicalMachines)?,
             told_to_protect: Book::load(store.clone(), Table::HaProtected)?,
+            epochs: Book::load(store.clone(), Table::HaEpochs)?,
             events: Book::load(store, Table::HaEvents)?,
             watches: Mutex::new(HashMap::new()),
             started: Instant::now(),
             event_seq: std::sync::atomic::AtomicU64::new(0),
+            epoch_base: rand::random::<u64>() & !0xffff_ffff,
         })
+    }
+
+    /// The storage-heartbeat epoch of agent connection `connection`.
+    pub fn epoch(&self, connection: u64) -> u64 {
+        self.epoch_base | (connection & 0xffff_ffff)
     }
 
     pub fn cluster(&self) -> ClusterHa {

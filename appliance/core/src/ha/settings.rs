@@ -91,11 +91,37 @@ pub struct HostHa {
     pub probe: HostProbe,
     /// Where to probe; empty: the address the agent connects from.
     pub address: String,
-    /// Out-of-band fence, run with `sh -c` (e.g. `ipmitool ... chassis
-    /// power off`); exit status 0 means the host is off.
-    pub fence_command: String,
+    /// In requests only: the out-of-band fence, run with `sh -c` (e.g.
+    /// `ipmitool ... chassis power off`; exit status 0 means the host is
+    /// off). Absent: keep the one set; empty: remove it. It holds a BMC
+    /// password, so it is stored sealed in `fence_command_sealed`, setting
+    /// it needs `administer`, and no answer shows it.
+    #[serde(skip_serializing)]
+    pub fence_command: Option<String>,
+    /// Sealed with the controller's key; left out of every answer.
+    pub fence_command_sealed: String,
     /// Where this host mounts each shared storage (name → path).
     pub storage_mounts: BTreeMap<String, String>,
+}
+
+/// A host's HA settings as shown: whether a fence command is set, never it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostHaView {
+    pub probe: HostProbe,
+    pub address: String,
+    pub fence_command_set: bool,
+    pub storage_mounts: BTreeMap<String, String>,
+}
+
+impl From<HostHa> for HostHaView {
+    fn from(h: HostHa) -> HostHaView {
+        HostHaView {
+            probe: h.probe,
+            address: h.address,
+            fence_command_set: !h.fence_command_sealed.is_empty(),
+            storage_mounts: h.storage_mounts,
+        }
+    }
 }
 
 impl Default for HostHa {
@@ -103,7 +129,8 @@ impl Default for HostHa {
         HostHa {
             probe: HostProbe::Icmp,
             address: String::new(),
-            fence_command: String::new(),
+            fence_command: None,
+            fence_command_sealed: String::new(),
             storage_mounts: BTreeMap::new(),
         }
     }
@@ -114,7 +141,8 @@ impl HostHa {
         if !self.address.is_empty() && self.address.parse::<std::net::IpAddr>().is_err() {
             return Err(format!("address {:?} must be an IP address", self.address));
         }
-        if self.fence_command.len() > 4096 || self.fence_command.contains('\0') {
+        let command = self.fence_command.as_deref().unwrap_or_default();
+        if command.len() > 4096 || command.contains('\0') {
             return Err("fence_command is too long or holds a NUL byte".into());
         }
         for (name, path) in &self.storage_mounts {

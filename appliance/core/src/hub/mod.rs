@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lifeboat_proto::{
-    read_frame, write_frame, AgentMessage, Command, ControllerMessage, Outcome, PROTOCOL_VERSION,
+    read_frame, read_frame_within, write_frame, AgentMessage, Command, ControllerMessage, Outcome,
+    VmInfo, PROTOCOL_VERSION,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -38,6 +39,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DATA_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 /// A session with no frame for this long is dead (heartbeats come every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections at once that have not authenticated yet (in the TLS
+/// handshake, or enrolling); more are closed at once. With the handshake
+/// deadline and [`MAX_ENROLL_FRAME`] this bounds what strangers cost.
+const MAX_UNAUTHENTICATED: usize = 128;
+/// An enrollment message (token, CSR, names) is small; a stranger's larger
+/// frame is refused before it is read.
+const MAX_ENROLL_FRAME: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -77,6 +85,9 @@ pub struct Hub {
     next_request: AtomicU64,
     /// Self-fences agents reported after reconnecting, for the HA engine.
     fence_reports: Mutex<Vec<(String, lifeboat_proto::FenceRecord)>>,
+    /// The storage-heartbeat epoch each agent says it holds, for the HA
+    /// engine to store (the reader never waits on the disk).
+    epoch_acks: Mutex<HashMap<String, u64>>,
 }
 
 impl Hub {
@@ -90,6 +101,7 @@ impl Hub {
             next_connection: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             fence_reports: Mutex::new(Vec::new()),
+            epoch_acks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,6 +123,8 @@ impl Hub {
         listener: TcpListener,
     ) -> Result<(), crate::pki::TlsSetupError> {
         let acceptor = self.tls_acceptor()?;
+        let strangers = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
+        let mut refusing = false;
         loop {
             let (tcp, addr) = match listener.accept().await {
                 Ok(c) => c,
@@ -120,6 +134,14 @@ impl Hub {
                     continue;
                 }
             };
+            let Ok(permit) = strangers.clone().try_acquire_owned() else {
+                if !refusing {
+                    tracing::warn!(%addr, "agent port: {MAX_UNAUTHENTICATED} connections are already authenticating; closing new ones");
+                    refusing = true;
+                }
+                continue;
+            };
+            refusing = false;
             let _ = tcp.set_nodelay(true);
             let hub = self.clone();
             let acceptor = acceptor.clone();
@@ -143,8 +165,15 @@ impl Hub {
                     .and_then(|c| c.first())
                     .map(|c| fingerprint(c));
                 match peer {
-                    Some(fp) => hub.session(tls, addr, &fp).await,
-                    None => hub.enroll(tls, addr).await,
+                    // A certificate our CA issued: authenticated.
+                    Some(fp) => {
+                        drop(permit);
+                        hub.session(tls, addr, &fp).await
+                    }
+                    None => {
+                        hub.enroll(tls, addr).await;
+                        drop(permit);
+                    }
                 }
             });
         }
@@ -164,7 +193,7 @@ impl Hub {
     async fn enroll<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S, addr: SocketAddr) {
         let msg = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            read_frame::<_, AgentMessage>(&mut stream),
+            read_frame_within::<_, AgentMessage>(&mut stream, MAX_ENROLL_FRAME),
         )
         .await;
         let (token, csr_pem, name, hostname) = match msg {
@@ -321,9 +350,32 @@ impl Hub {
             }
         });
 
+        // Inventory reports are stored by their own task, so a slow disk
+        // never delays the heartbeats behind them; a newer report replaces
+        // one not yet stored (each is the host's whole list).
+        let (reports, mut latest) = tokio::sync::watch::channel(None::<Vec<VmInfo>>);
+        let inventory = self.inventory.clone();
+        let (host_id, host_name) = (host.id.clone(), host.name.clone());
+        let storer = tokio::spawn(async move {
+            while latest.changed().await.is_ok() {
+                let Some(vms) = latest.borrow_and_update().clone() else {
+                    continue;
+                };
+                let count = vms.len();
+                match inventory.replace_host_vms(&host_id, vms).await {
+                    Ok(changed) if changed > 0 => {
+                        tracing::debug!(host = host_name, count, changed, "inventory updated")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(host = host_name, "cannot store inventory: {e}"),
+                }
+            }
+        });
         let reason = self
-            .read_loop(&mut reader, &host, connection, &pending, &outbox)
+            .read_loop(&mut reader, &host, connection, &pending, &outbox, &reports)
             .await;
+        drop(reports);
+        let _ = storer.await;
         tracing::info!(%addr, host = host.name, connection, "agent disconnected: {reason}");
         writer_task.abort();
         {
@@ -348,6 +400,7 @@ impl Hub {
         connection: u64,
         pending: &Pending,
         outbox: &mpsc::Sender<ControllerMessage>,
+        reports: &tokio::sync::watch::Sender<Option<Vec<VmInfo>>>,
     ) -> String {
         loop {
             let msg =
@@ -362,9 +415,16 @@ impl Hub {
                 AgentMessage::Heartbeat {
                     seq,
                     memory_free_bytes,
+                    epoch,
                 } => {
                     self.inventory
                         .heartbeat(&host.id, connection, memory_free_bytes);
+                    if epoch != 0 {
+                        self.epoch_acks
+                            .lock()
+                            .expect("epoch acks lock")
+                            .insert(host.id.clone(), epoch);
+                    }
                     // Never blocks the reader: a full outbox means the link
                     // is failing, and the agent's fence clock should run.
                     let _ = outbox.try_send(ControllerMessage::HeartbeatAck { seq });
@@ -381,14 +441,7 @@ impl Hub {
                         .push((host.id.clone(), record));
                 }
                 AgentMessage::Inventory { vms } => {
-                    let count = vms.len();
-                    match self.inventory.replace_host_vms(&host.id, vms).await {
-                        Ok(changed) if changed > 0 => {
-                            tracing::debug!(host = host.name, count, changed, "inventory updated")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(host = host.name, "cannot store inventory: {e}"),
-                    }
+                    reports.send_replace(Some(vms));
                     self.inventory
                         .heartbeat(&host.id, connection, host.facts.memory_free_bytes);
                 }
@@ -430,6 +483,11 @@ impl Hub {
     }
 
     /// Self-fences reported since the last call, as (host id, record).
+    /// Epochs agents said they hold since the last call, by host.
+    pub fn take_epoch_acks(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut *self.epoch_acks.lock().expect("epoch acks lock"))
+    }
+
     pub fn take_fence_reports(&self) -> Vec<(String, lifeboat_proto::FenceRecord)> {
         std::mem::take(&mut *self.fence_reports.lock().expect("fence reports lock"))
     }

@@ -9,7 +9,7 @@ use crate::access::{require, Principal, Privilege};
 use crate::ha::detect::HostState;
 use crate::ha::failover::Failover;
 use crate::ha::physical::{PhysicalMachine, PhysicalState};
-use crate::ha::settings::{ClusterHa, HostHa, VmHa};
+use crate::ha::settings::{ClusterHa, HostHa, HostHaView, VmHa};
 use crate::ha::HostEvent;
 use crate::inventory::{HostView, Vm};
 use lifeboat_proto::{Command, PowerAction, PowerState};
@@ -106,23 +106,38 @@ impl Ops {
             .await
     }
 
-    pub fn host_ha(&self, who: &Principal, host_id: &str) -> Result<HostHa, OpsError> {
+    pub fn host_ha(&self, who: &Principal, host_id: &str) -> Result<HostHaView, OpsError> {
         let host = self.host(who, host_id)?;
-        Ok(self.ha.host(&host.host.id))
+        Ok(self.ha.host(&host.host.id).into())
     }
 
+    /// Replaces a host's HA settings; the fence command (a secret) is kept
+    /// unless the request names one, and only an administrator sets it.
     pub async fn set_host_ha(
         &self,
         who: &Principal,
         host_id: &str,
-        settings: HostHa,
-    ) -> Result<HostHa, OpsError> {
+        mut settings: HostHa,
+    ) -> Result<HostHaView, OpsError> {
         let host = self.host(who, host_id)?;
         let result = async {
             require(who, Privilege::ManageHa, "changing HA settings")?;
             settings.validate().map_err(OpsError::BadRequest)?;
+            settings.fence_command_sealed = match settings.fence_command.take() {
+                None => self.ha.host(&host.host.id).fence_command_sealed,
+                Some(command) => {
+                    require(who, Privilege::Administer, "setting a fence command")?;
+                    if command.trim().is_empty() {
+                        String::new()
+                    } else {
+                        self.secrets
+                            .seal(&command)
+                            .map_err(|e| OpsError::Internal(e.to_string()))?
+                    }
+                }
+            };
             self.ha.hosts.put(&host.host.id, settings.clone()).await?;
-            Ok(settings)
+            Ok(settings.into())
         }
         .await;
         let object = format!("host {}", host.host.name);

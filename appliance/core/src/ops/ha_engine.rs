@@ -54,7 +54,26 @@ pub(super) struct EngineState {
 
 impl Ops {
     /// Runs the HA engine forever.
+    /// Seals fence commands stored in clear by earlier versions.
+    async fn seal_old_fence_commands(&self) {
+        for (id, mut host) in self.ha.hosts.entries() {
+            let Some(command) = host.fence_command.take().filter(|c| !c.is_empty()) else {
+                continue;
+            };
+            match self.secrets.seal(&command) {
+                Ok(sealed) => {
+                    host.fence_command_sealed = sealed;
+                    if let Err(e) = self.ha.hosts.put(&id, host).await {
+                        tracing::error!(host = id, "cannot seal the fence command: {e}");
+                    }
+                }
+                Err(e) => tracing::error!(host = id, "cannot seal the fence command: {e}"),
+            }
+        }
+    }
+
     pub(super) async fn ha_loop(self: Arc<Self>) {
+        self.seal_old_fence_commands().await;
         let prober = Arc::new(Prober::new());
         let state = Arc::new(Mutex::new(EngineState::default()));
         let mut tick = tokio::time::interval(TICK);
@@ -89,6 +108,13 @@ impl Ops {
         }
         for (host_id, uuid) in self.inventory.take_stale_copies() {
             self.forget_stale_copy(host_id, uuid);
+        }
+        for (host_id, epoch) in self.hub.take_epoch_acks() {
+            if self.ha.epochs.get(&host_id) != Some(epoch) {
+                if let Err(e) = self.ha.epochs.put(&host_id, epoch).await {
+                    tracing::error!("cannot record the heartbeat epoch of {host_id}: {e}");
+                }
+            }
         }
         for claim in self.inventory.take_refused_claims() {
             self.refused_claim(claim).await;
@@ -168,6 +194,11 @@ impl Ops {
         self.ha.event(id, new, what).await;
     }
 
+    /// The key host `host_id` signs its storage heartbeat with.
+    fn storage_key(&self, host_id: &str) -> [u8; 32] {
+        self.secrets.derive("storage heartbeat", host_id)
+    }
+
     /// Tells a connected agent what to fence and where its storage
     /// heartbeat goes, whenever that changes or it reconnects.
     async fn send_ha_config(&self, h: &HostView, cluster: &ClusterHa, protected: Vec<String>) {
@@ -187,6 +218,8 @@ impl Ops {
                 .map(|mount| format!("{}/{HEARTBEAT_DIR}", mount.trim_end_matches('/')))
                 .collect(),
             isolation_addresses: cluster.isolation_addresses.clone(),
+            storage_key: hex::encode(self.storage_key(id)),
+            epoch: self.ha.epoch(connection),
         };
         let watch = self.ha.watch(id);
         if watch.config_sent.as_ref() == Some(&(connection, config.clone())) {
@@ -256,6 +289,12 @@ impl Ops {
                 .collect()
         });
         let (ops, prober, state) = (self.clone(), prober.clone(), state.clone());
+        // Only a heartbeat this host signed counts (anyone who can write the
+        // shared storage could fake its life or its fence), and only one of
+        // the epoch its agent last said it holds reports a fence (a fence
+        // written in an earlier outage cannot be replayed into this one).
+        let key = self.storage_key(&id);
+        let epoch = self.ha.epochs.get(&id);
         tokio::spawn(async move {
             // The storage heartbeat first: a reported fence needs no probe.
             let host_id = id.clone();
@@ -263,6 +302,7 @@ impl Ops {
                 storage_dirs
                     .iter()
                     .filter_map(|dir| read_storage_heartbeat(Path::new(dir), &host_id))
+                    .filter(|b| b.verify(&key))
                     .max_by_key(|b| b.seq)
             })
             .await
@@ -271,11 +311,12 @@ impl Ops {
             if let Some(beat) = beats {
                 let mut watches = ops.ha.lock_watches();
                 let w = watches.entry(id.clone()).or_default();
-                if w.storage_seq != Some(beat.seq) {
+                // Newer only: replaying an older beat is no sign of life.
+                if w.storage_seq.is_none_or(|seen| beat.seq > seen) {
                     w.storage_seq = Some(beat.seq);
                     w.storage_changed = Some(Instant::now());
                 }
-                w.storage_fenced = beat.fenced.is_some();
+                w.storage_fenced = beat.fenced.is_some() && Some(beat.epoch) == epoch;
             }
             let timeout = interval.mul_f32(0.8);
             let host_answers = match address.parse::<IpAddr>() {
@@ -307,10 +348,17 @@ impl Ops {
     }
 
     fn maybe_fence_out_of_band(self: &Arc<Self>, id: &str) {
-        let command = self.ha.host(id).fence_command;
-        if command.is_empty() {
+        let sealed = self.ha.host(id).fence_command_sealed;
+        if sealed.is_empty() {
             return;
         }
+        let command = match self.secrets.open(&sealed) {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::error!(host = id, "cannot open the fence command: {e}");
+                return;
+            }
+        };
         self.ha
             .lock_watches()
             .entry(id.to_string())

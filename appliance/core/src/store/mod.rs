@@ -47,10 +47,11 @@ pub enum Table {
     CategoryRules,
     Directories,
     ApiTokens,
+    HaEpochs,
 }
 
 impl Table {
-    const ALL: [Table; 22] = [
+    const ALL: [Table; 23] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -73,6 +74,7 @@ impl Table {
         Table::CategoryRules,
         Table::Directories,
         Table::ApiTokens,
+        Table::HaEpochs,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -99,6 +101,7 @@ impl Table {
             Table::CategoryRules => "category_rules",
             Table::Directories => "directories",
             Table::ApiTokens => "api_tokens",
+            Table::HaEpochs => "ha_epochs",
         })
     }
 }
@@ -198,8 +201,13 @@ impl Drop for Inner {
 
 impl Store {
     /// Opens (or creates) the database and starts its writer thread.
+    /// Opens (or creates) the store; the file is made 0600 whatever the
+    /// umask: it holds password hashes and every setting.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Arc::new(Database::create(path)?);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
