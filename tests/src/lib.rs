@@ -56,6 +56,7 @@ mod controller;
 mod guest;
 mod ha_cluster;
 mod host_lock;
+mod hostile_agent;
 mod image;
 mod libvirt;
 mod ports;
@@ -78,9 +79,13 @@ pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PA
 pub use guest::LinuxGuest;
 pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
+pub use hostile_agent::{
+    json_frame, reported_vm, stranger_tls, web_tls, HostileAgent, TlsStream,
+};
 pub use image::{assert_image_pattern, write_image_pattern};
 pub use libvirt::{virt_type, Libvirt};
 pub use ports::free_port;
+pub use process::status_kib;
 pub use scratch::ScratchDir;
 pub use serde_json::{json, Value};
 pub use slapd::{

@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeboat_e2e::*;
@@ -219,38 +218,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        // The identity files; the scratch directory stays behind.
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
     }
-}
-
-/// A TLS client without a client certificate that trusts the controller's CA.
-fn tls_to_agent_port(
-    controller: &Controller,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = rustls::pki_types::CertificateDer::from_pem_file(controller.ca_pem()).expect("CA");
-    roots.add(ca).expect("add CA");
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = "lifeboat-controller".try_into().expect("name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
-    let tcp = TcpStream::connect(controller.agent_addr()).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    rustls::StreamOwned::new(conn, tcp)
-}
-
-/// A JSON frame as the agent protocol has it: length, kind 0, JSON.
-fn frame(json: &str) -> Vec<u8> {
-    let mut v = (json.len() as u32 + 1).to_be_bytes().to_vec();
-    v.push(0);
-    v.extend_from_slice(json.as_bytes());
-    v
 }
 
 fn read_reply(stream: &mut impl Read) -> String {
@@ -278,21 +250,21 @@ fn garbage_on_the_agent_port_is_refused_and_harmless() {
     );
 
     // TLS without a client certificate, but not an enrollment.
-    let mut s = tls_to_agent_port(&controller);
-    s.write_all(&frame(r#"{"type":"hello","protocol_version":1,"agent_version":"x","facts":{"hostname":"","driver":"","hypervisor_version":"","cpus":0,"memory_total_bytes":0,"memory_free_bytes":0}}"#))
+    let mut s = stranger_tls(&controller);
+    s.write_all(&json_frame(r#"{"type":"hello","protocol_version":1,"agent_version":"x","facts":{"hostname":"","driver":"","hypervisor_version":"","cpus":0,"memory_total_bytes":0,"memory_free_bytes":0}}"#))
         .expect("write");
     let reply = read_reply(&mut s);
     assert!(reply.contains("only enrollment is allowed"), "{reply}");
 
     // A frame claiming 4 GiB: refused before anything is allocated.
-    let mut s = tls_to_agent_port(&controller);
+    let mut s = stranger_tls(&controller);
     s.write_all(&u32::MAX.to_be_bytes()).expect("write");
     let reply = read_reply(&mut s);
     assert!(reply.contains("exceeds"), "{reply}");
 
     // Malformed JSON in a well-formed frame.
-    let mut s = tls_to_agent_port(&controller);
-    s.write_all(&frame("{\"type\": \"enroll\", "))
+    let mut s = stranger_tls(&controller);
+    s.write_all(&json_frame("{\"type\": \"enroll\", "))
         .expect("write");
     let reply = read_reply(&mut s);
     assert!(reply.contains("bad enrollment message"), "{reply}");

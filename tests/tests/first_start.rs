@@ -1,6 +1,8 @@
 //! First start on an empty data directory: the default `./lifeboat-data`, a
 //! CA, and an `admin` account whose random password is printed once and kept
-//! in `initial-admin-password` (mode 0600) — and not made up again later.
+//! in `initial-admin-password` (mode 0600) — and not made up again later,
+//! and removed once that password is changed. The data directory is 0700
+//! and every file in it private, even under a permissive umask.
 
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt;
@@ -17,7 +19,10 @@ impl Drop for Killed {
 
 fn serve(cwd: &std::path::Path, web: u16, agents: u16, out: &std::path::Path) -> Killed {
     let stdout = std::fs::File::create(out).expect("stdout file");
-    let child = Command::new(controller_binary())
+    // umask 000: the controller must not rely on the operator's umask.
+    let child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(controller_binary())
         .args([
             "serve",
             "--listen",
@@ -76,6 +81,13 @@ fn first_start_makes_a_data_dir_and_a_one_time_admin_password() {
         & 0o777;
     assert_eq!(key_mode, 0o600);
     assert!(data.join("lifeboat.redb").is_file());
+    let mode_of = |path: &std::path::Path| {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    };
+    assert_eq!(mode_of(&data), 0o700, "the data directory is private");
+    for file in ["lifeboat.redb", "secrets.key", "tls/server.key"] {
+        assert_eq!(mode_of(&data.join(file)), 0o600, "{file}");
+    }
 
     assert_eq!(wait_api(&url, &data.join("tls/ca.pem"), &password), 200);
     let printed = std::fs::read_to_string(&out).expect("stdout");
@@ -105,4 +117,15 @@ fn first_start_makes_a_data_dir_and_a_one_time_admin_password() {
             .trim(),
         password
     );
+
+    // Once the password is changed, the file that held it goes.
+    let api = Api::new(&url, &data.join("tls/ca.pem"))
+        .expect("api")
+        .with_basic(ADMIN_USER, &password);
+    let (status, body) = api.put(
+        "/api/v1/users/admin",
+        &json!({"password": "a-new-Long-passw0rd"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(!password_file.exists(), "the stale password file is removed");
 }

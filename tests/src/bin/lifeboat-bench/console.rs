@@ -30,17 +30,6 @@ fn parse_args(flags: &[String]) -> Args {
     args
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 struct Stats {
     p50: f64,
@@ -194,8 +183,8 @@ pub fn run(flags: &[String]) {
     );
     println!(
         "controller RSS: {} MiB now, {} MiB peak",
-        rss_kib(pid, "VmRSS:") / 1024,
-        rss_kib(pid, "VmHWM:") / 1024
+        status_kib(pid, "VmRSS:") / 1024,
+        status_kib(pid, "VmHWM:") / 1024
     );
     println!();
     println!("| request ({n} each, sequential, keep-alive) | p50 ms | p99 ms | max ms | p99 / baseline p99 |");
