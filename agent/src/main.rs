@@ -1,22 +1,12 @@
 //! `lifeboat-agent`: runs on each virtualization host, reports its VMs to the
 //! controller and carries out the controller's commands.
 
-mod backup;
-mod config_drive;
-mod fence;
-mod host_dirs;
-mod hypervisor;
-mod identity;
-mod link;
-mod nbd;
-mod restore;
-mod tls;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use lifeboat_agent::{backup, host_dirs, hypervisor, identity, link};
 
 #[derive(Parser)]
 #[command(name = "lifeboat-agent", version, about = "Lifeboat host agent")]

@@ -6,16 +6,12 @@
 //! through `lifeboat_core::ops`; the store and domain modules are private to
 //! that crate.
 
-mod api;
-mod cli;
-mod http;
-mod web;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lifeboat::{cli, http};
 use lifeboat_core::ops::{ControllerConfig, Ops};
 
 #[derive(Parser)]

@@ -190,7 +190,8 @@ impl Controller {
     /// The process id, or `None` after [`Controller::kill_9`].
     /// The controller's resident memory now, in KiB (0 when not running).
     pub fn rss_kib(&self) -> u64 {
-        self.pid().map_or(0, |pid| crate::process::status_kib(pid, "VmRSS:"))
+        self.pid()
+            .map_or(0, |pid| crate::process::status_kib(pid, "VmRSS:"))
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -104,14 +104,16 @@ impl HostileAgent {
         let mut s = stranger_tls(controller);
         let enroll = json!({"type": "enroll", "token": token, "csr_pem": csr,
                             "name": name, "hostname": name});
-        s.write_all(&json_frame(&enroll.to_string())).expect("send enroll");
+        s.write_all(&json_frame(&enroll.to_string()))
+            .expect("send enroll");
         let reply = read_json_frame(&mut s);
         assert_eq!(reply["type"], "enrolled", "{reply}");
         let host_id = reply["host_id"].as_str().expect("host id").to_string();
-        let chain = vec![
-            CertificateDer::from_pem_slice(reply["cert_pem"].as_str().unwrap().as_bytes())
-                .expect("issued certificate"),
-        ];
+        let chain =
+            vec![
+                CertificateDer::from_pem_slice(reply["cert_pem"].as_str().unwrap().as_bytes())
+                    .expect("issued certificate"),
+            ];
         let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key");
         let mut stream = connect(controller, client_config(controller, Some((chain, key))));
         let hello = json!({"type": "hello", "protocol_version": 1, "agent_version": "hostile",

@@ -65,43 +65,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             PASSWORD.to_string()
         };
         let api = admin.with_basic(&user, &password);
-        for route in &routes {
-            let method = route["method"].as_str().unwrap();
-            // The caller's own session stays: logging out is not the point here.
-            if method == "DELETE" && route["path"] == "/session" {
-                continue;
-            }
-            let path = route["path"]
-                .as_str()
-                .unwrap()
-                .replace("{id}", "00000000-0000-4000-8000-00000000abcd")
-                .replace("{name}", "no-such-name")
-                .replace(
-                    "{ref}",
-                    "local:00000000-0000-4000-8000-00000000abcd@2026-01-01T00:00:00Z",
-                );
-            let answer = api.raw_request(
-                method,
-                &format!("/api/v1{path}"),
-                &[("content-type", "application/json")],
-                b"{}",
-            );
-            let needed = route["privilege"].as_str();
-            let allowed = needed.is_none_or(|p| held.contains(p));
-            let what = format!(
-                "{role}: {method} {path} (needs {needed:?}) → {} {}",
-                answer.status,
-                answer.text()
-            );
-            if allowed {
-                assert_ne!(answer.status, 403, "{what}");
-                assert!(!answer.text().contains("no such endpoint"), "{what}");
-                assert!(answer.status != 401 && answer.status != 405, "{what}");
-            } else {
-                assert_eq!(answer.status, 403, "{what}");
-            }
-            walked += 1;
-        }
+        walked += walk_routes(&api, role, &held, false, &routes);
 
         // The console, page by page and form by form.
         let mut console = ConsoleClient::new(&controller);
@@ -258,5 +222,103 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
         );
         walked += 1;
     }
+    // Custom roles of restricted principals (an access policy matching no
+    // VM): the privilege decides as for anyone, and what decides scope is
+    // refused to them whatever they hold.
+    let (status, body) = admin.post(
+        "/api/v1/policies",
+        &json!({"name": "narrow", "rules": [{"effect": "allow", "key": "department", "value": "none"}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    for (role, granted) in [
+        (
+            "custom-backup",
+            json!(["view", "backup", "delete-backup", "restore"]),
+        ),
+        ("custom-users", json!(["view", "manage-users"])),
+        ("custom-ha", json!(["view", "manage-ha", "power"])),
+    ] {
+        let (status, body) = admin.post(
+            "/api/v1/roles",
+            &json!({"name": role, "privileges": granted}),
+        );
+        assert_eq!(status, 201, "{body}");
+        let user = format!("scoped-{role}");
+        let (status, body) = admin.post(
+            "/api/v1/users",
+            &json!({"name": user, "password": PASSWORD, "role": role, "policies": ["narrow"]}),
+        );
+        assert_eq!(status, 201, "{body}");
+        let held = privileges(&admin, role);
+        let api = admin.with_basic(&user, PASSWORD);
+        walked += walk_routes(&api, role, &held, true, &routes);
+    }
     eprintln!("walked {walked} route × role pairs");
+}
+
+/// Routes that decide scope: a restricted principal is refused them even
+/// holding `manage-users`.
+fn decides_scope(method: &str, path: &str) -> bool {
+    method != "GET"
+        && (path.starts_with("/policies")
+            || path.starts_with("/category-rules")
+            || path.starts_with("/directories")
+            || path.ends_with("/categories")
+            || (method == "POST" && path == "/users"))
+}
+
+/// Every route as one principal: refused (403) exactly when it lacks the
+/// route's privilege; for a restricted principal, a path naming a VM it does
+/// not see is a 404 first, and a route that decides scope gets nothing done. Returns how many routes were walked.
+fn walk_routes(
+    api: &Api,
+    role: &str,
+    held: &HashSet<String>,
+    scoped: bool,
+    routes: &[Value],
+) -> usize {
+    let mut walked = 0;
+    for route in routes {
+        let method = route["method"].as_str().unwrap();
+        let pattern = route["path"].as_str().unwrap();
+        // The caller's own session stays: logging out is not the point here.
+        if method == "DELETE" && pattern == "/session" {
+            continue;
+        }
+        let path = pattern
+            .replace("{id}", "00000000-0000-4000-8000-00000000abcd")
+            .replace("{name}", "no-such-name")
+            .replace(
+                "{ref}",
+                "local:00000000-0000-4000-8000-00000000abcd@2026-01-01T00:00:00Z",
+            );
+        let answer = api.raw_request(
+            method,
+            &format!("/api/v1{path}"),
+            &[("content-type", "application/json")],
+            b"{}",
+        );
+        let needed = route["privilege"].as_str();
+        let allowed = needed.is_none_or(|p| held.contains(p));
+        let what = format!(
+            "{role}: {method} {path} (needs {needed:?}) → {} {}",
+            answer.status,
+            answer.text()
+        );
+        let names_vm = pattern.starts_with("/vms/{id}") || pattern.starts_with("/backups/{ref}");
+        if scoped && names_vm {
+            // A VM they do not see does not exist, before any 403 could tell.
+            assert_eq!(answer.status, 404, "{what}");
+        } else if !allowed {
+            assert_eq!(answer.status, 403, "{what}");
+        } else if scoped && decides_scope(method, pattern) {
+            assert!(!(200..300).contains(&answer.status), "{what}");
+        } else {
+            assert_ne!(answer.status, 403, "{what}");
+            assert!(!answer.text().contains("no such endpoint"), "{what}");
+            assert!(answer.status != 401 && answer.status != 405, "{what}");
+        }
+        walked += 1;
+    }
+    walked
 }

@@ -127,5 +127,8 @@ fn first_start_makes_a_data_dir_and_a_one_time_admin_password() {
         &json!({"password": "a-new-Long-passw0rd"}),
     );
     assert_eq!(status, 200, "{body}");
-    assert!(!password_file.exists(), "the stale password file is removed");
+    assert!(
+        !password_file.exists(),
+        "the stale password file is removed"
+    );
 }

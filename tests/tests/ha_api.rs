@@ -133,3 +133,61 @@ fn vm_ha_and_physical_machines_refuse_bad_input() {
     );
     assert_eq!(status, 404, "{answer}");
 }
+
+#[test]
+fn the_fence_command_is_a_secret_only_an_administrator_sets() {
+    let controller = Controller::start();
+    let admin = controller.api();
+    let host = HostileAgent::enroll(&controller, "fenced-host");
+    let path = format!("/api/v1/hosts/{}/ha", host.host_id);
+    let secret = "ipmitool -I lanplus -H 192.0.2.9 -U admin -P s3cret-bmc chassis power off";
+    let (status, body) = admin.put(&path, &json!({"fence_command": secret}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fence_command_set"], true, "{body}");
+    let (_, shown) = admin.get(&path);
+    assert_eq!(shown["fence_command_set"], true, "{shown}");
+    for text in [body.to_string(), shown.to_string()] {
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    let mut console = ConsoleClient::new(&controller);
+    assert_eq!(
+        console
+            .login_as(ADMIN_USER, controller.admin_password())
+            .status,
+        303
+    );
+    let page = console.get(&format!("/hosts/{}", host.host_id)).text();
+    assert!(
+        page.contains("leave empty to keep it") && !page.contains("s3cret"),
+        "{page}"
+    );
+    let store = std::fs::read(controller.data_dir().join("lifeboat.redb")).unwrap();
+    assert!(
+        !store.windows(9).any(|w| w == b"s3cret-bm"),
+        "the fence command is sealed at rest"
+    );
+
+    // Managing HA is not enough to set it; keeping it needs nothing.
+    let (status, _) = admin.post(
+        "/api/v1/roles",
+        &json!({"name": "ha-only", "privileges": ["view", "manage-ha"]}),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = admin.post(
+        "/api/v1/users",
+        &json!({"name": "ha-op", "password": "long-enough-passw0rd", "role": "ha-only"}),
+    );
+    assert_eq!(status, 201);
+    let ha_op = admin.login_as("ha-op", "long-enough-passw0rd");
+    let (status, body) = ha_op.put(&path, &json!({"fence_command": "true"}));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = ha_op.put(&path, &json!({"probe": {"kind": "tcp", "port": 22}}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fence_command_set"], true, "kept: {body}");
+    let (_, audit) = admin.get("/api/v1/audit?user=ha-op");
+    assert!(audit.to_string().contains("administer"), "{audit}");
+    // An administrator removes it with an empty one.
+    let (status, body) = admin.put(&path, &json!({"fence_command": ""}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["fence_command_set"], false, "{body}");
+}

@@ -45,9 +45,8 @@ fn a_second_agent_cannot_claim_the_first_hosts_vm_in_any_letter_case() {
     let (_, audit) = api.get("/api/v1/audit?action=agent%20report");
     let records = audit.as_array().unwrap();
     assert!(
-        records
-            .iter()
-            .any(|r| r["object"] == "host evil-host" && r["result"].as_str().unwrap().contains(vm.uuid())),
+        records.iter().any(|r| r["object"] == "host evil-host"
+            && r["result"].as_str().unwrap().contains(vm.uuid())),
         "{audit}"
     );
 
@@ -145,7 +144,10 @@ fn strangers_flooding_the_agent_port_cost_bounded_memory() {
         "the controller to close connections over the cap",
         Duration::from_secs(10),
         || {
-            if controller.log().contains("connections are already authenticating") {
+            if controller
+                .log()
+                .contains("connections are already authenticating")
+            {
                 Ok(())
             } else {
                 Err(controller.log())

@@ -25,10 +25,20 @@ fn a_cross_site_form_post_changes_nothing() {
         ("application/x-www-form-urlencoded", "action=start"),
         ("multipart/form-data; boundary=x", "--x--"),
     ] {
-        let answer = api.raw_request("POST", &power, &[("content-type", content_type)], body.as_bytes());
+        let answer = api.raw_request(
+            "POST",
+            &power,
+            &[("content-type", content_type)],
+            body.as_bytes(),
+        );
         assert_eq!(answer.status, 415, "{content_type}: {}", answer.text());
     }
-    let answer = api.raw_request("POST", &format!("/api/v1/vms/{}/backups", vm.uuid()), &[], b"");
+    let answer = api.raw_request(
+        "POST",
+        &format!("/api/v1/vms/{}/backups", vm.uuid()),
+        &[],
+        b"",
+    );
     assert_eq!(answer.status, 415, "a body-less POST: {}", answer.text());
     assert_eq!(libvirt.domstate(vm.name()), "shut off", "nothing started");
     assert!(api.backups(vm.uuid()).is_empty(), "nothing backed up");
@@ -37,7 +47,10 @@ fn a_cross_site_form_post_changes_nothing() {
     let answer = api.anonymous().raw_request("GET", "/api/v1/vms", &[], b"");
     assert_eq!(answer.status, 401);
     let challenge = answer.header("www-authenticate").unwrap_or_default();
-    assert!(!challenge.to_ascii_lowercase().contains("basic"), "{challenge}");
+    assert!(
+        !challenge.to_ascii_lowercase().contains("basic"),
+        "{challenge}"
+    );
 
     // The same request as JSON is what works.
     let job = api.post_job(&power, &json!({"action": "start"}), READY_TIMEOUT);
@@ -64,7 +77,8 @@ fn slow_clients_and_connection_floods_are_cut_off() {
 
     // Slowloris: headers one byte at a time, never finished.
     let mut slow = web_tls(&controller);
-    slow.write_all(b"GET /api/v1/hosts HTTP/1.1\r\nHost: x\r\n").expect("start");
+    slow.write_all(b"GET /api/v1/hosts HTTP/1.1\r\nHost: x\r\n")
+        .expect("start");
     let writer_started = Instant::now();
     let mut cut_after = None;
     while writer_started.elapsed() < Duration::from_secs(25) {
@@ -97,7 +111,11 @@ fn slow_clients_and_connection_floods_are_cut_off() {
     let _ = stalled.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(45), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
 
     // One source cannot hold every connection: past its share, new ones
     // are closed at once, and its old ones are freed when they go.
@@ -108,7 +126,9 @@ fn slow_clients_and_connection_floods_are_cut_off() {
             let mut s = web_tls(&controller);
             // The handshake happens on the first write; a refused
             // connection fails it, or is closed right after.
-            let written = s.write_all(b"GET /api/v1/hosts HTTP/1.1\r\nHost: x\r\n").is_ok();
+            let written = s
+                .write_all(b"GET /api/v1/hosts HTTP/1.1\r\nHost: x\r\n")
+                .is_ok();
             (s, written)
         })
         .collect();
@@ -131,8 +151,10 @@ fn slow_clients_and_connection_floods_are_cut_off() {
     assert!((29..=32).contains(&held.len()), "{} accepted", held.len());
     assert!(refused >= 8, "{refused} refused");
     drop(held);
-    poll_until("the API to serve again", READY_TIMEOUT, || match api.try_get("/api/v1/hosts") {
-        Ok((200, _)) => Ok(()),
-        other => Err(format!("{other:?}")),
+    poll_until("the API to serve again", READY_TIMEOUT, || {
+        match api.try_get("/api/v1/hosts") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
     });
 }

@@ -51,7 +51,11 @@ fn run_cli(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run lifeboat");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,7 +93,11 @@ with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as t:
         .arg(edit)
         .output()
         .expect("python3");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -105,13 +113,22 @@ fn a_planted_or_imported_hostile_manifest_restores_nothing() {
     let manifest_path = dir.join("manifest.json");
     let genuine: Value =
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
-    let config = genuine["vm"]["hypervisor_config"].as_str().unwrap().to_string();
-    assert!(config.contains(&vm.disk().display().to_string()), "{config}");
+    let config = genuine["vm"]["hypervisor_config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains(&vm.disk().display().to_string()),
+        "{config}"
+    );
 
     let scratch = ScratchDir::new("victim");
     let victim = scratch.path().join("victim.conf");
     std::fs::write(&victim, "keep me\n").unwrap();
-    let on_victim = config.replace(&vm.disk().display().to_string(), &victim.display().to_string());
+    let on_victim = config.replace(
+        &vm.disk().display().to_string(),
+        &victim.display().to_string(),
+    );
     let commandline = with_qemu_commandline(&config);
     let other_vm = config.replacen(vm.uuid(), "00000000-0000-4000-8000-0000000000aa", 1);
 
@@ -165,7 +182,12 @@ fn a_planted_or_imported_hostile_manifest_restores_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["result"].as_str().unwrap_or_default().starts_with("refused"))
+        .filter(|r| {
+            r["result"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("refused")
+        })
         .count();
     assert_eq!(refusals, 4, "{audit}");
 }

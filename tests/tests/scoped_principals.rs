@@ -110,7 +110,10 @@ fn removing_backups_needs_delete_backup_and_stays_inside_the_callers_scope() {
     let (status, body) = no_delete.post("/api/v1/backup-policies", &policy("keep1", Some(1)));
     assert_eq!(status, 403, "{body}");
     assert!(e.audit_has("fin-nodelete", "delete-backup"));
-    let fin_backup = admin.backups(e.fin.uuid())[0]["id"].as_str().unwrap().to_string();
+    let fin_backup = admin.backups(e.fin.uuid())[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path = format!("/api/v1/backups/{fin_backup}");
     assert_eq!(no_delete.put(&path, &json!({"protected": true})).0, 200);
     let (status, body) = no_delete.put(&path, &json!({"protected": false}));
@@ -130,14 +133,24 @@ fn removing_backups_needs_delete_backup_and_stays_inside_the_callers_scope() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(!job.to_string().contains(e.hr.name()), "{job}");
     assert_eq!(admin.backups(e.fin.uuid()).len(), 1, "pruned to the last");
-    assert_eq!(admin.backups(e.hr.uuid()).len(), 2, "another scope's VM untouched");
+    assert_eq!(
+        admin.backups(e.hr.uuid()).len(),
+        2,
+        "another scope's VM untouched"
+    );
 
     // Deleting: a hidden VM's backup does not exist; a protected one is kept.
-    let hr_backup = admin.backups(e.hr.uuid())[0]["id"].as_str().unwrap().to_string();
+    let hr_backup = admin.backups(e.hr.uuid())[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (status, body) = finance.delete(&format!("/api/v1/backups/{hr_backup}"));
     assert_eq!(status, 404, "{body}");
     assert!(!body.to_string().contains(e.hr.name()), "{body}");
-    let last = admin.backups(e.fin.uuid())[0]["id"].as_str().unwrap().to_string();
+    let last = admin.backups(e.fin.uuid())[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path = format!("/api/v1/backups/{last}");
     assert_eq!(finance.put(&path, &json!({"protected": true})).0, 200);
     assert_eq!(finance.delete(&path).0, 409, "protected");
@@ -194,11 +207,17 @@ fn a_restricted_user_manager_cannot_widen_any_scope() {
     assert!(e.audit_has("fin-manager", "users without access policies"));
 
     // Users: only of exactly their own scope.
-    let user = |name: &str, policies: Value| {
-        json!({"name": name, "password": PASSWORD, "role": "backup-no-delete", "policies": policies})
-    };
-    assert_eq!(manager.post("/api/v1/users", &user("wide", json!([]))).0, 403);
-    assert_eq!(manager.post("/api/v1/users", &user("other", json!(["hr"]))).0, 403);
+    let user = |name: &str, policies: Value| json!({"name": name, "password": PASSWORD, "role": "backup-no-delete", "policies": policies});
+    assert_eq!(
+        manager.post("/api/v1/users", &user("wide", json!([]))).0,
+        403
+    );
+    assert_eq!(
+        manager
+            .post("/api/v1/users", &user("other", json!(["hr"])))
+            .0,
+        403
+    );
     assert_eq!(
         manager
             .post("/api/v1/users", &user("both", json!(["finance", "hr"])))
@@ -213,9 +232,18 @@ fn a_restricted_user_manager_cannot_widen_any_scope() {
         .iter()
         .filter_map(|u| u["name"].as_str())
         .collect();
-    assert!(names.contains(&"fin-clerk") && names.contains(&"fin-manager"), "{names:?}");
-    assert!(!names.contains(&"hr-clerk") && !names.contains(&"admin"), "{names:?}");
-    for (method, path) in [("PATCH", "/api/v1/users/hr-clerk"), ("DELETE", "/api/v1/users/hr-clerk")] {
+    assert!(
+        names.contains(&"fin-clerk") && names.contains(&"fin-manager"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"hr-clerk") && !names.contains(&"admin"),
+        "{names:?}"
+    );
+    for (method, path) in [
+        ("PATCH", "/api/v1/users/hr-clerk"),
+        ("DELETE", "/api/v1/users/hr-clerk"),
+    ] {
         let answer = manager.raw_request(
             method,
             path,
@@ -243,7 +271,11 @@ fn no_answer_to_a_restricted_user_names_a_hidden_vm() {
         let (status, body) = ha.post("/api/v1/physical-machines", &pm(standby));
         assert_eq!(status, 404, "{body}");
         let text = body.to_string();
-        let other = if standby == e.hr.name() { e.hr.uuid() } else { e.hr.name() };
+        let other = if standby == e.hr.name() {
+            e.hr.uuid()
+        } else {
+            e.hr.name()
+        };
         assert!(!text.contains(other), "{text}");
     }
     created(ha.post("/api/v1/physical-machines", &pm(e.fin.name())));
@@ -266,7 +298,10 @@ fn no_answer_to_a_restricted_user_names_a_hidden_vm() {
     let auditor = e.user("fin-auditor", "auditor", &["finance"]);
     let (_, trail) = auditor.get("/api/v1/audit");
     let text = trail.to_string();
-    assert!(!text.contains(e.hr.uuid()) && !text.contains(e.hr.name()), "{text}");
+    assert!(
+        !text.contains(e.hr.uuid()) && !text.contains(e.hr.name()),
+        "{text}"
+    );
     let gone = e.hr.uuid().to_string();
     drop(e.hr);
     wait_until("the HR VM to leave the inventory", READY_TIMEOUT, || {
@@ -275,7 +310,10 @@ fn no_answer_to_a_restricted_user_names_a_hidden_vm() {
     let (_, trail) = auditor.get("/api/v1/audit");
     assert!(!trail.to_string().contains(&gone), "{trail}");
     let (_, all) = admin.get("/api/v1/audit");
-    assert!(all.to_string().contains(&gone), "the unrestricted still see it");
+    assert!(
+        all.to_string().contains(&gone),
+        "the unrestricted still see it"
+    );
 }
 
 #[test]
@@ -288,9 +326,10 @@ fn api_tokens_end_with_their_grounds_and_login_names_have_one_form() {
     ));
     // One user, whatever the case or spacing of the name.
     for name in ["script.user", " SCRIPT.USER ", "Script.User"] {
-        let (status, body) = admin
-            .anonymous()
-            .post("/api/v1/session", &json!({"username": name, "password": PASSWORD}));
+        let (status, body) = admin.anonymous().post(
+            "/api/v1/session",
+            &json!({"username": name, "password": PASSWORD}),
+        );
         assert_eq!(status, 201, "{name:?}: {body}");
         assert_eq!(body["user"], "script.user");
     }
@@ -313,7 +352,10 @@ fn api_tokens_end_with_their_grounds_and_login_names_have_one_form() {
         &json!({"name": "longer", "expires_in_days": 30}),
     );
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("outlives"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("outlives"),
+        "{body}"
+    );
     let t2 = created(t1.post(
         "/api/v1/tokens",
         &json!({"name": "narrow", "expires_in_days": 1, "privileges": ["view"]}),
@@ -337,10 +379,17 @@ fn api_tokens_end_with_their_grounds_and_login_names_have_one_form() {
     assert_eq!(t2.get("/api/v1/vms").0, 401);
 
     // Lockout counts one user however the name is written.
-    for name in ["Script.User", "SCRIPT.USER", " script.user", "script.USER", "Script.user"] {
-        let (status, _) = admin
-            .anonymous()
-            .post("/api/v1/session", &json!({"username": name, "password": "wrong-password"}));
+    for name in [
+        "Script.User",
+        "SCRIPT.USER",
+        " script.user",
+        "script.USER",
+        "Script.user",
+    ] {
+        let (status, _) = admin.anonymous().post(
+            "/api/v1/session",
+            &json!({"username": name, "password": "wrong-password"}),
+        );
         assert_eq!(status, 401);
     }
     let (status, body) = admin.anonymous().post(
@@ -348,5 +397,8 @@ fn api_tokens_end_with_their_grounds_and_login_names_have_one_form() {
         &json!({"username": "script.user", "password": PASSWORD}),
     );
     assert_eq!(status, 401, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("too many"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too many"),
+        "{body}"
+    );
 }

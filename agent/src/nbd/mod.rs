@@ -473,3 +473,33 @@ impl Drop for NbdClient {
         self.stream.shutdown();
     }
 }
+
+/// For the fuzz target: `server` is everything a hostile NBD server says,
+/// sent at once; the client shakes hands and reads, writes and asks for
+/// block status. It must end with an error or a result, never a panic or a
+/// hang (every read has a short deadline).
+#[doc(hidden)]
+pub fn fuzz_server_replies(server: &[u8]) {
+    use std::io::{Read, Write};
+    let Ok((client_end, mut server_end)) = UnixStream::pair() else {
+        return;
+    };
+    let said = server.to_vec();
+    let peer = std::thread::spawn(move || {
+        let _ = server_end.write_all(&said);
+        let _ = server_end.shutdown(std::net::Shutdown::Write);
+        let _ = io::copy(&mut Read::take(&mut server_end, 1 << 24), &mut io::sink());
+    });
+    let contexts = [BASE_ALLOCATION, "qemu:dirty-bitmap:backup-vda"];
+    let timeout = Duration::from_millis(200);
+    if let Ok(mut client) =
+        NbdClient::handshake(Transport::Unix(client_end), "disk", &contexts, timeout)
+    {
+        let size = client.size().min(1 << 20);
+        let mut buf = vec![0u8; size.min(64 * 1024) as usize];
+        let _ = client.read_at(0, &mut buf);
+        let _ = client.block_status(BASE_ALLOCATION, 0, size);
+        let _ = client.write_at(0, &buf);
+    }
+    let _ = peer.join();
+}

@@ -10,6 +10,9 @@
 mod access;
 mod backup;
 mod clock;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ha;
 mod hub;
 mod inventory;

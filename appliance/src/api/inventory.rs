@@ -19,7 +19,7 @@ struct PowerBody {
     timeout_secs: Option<u64>,
 }
 
-fn query_from(req: &Req) -> Result<VmQuery, OpsError> {
+pub(super) fn query_from(req: &Req) -> Result<VmQuery, OpsError> {
     let number = |name: &str| -> Result<Option<usize>, OpsError> {
         req.query_param(name)
             .map(|v| {

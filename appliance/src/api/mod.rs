@@ -75,20 +75,53 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
         return Err(unauthorized());
     };
     if let Some(b64) = auth.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
+        let (user, password) = basic_credentials(b64)
             .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
-        let (user, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| OpsError::Unauthorized("malformed Basic credentials".into()))?;
-        return ops.basic_login(user, password, &source).await;
+        return ops.basic_login(&user, &password, &source).await;
     }
     if let Some(token) = auth.strip_prefix("Bearer ") {
         return ops.bearer(token.trim(), &source);
     }
     Err(unauthorized())
+}
+
+/// The user and password of an HTTP Basic `Authorization` value.
+fn basic_credentials(b64: &str) -> Option<(String, String)> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// For the fuzz target: everything the API does with a request before an
+/// operation runs, without one running (no credentials are checked).
+pub(crate) fn fuzz_parse(req: &Req) {
+    use lifeboat_core::model::*;
+    use lifeboat_core::ops::{PolicyInput, RestoreOptions};
+    let _ = refuse_non_json(req);
+    let _ = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Basic "))
+        .map(basic_credentials);
+    let below = req.path.strip_prefix("/api/v1").unwrap_or(&req.path);
+    let segments = crate::http::routing::segments(below);
+    let _ = routes::find(req.method.as_str(), &segments);
+    let _ = inventory::query_from(req);
+    let _ = parse_body::<PolicyInput>(req);
+    let _ = parse_optional_body::<RestoreOptions>(req);
+    let _ = parse_body::<DatastoreInput>(req);
+    let _ = parse_body::<UserInput>(req);
+    let _ = parse_body::<RoleDef>(req);
+    let _ = parse_body::<AccessPolicy>(req);
+    let _ = parse_body::<Directory>(req);
+    let _ = parse_body::<TokenRequest>(req);
+    let _ = parse_body::<HostHa>(req);
+    let _ = parse_body::<VmHa>(req);
+    let _ = parse_body::<ClusterHa>(req);
+    let _ = parse_body::<PhysicalMachine>(req);
+    let _ = parse_body::<AsNew>(req);
 }
 
 /// A state-changing request must carry JSON: an HTML form (the tool of a

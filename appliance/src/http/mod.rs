@@ -211,6 +211,46 @@ pub fn tls_acceptor(ops: &Ops) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(ops.web_tls_config()?)))
 }
 
+/// For the fuzz target: `bytes` as a request (`METHOD TARGET`, header
+/// lines, an empty line, the body) through everything the console and the
+/// API do before an operation runs: the request's own parsing (query,
+/// cookies, headers), the route tables, credentials, bodies and forms.
+#[doc(hidden)]
+pub fn fuzz_request(bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let Some((method, target)) = lines.next().and_then(|l| l.split_once(' ')) else {
+        return;
+    };
+    let Ok(method) = hyper::Method::from_bytes(method.as_bytes()) else {
+        return;
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut headers = hyper::HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+    let req = Req {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Bytes::from(body.as_bytes().to_vec()),
+        peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+    };
+    let _ = (req.query_pairs(), req.source());
+    crate::api::fuzz_parse(&req);
+    crate::web::fuzz_parse(&req);
+}
+
 /// Counts open connections, in all and per source address.
 #[derive(Default)]
 struct ConnectionCount {

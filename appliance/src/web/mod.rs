@@ -49,6 +49,18 @@ fn form(req: &Req) -> Vec<(String, String)> {
     serde_urlencoded::from_bytes(&req.body).unwrap_or_default()
 }
 
+/// For the fuzz target: what the console does with a request before an
+/// operation runs (no session is checked).
+pub(crate) fn fuzz_parse(req: &Req) {
+    let fields = form(req);
+    let _ = field(&fields, "csrf").map(|sent| same_token(&sent, &"0".repeat(64)));
+    let _ = req.cookie(SESSION_COOKIE);
+    let segments = routing::segments(&req.path);
+    let _ = routing::find(forms::FORMS, req.method.as_str(), &segments);
+    let _ = pages::vm_query_from(req);
+    let _ = audit_filter(req, 100);
+}
+
 fn field(form: &[(String, String)], name: &str) -> Option<String> {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }

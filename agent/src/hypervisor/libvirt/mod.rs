@@ -437,6 +437,22 @@ fn virsh_error_text(stderr: &[u8]) -> String {
     }
 }
 
+/// For the fuzz target: one text, as virsh output and as domain XML, fed
+/// to every parser of what virsh prints (a hostile or broken libvirtd, a
+/// domain definition someone else wrote). Errors are fine; panics are not.
+#[doc(hidden)]
+pub fn fuzz_parsers(text: &str) {
+    let _ = parse::power_state(text);
+    let _ = parse::parse_domain_list(text);
+    let _ = parse::parse_domstats_states(text);
+    let _ = parse::parse_blkinfo_table(text);
+    let _ = parse::parse_colon_fields(text);
+    let _ = parse::memory_from_nodememstats(text);
+    let _ = parse::version_summary(text);
+    let _ = parse::parse_domain(text);
+    let _ = virsh_error_text(text.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,6 @@ fn parse_args(flags: &[String]) -> Args {
     args
 }
 
-
 struct Stats {
     p50: f64,
     p99: f64,

@@ -1,0 +1,16 @@
+//! The controller's adapters: HTTPS ([`http`]), the REST API ([`api`]), the
+//! web console ([`web`]) and the offline CLI ([`cli`]). Everything they do
+//! goes through `lifeboat_core::ops`; the store and domain modules are
+//! private to that crate. `main.rs` is the `lifeboat` binary over them; a
+//! library as well so the fuzz targets (`fuzz/`) reach request parsing.
+
+pub mod api;
+pub mod cli;
+pub mod http;
+pub mod web;
+
+/// Entry points for the fuzz targets only.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::fuzz_request as http_request;
+}

@@ -1,0 +1,6 @@
+//! Untrusted datastore and archive contents: see lifeboat_core::fuzzing::archive.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| lifeboat_core::fuzzing::archive(data));
