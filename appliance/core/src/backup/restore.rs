@@ -16,10 +16,18 @@ use crate::jobs::Jobs;
 
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// Why a backup cannot be planned for a restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RestorePlanError {
+    #[error("the backed-up domain XML does not parse: {0}")]
+    Unparsable(#[from] roxmltree::Error),
+    #[error("disk {0} has no file in the backed-up definition")]
+    NoFile(String),
+}
+
 /// `target → source file` of every disk in a libvirt domain definition.
-pub fn disk_paths(config: &str) -> Result<Vec<(String, String)>, String> {
-    let doc = Document::parse(config)
-        .map_err(|e| format!("the backed-up domain XML does not parse: {e}"))?;
+pub fn disk_paths(config: &str) -> Result<Vec<(String, String)>, RestorePlanError> {
+    let doc = Document::parse(config)?;
     Ok(doc
         .descendants()
         .filter(|n| n.has_tag_name("disk") && n.attribute("device").unwrap_or("disk") == "disk")
@@ -44,7 +52,7 @@ pub fn exact_request(
     indexes: &[FixedIndexReader],
     replace: bool,
     start: bool,
-) -> Result<RestoreRequest, String> {
+) -> Result<RestoreRequest, RestorePlanError> {
     let paths = disk_paths(&manifest.vm.hypervisor_config)?;
     let disks = manifest
         .disks
@@ -55,9 +63,7 @@ pub fn exact_request(
                 .iter()
                 .find(|(t, _)| *t == d.target)
                 .map(|(_, p)| p.clone())
-                .ok_or_else(|| {
-                    format!("disk {} has no file in the backed-up definition", d.target)
-                })?;
+                .ok_or_else(|| RestorePlanError::NoFile(d.target.clone()))?;
             Ok(RestoreDisk {
                 target: d.target.clone(),
                 path,
@@ -70,7 +76,7 @@ pub fn exact_request(
                 digests: idx.digests().iter().map(|x| x.to_hex()).collect(),
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, RestorePlanError>>()?;
     Ok(RestoreRequest {
         job_token: String::new(),
         uuid: manifest.vm.uuid.as_str().to_string(),

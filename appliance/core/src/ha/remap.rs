@@ -8,8 +8,20 @@ use std::collections::BTreeMap;
 /// Where one host mounts each shared storage (name → path).
 pub type Mounts = BTreeMap<String, String>;
 
-pub fn remap_disks(xml: &str, from: &Mounts, to: &Mounts) -> Result<String, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML: {e}"))?;
+#[derive(Debug, thiserror::Error)]
+pub enum RemapError {
+    #[error("domain XML: {0}")]
+    Unparsable(#[from] roxmltree::Error),
+    #[error("disk {0} is not on a shared storage of its host")]
+    NotShared(String),
+    #[error("the destination does not mount shared storage {0}")]
+    NotMounted(String),
+    #[error("cannot place {0} in XML")]
+    Unquotable(String),
+}
+
+pub fn remap_disks(xml: &str, from: &Mounts, to: &Mounts) -> Result<String, RemapError> {
+    let doc = roxmltree::Document::parse(xml)?;
     let mut edits = Vec::new();
     for source in doc
         .descendants()
@@ -22,13 +34,13 @@ pub fn remap_disks(xml: &str, from: &Mounts, to: &Mounts) -> Result<String, Stri
         let (storage, rest) = from
             .iter()
             .find_map(|(name, mount)| strip_mount(path, mount).map(|rest| (name, rest)))
-            .ok_or_else(|| format!("disk {path} is not on a shared storage of its host"))?;
+            .ok_or_else(|| RemapError::NotShared(path.to_string()))?;
         let target = to
             .get(storage)
-            .ok_or_else(|| format!("the destination does not mount shared storage {storage}"))?;
+            .ok_or_else(|| RemapError::NotMounted(storage.clone()))?;
         let new_path = format!("{}/{rest}", target.trim_end_matches('/'));
         if new_path.contains(['\'', '"', '<', '&']) {
-            return Err(format!("cannot place {new_path} in XML"));
+            return Err(RemapError::Unquotable(new_path));
         }
         edits.push((attr.range_value(), new_path));
     }
@@ -79,9 +91,13 @@ mod tests {
     #[test]
     fn local_disks_and_unmounted_storage_are_refused() {
         let e = remap_disks(XML, &mounts("/mnt/other"), &mounts("/srv/san")).unwrap_err();
-        assert!(e.contains("not on a shared storage"), "{e}");
+        assert!(matches!(&e, RemapError::NotShared(p) if p == "/mnt/san-a/vms/db.qcow2"), "{e}");
         let e = remap_disks(XML, &mounts("/mnt/san-a"), &Mounts::new()).unwrap_err();
-        assert!(e.contains("does not mount shared storage san"), "{e}");
+        assert!(matches!(&e, RemapError::NotMounted(s) if s == "san"), "{e}");
+        assert!(matches!(
+            remap_disks("<domain", &Mounts::new(), &Mounts::new()),
+            Err(RemapError::Unparsable(_))
+        ));
         // A prefix of a longer directory name is not the mount.
         assert!(remap_disks(XML, &mounts("/mnt/san"), &mounts("/x")).is_err());
     }

@@ -276,7 +276,7 @@ impl Ops {
             }
             let store = opened.store.clone();
             let exact = restore::exact_request(m, &opened.indexes, replace, start)
-                .map_err(OpsError::BadRequest)?;
+                .map_err(|e| OpsError::BadRequest(e.to_string()))?;
             let request = match &as_new {
                 None => exact,
                 Some(new) => {

@@ -157,7 +157,8 @@ impl Ops {
                 let config = if from.is_empty() {
                     vm.config.clone()
                 } else {
-                    remap_disks(&vm.config, &from, &self.ha.host(dest).storage_mounts)?
+                    remap_disks(&vm.config, &from, &self.ha.host(dest).storage_mounts)
+                        .map_err(|e| e.to_string())?
                 };
                 self.check_definition_for(dest, &config, &vm.name, &vm.uuid, false)
                     .map_err(|e| format!("not started on the destination: {e}"))?;
