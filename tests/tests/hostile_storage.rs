@@ -48,7 +48,7 @@ fn a_forged_or_replayed_storage_heartbeat_fakes_neither_life_nor_a_fence() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let mut forged = genuine.clone();
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     forged["seq"] = json!(genuine["seq"].as_u64().unwrap() + n);
                     forged["fenced"] = json!({"outage": 1, "stopped": [uuid]});
                 }

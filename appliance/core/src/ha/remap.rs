@@ -91,7 +91,10 @@ mod tests {
     #[test]
     fn local_disks_and_unmounted_storage_are_refused() {
         let e = remap_disks(XML, &mounts("/mnt/other"), &mounts("/srv/san")).unwrap_err();
-        assert!(matches!(&e, RemapError::NotShared(p) if p == "/mnt/san-a/vms/db.qcow2"), "{e}");
+        assert!(
+            matches!(&e, RemapError::NotShared(p) if p == "/mnt/san-a/vms/db.qcow2"),
+            "{e}"
+        );
         let e = remap_disks(XML, &mounts("/mnt/san-a"), &Mounts::new()).unwrap_err();
         assert!(matches!(&e, RemapError::NotMounted(s) if s == "san"), "{e}");
         assert!(matches!(
