@@ -128,11 +128,30 @@ fn directory_groups_decide_role_and_scope_at_every_login() {
         .text()
         .lines()
         .all(|l| !l.contains(hr.uuid())));
-    // HTTP Basic works for directory users too.
+    // HTTP Basic works for directory users too, and is audited.
     assert_eq!(
         admin.with_basic("fiona", PASSWORD).get("/api/v1/vms").0,
         200
     );
+    let (_, audit) = admin.get("/api/v1/audit?user=fiona&action=login");
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["object"] == "http basic" && r["result"] == "ok"),
+        "{audit}"
+    );
+    // A directory user's token lasts no longer than a session: the
+    // directory is asked again only at a login.
+    let fiona = session(&admin, "fiona");
+    let (status, token) = fiona.post(
+        "/api/v1/tokens",
+        &json!({"name": "script", "expires_in_days": 30}),
+    );
+    assert_eq!(status, 201, "{token}");
+    let lasts = token["expires_at"].as_u64().unwrap() - token["created_at"].as_u64().unwrap();
+    assert!(lasts <= 12 * 3600, "{token}");
 
     // HR sees HR only; the auditor sees all and may do nothing.
     let harry = session(&admin, "harry");

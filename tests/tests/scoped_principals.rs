@@ -333,6 +333,37 @@ fn api_tokens_end_with_their_grounds_and_login_names_have_one_form() {
         assert_eq!(status, 201, "{name:?}: {body}");
         assert_eq!(body["user"], "script.user");
     }
+    // HTTP Basic logins are audited like any other, refusals too.
+    let (status, _) = admin
+        .with_basic("Script.User", "wrong-password")
+        .get("/api/v1/vms");
+    assert_eq!(status, 401);
+    assert_eq!(
+        admin
+            .with_basic("script.user", PASSWORD)
+            .get("/api/v1/vms")
+            .0,
+        200
+    );
+    let (_, audit) = admin.get("/api/v1/audit?action=login");
+    let basic: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["object"] == "http basic")
+        .collect();
+    assert!(
+        basic
+            .iter()
+            .any(|r| r["user"] == "script.user" && r["result"] == "ok"),
+        "{audit}"
+    );
+    assert!(
+        basic
+            .iter()
+            .any(|r| r["result"].as_str().unwrap().starts_with("refused")),
+        "{audit}"
+    );
     let dup = admin.post(
         "/api/v1/users",
         &json!({"name": "SCRIPT.user", "password": PASSWORD, "role": "auditor"}),
