@@ -18,7 +18,7 @@ pub struct Output {
 pub enum CommandError {
     #[error("cannot start it: {0}")]
     Spawn(#[source] std::io::Error),
-    #[error("no answer within {} s, killed", .0.as_secs())]
+    #[error("no answer within {0:?}, killed")]
     TimedOut(Duration),
     #[error("waiting for it failed: {0}")]
     Wait(#[source] std::io::Error),

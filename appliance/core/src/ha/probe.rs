@@ -73,25 +73,34 @@ pub fn read_storage_heartbeat(dir: &Path, host_id: &str) -> Option<StorageHeartb
         .filter(|beat| beat.host_id == host_id)
 }
 
+/// Why the out-of-band fence command did not report the host off.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceCommandError {
+    #[error("cannot run sh: {0}")]
+    Run(#[source] lifeboat_os::command::CommandError),
+    #[error("{status}: {stderr}")]
+    Failed { status: String, stderr: String },
+}
+
 /// Runs the operator's fence command with `sh -c`; success is exit status 0
 /// within `timeout`. Output is kept short for the host's history.
-pub async fn run_fence_command(command: &str, timeout: Duration) -> Result<(), String> {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
-        Err(_) => Err(format!("no result within {} s", timeout.as_secs())),
-        Ok(Err(e)) => Err(format!("cannot run sh: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: String = stderr.trim().chars().take(200).collect();
-            Err(format!("{}: {tail}", out.status))
-        }
+pub async fn run_fence_command(command: &str, timeout: Duration) -> Result<(), FenceCommandError> {
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c").arg(command);
+    let out = tokio::task::spawn_blocking(move || {
+        lifeboat_os::command::run_bounded(sh, timeout, 64 * 1024)
+    })
+    .await
+    .map_err(|e| FenceCommandError::Run(lifeboat_os::command::CommandError::Wait(e.into())))?
+    .map_err(FenceCommandError::Run)?;
+    if out.status.success() {
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(FenceCommandError::Failed {
+        status: out.status.to_string(),
+        stderr: stderr.trim().chars().take(200).collect(),
+    })
 }
 
 #[cfg(test)]
@@ -106,11 +115,14 @@ mod tests {
         let e = run_fence_command("echo no power >&2; exit 3", Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert!(e.contains("no power"), "{e}");
+        assert!(
+            matches!(&e, FenceCommandError::Failed { stderr, .. } if stderr == "no power"),
+            "{e}"
+        );
         let e = run_fence_command("sleep 5", Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert!(e.contains("no result"), "{e}");
+        assert!(e.to_string().contains("no answer within"), "{e}");
     }
 
     #[tokio::test]

@@ -373,7 +373,7 @@ impl Ops {
                     "out-of-band fence succeeded".to_string(),
                 ),
                 Err(e) => (
-                    OobFence::Failed(e.clone()),
+                    OobFence::Failed(e.to_string()),
                     format!("out-of-band fence failed: {e}"),
                 ),
             };
