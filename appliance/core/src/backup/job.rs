@@ -31,6 +31,23 @@ pub struct BackupRun {
     pub mode: lifeboat_proto::BackupMode,
 }
 
+/// Why a backup or restore job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Datastore(#[from] super::BackupError),
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Receive(#[from] super::receive::ReceiveError),
+    #[error("data channel: {0}")]
+    DataChannel(String),
+    #[error(transparent)]
+    Agent(#[from] crate::hub::HubError),
+    #[error("the agent answered without a {0} report")]
+    NoReport(&'static str),
+}
+
 /// A finished backup.
 pub struct BackupDone {
     pub id: BackupId,
@@ -39,11 +56,8 @@ pub struct BackupDone {
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> super::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("storage task failed: {e}"))?
-        .map_err(|e| e.to_string())
+) -> Result<T, JobError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
 }
 
 /// The newest complete backup of `vm` that left a checkpoint, with its
@@ -79,8 +93,8 @@ pub fn checkpoint_name(id: &BackupId) -> String {
     format!("lifeboat-{}", id.as_str().replace([':', '-'], ""))
 }
 
-pub async fn run(hub: Arc<Hub>, jobs: Arc<Jobs>, plan: BackupRun) -> Result<BackupDone, String> {
-    let vm_uuid: VmUuid = plan.vm.info.uuid.parse().map_err(|e| format!("{e}"))?;
+pub async fn run(hub: Arc<Hub>, jobs: Arc<Jobs>, plan: BackupRun) -> Result<BackupDone, JobError> {
+    let vm_uuid: VmUuid = plan.vm.info.uuid.parse()?;
     let started_at = unix_now();
     let store = plan.datastore.clone();
     let (uuid, mode) = (vm_uuid.clone(), plan.mode);
@@ -108,7 +122,7 @@ async fn run_in(
     id: &BackupId,
     dir: PathBuf,
     started_at: u64,
-) -> Result<Manifest, String> {
+) -> Result<Manifest, JobError> {
     let targets: Vec<String> = plan
         .vm
         .info
@@ -131,10 +145,8 @@ async fn run_in(
         let store = plan.datastore.clone();
         let targets = targets.clone();
         tokio::spawn(async move {
-            let stream = channel.await?;
-            receive_disks(stream, store, dir, started_at, targets)
-                .await
-                .map_err(|e| e.to_string())
+            let stream = channel.await.map_err(JobError::DataChannel)?;
+            Ok::<_, JobError>(receive_disks(stream, store, dir, started_at, targets).await?)
         })
     };
 
@@ -162,14 +174,12 @@ async fn run_in(
             };
             return Err(match (receiver_error, other) {
                 (Some(reason), _) => reason,
-                (None, Err(e)) => e.to_string(),
-                (None, Ok(_)) => "the agent answered without a backup report".into(),
+                (None, Err(e)) => e.into(),
+                (None, Ok(_)) => JobError::NoReport("backup"),
             });
         }
     };
-    let received = receiver
-        .await
-        .map_err(|e| format!("receiver failed: {e}"))??;
+    let received = receiver.await??;
     reporter.abort();
     let manifest = manifest_for(plan, id, parent, started_at, &report, &received)?;
     let (store, vm, id2, m) = (
@@ -230,7 +240,7 @@ fn manifest_for(
     started_at: u64,
     report: &BackupReport,
     received: &[ReceivedDisk],
-) -> Result<Manifest, String> {
+) -> Result<Manifest, JobError> {
     let info = &plan.vm.info;
     let incremental = report.mode == lifeboat_proto::BackupMode::Incremental;
     let disks = received
@@ -255,7 +265,7 @@ fn manifest_for(
     Ok(Manifest {
         format_version: FORMAT_VERSION,
         vm: VmDescription {
-            uuid: info.uuid.parse().map_err(|e| format!("{e}"))?,
+            uuid: info.uuid.parse()?,
             name: info.name.clone(),
             origin_host_id: plan.vm.host_id.clone(),
             origin_host_name: plan.host_name.clone(),

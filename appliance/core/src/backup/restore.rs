@@ -97,7 +97,8 @@ pub async fn run(
     host_id: String,
     store: Arc<Datastore>,
     mut request: RestoreRequest,
-) -> Result<RestoreReport, String> {
+) -> Result<RestoreReport, super::job::JobError> {
+    use super::job::JobError;
     let allowed: HashSet<ChunkDigest> = request
         .disks
         .iter()
@@ -107,8 +108,10 @@ pub async fn run(
     let (token, channel) = hub.expect_data_channel(&host_id);
     request.job_token = token.clone();
     let server = tokio::spawn(async move {
-        let stream = channel.await?;
-        serve_chunks(stream, store, allowed).await
+        let stream = channel.await.map_err(JobError::DataChannel)?;
+        serve_chunks(stream, store, allowed)
+            .await
+            .map_err(JobError::DataChannel)
     });
     let (progress, reporter) = super::job::job_progress(jobs, job_id);
     let reply = hub
@@ -128,11 +131,11 @@ pub async fn run(
         }
         Ok(_) => {
             server.abort();
-            Err("the agent answered without a restore report".into())
+            Err(JobError::NoReport("restore"))
         }
         Err(e) => {
             server.abort();
-            Err(e.to_string())
+            Err(e.into())
         }
     }
 }

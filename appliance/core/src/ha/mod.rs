@@ -123,6 +123,16 @@ impl Ha {
         })
     }
 
+    /// Heartbeats arrive: what the storage heartbeat said in the last
+    /// outage is no baseline for the next.
+    pub fn forget_storage_heartbeat(&self, host_id: &str) {
+        if let Some(w) = self.lock_watches().get_mut(host_id) {
+            w.storage_seq = None;
+            w.storage_changed = None;
+            w.storage_fenced = false;
+        }
+    }
+
     /// The storage-heartbeat epoch of agent connection `connection`.
     pub fn epoch(&self, connection: u64) -> u64 {
         self.epoch_base | (connection & 0xffff_ffff)

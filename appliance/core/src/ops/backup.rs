@@ -226,7 +226,9 @@ impl Ops {
                         }
                     })
                     .await;
-                let _ = jobs.finish(job_id, result.map(|_| ())).await;
+                let _ = jobs
+                    .finish(job_id, result.map(|_| ()).map_err(|e| e.to_string()))
+                    .await;
             });
             Ok(job)
         }
@@ -350,7 +352,9 @@ impl Ops {
                     Ok(r) => tracing::info!(job_id, vm = r.name, "restore complete"),
                     Err(e) => tracing::warn!(job_id, "restore failed: {e}"),
                 }
-                let _ = jobs.finish(job_id, result.map(|_| ())).await;
+                let _ = jobs
+                    .finish(job_id, result.map(|_| ()).map_err(|e| e.to_string()))
+                    .await;
             });
             Ok(job)
         }

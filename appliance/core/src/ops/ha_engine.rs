@@ -130,6 +130,8 @@ impl Ops {
             let silent = now.saturating_duration_since(last_heartbeat);
             if silent >= t.interval {
                 self.maybe_probe(h, &cluster, prober, state);
+            } else {
+                self.ha.forget_storage_heartbeat(id);
             }
             let watch = self.ha.watch(id);
             let observation = Observation {
@@ -311,10 +313,16 @@ impl Ops {
             if let Some(beat) = beats {
                 let mut watches = ops.ha.lock_watches();
                 let w = watches.entry(id.clone()).or_default();
-                // Newer only: replaying an older beat is no sign of life.
-                if w.storage_seq.is_none_or(|seen| beat.seq > seen) {
-                    w.storage_seq = Some(beat.seq);
-                    w.storage_changed = Some(Instant::now());
+                // The first beat seen in an outage is only a baseline (it may
+                // be the last one a dead host wrote); a newer one after it is
+                // a sign of life, an older or the same one (a replay) is not.
+                match w.storage_seq {
+                    None => w.storage_seq = Some(beat.seq),
+                    Some(seen) if beat.seq > seen => {
+                        w.storage_seq = Some(beat.seq);
+                        w.storage_changed = Some(Instant::now());
+                    }
+                    Some(_) => {}
                 }
                 w.storage_fenced = beat.fenced.is_some() && Some(beat.epoch) == epoch;
             }

@@ -100,3 +100,53 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
         self.records.read().expect("book lock")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(name: &str) -> Book<u32> {
+        let dir = std::env::temp_dir().join(format!("lifeboat-book-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Book::load(Store::open(&dir.join("b.redb")).unwrap(), Table::Roles).unwrap()
+    }
+
+    #[tokio::test]
+    async fn readers_never_see_a_change_whose_commit_failed() {
+        let book = book("failed");
+        book.put("k", 1).await.unwrap();
+        let failed = book.change("k", Write::Fail, Some(2)).await;
+        assert!(
+            matches!(failed, Err(StoreError::CommitFailed(_))),
+            "{failed:?}"
+        );
+        assert_eq!(book.get("k"), Some(1), "the failed change is not shown");
+        let failed = book.change("k", Write::Fail, None).await;
+        assert!(failed.is_err());
+        assert_eq!(book.get("k"), Some(1), "nor a failed delete");
+        assert!(book.delete("k").await.unwrap());
+        assert_eq!(book.get("k"), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_change_queued_is_the_one_shown() {
+        let book = std::sync::Arc::new(book("order"));
+        let writers: Vec<_> = (0..50u32)
+            .map(|n| {
+                let book = book.clone();
+                tokio::spawn(async move { book.put("k", n).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let shown = book.get("k").unwrap();
+        let stored: Vec<(String, u32)> = book.store.load(Table::Roles).unwrap();
+        assert_eq!(
+            stored,
+            vec![("k".to_string(), shown)],
+            "memory and store agree"
+        );
+    }
+}

@@ -153,6 +153,10 @@ pub enum Write {
         table: Table,
         key: String,
     },
+    /// Makes the group commit it is in fail: for tests of what a failed
+    /// commit leaves behind.
+    #[cfg(test)]
+    Fail,
 }
 
 impl Write {
@@ -343,6 +347,8 @@ fn apply_batch(db: &Database, batch: &[(Vec<Write>, Ack)]) -> Result<(), StoreEr
                 Write::Delete { table, key } => {
                     txn.open_table(table.definition())?.remove(key.as_str())?;
                 }
+                #[cfg(test)]
+                Write::Fail => return Err(StoreError::CommitFailed("injected failure".into())),
             }
         }
     }
