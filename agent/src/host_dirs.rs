@@ -1,13 +1,14 @@
 //! The host directories the agent works in: where VM disks may be written
 //! (`--image-dir`, reported to the controller) and its private scratch
 //! directory (`STATE_DIR/tmp`, 0700), where temporary files are created
-//! exclusively under unpredictable names and removed when dropped, never
-//! at guessable paths in a shared `/tmp`.
+//! exclusively and removed when dropped, never at guessable paths in a
+//! shared `/tmp`.
 
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+use lifeboat_os::durable::{create_temp, private_dir};
 
 /// libvirt's default storage pool.
 pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/libvirt/images";
@@ -25,8 +26,7 @@ pub fn init(image_dirs: &[PathBuf], state_dir: &Path) -> io::Result<()> {
         .collect();
     let _ = IMAGE_DIRS.set(dirs);
     let scratch = state_dir.join("tmp");
-    std::fs::create_dir_all(&scratch)?;
-    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700))?;
+    private_dir(&scratch)?;
     for entry in std::fs::read_dir(&scratch)?.flatten() {
         let _ = std::fs::remove_file(entry.path());
     }
@@ -54,26 +54,16 @@ impl ScratchFile {
     /// A new file holding `contents`, created exclusively (O_EXCL) with
     /// mode 0600 in the scratch directory.
     pub fn with_contents(prefix: &str, contents: &[u8]) -> io::Result<ScratchFile> {
-        let dir = SCRATCH
-            .get()
-            .cloned()
-            .unwrap_or_else(|| std::env::temp_dir().join("lifeboat-agent"));
-        if SCRATCH.get().is_none() {
-            // Tests and tools that skipped `init`: still private.
-            std::fs::create_dir_all(&dir)?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        let mut random = [0u8; 12];
-        std::fs::File::open("/dev/urandom").and_then(|mut f| {
-            use std::io::Read;
-            f.read_exact(&mut random)
-        })?;
-        let path = dir.join(format!("{prefix}-{}", hex::encode(random)));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
+        let dir = match SCRATCH.get() {
+            Some(dir) => dir.clone(),
+            None => {
+                // Tests and tools that skipped `init`: still private.
+                let dir = std::env::temp_dir().join("lifeboat-agent");
+                private_dir(&dir)?;
+                dir
+            }
+        };
+        let (path, mut file) = create_temp(&dir, prefix, 0o600)?;
         let scratch = ScratchFile(path);
         file.write_all(contents)?;
         Ok(scratch)
@@ -95,7 +85,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scratch_files_are_private_unguessable_and_removed() {
+    fn scratch_files_are_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
         let a = ScratchFile::with_contents("x", b"<domain/>").unwrap();
         let b = ScratchFile::with_contents("x", b"").unwrap();
         assert_ne!(a.path(), b.path());

@@ -120,8 +120,16 @@ fn split(path: &Path) -> io::Result<(&Path, &str)> {
     Ok((dir, name))
 }
 
-/// A new file `.NAME.tmp-…` in `dir`, created exclusively with `mode`.
-fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+/// A directory only its owner can enter (0700 whatever the umask), made
+/// with its parents if missing.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A new file `.NAME.tmp-…` in `dir`, created exclusively (`O_EXCL`: never
+/// an existing file, never through a planted link) with `mode`.
+pub fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut attempt = 0;
     loop {

@@ -27,14 +27,7 @@ use lifeboat_core::ops::{Ops, OpsError};
 use routes::{Guard, Reply};
 
 fn error_response(e: &OpsError) -> Response<Body> {
-    let status = match e {
-        OpsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
-        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpsError::Conflict(_) => StatusCode::CONFLICT,
-        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        OpsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = crate::http::status_of(e);
     let mut r = json_error(status, &e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         // Not `Basic`: a browser would prompt and then send the remembered

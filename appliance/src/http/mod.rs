@@ -81,6 +81,20 @@ pub fn response(
     r
 }
 
+/// The HTTP status an operation's refusal answers with, in the API and the
+/// console alike.
+pub fn status_of(e: &lifeboat_core::ops::OpsError) -> StatusCode {
+    use lifeboat_core::ops::OpsError::*;
+    match e {
+        Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Forbidden(_) => StatusCode::FORBIDDEN,
+        NotFound(_) => StatusCode::NOT_FOUND,
+        Conflict(_) => StatusCode::CONFLICT,
+        BadRequest(_) => StatusCode::BAD_REQUEST,
+        Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     response(status, "application/json", value.to_string())
 }

@@ -75,14 +75,7 @@ fn same_token(a: &str, b: &str) -> bool {
 }
 
 fn error_page(ctx: &PageCtx, e: &OpsError) -> Response<Body> {
-    let status = match e {
-        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
-        OpsError::Conflict(_) => StatusCode::CONFLICT,
-        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        OpsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-        OpsError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = crate::http::status_of(e);
     html(status, pages::error(ctx, status, &e.to_string()))
 }
 

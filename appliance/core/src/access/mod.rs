@@ -96,8 +96,8 @@ impl Principal {
         }
     }
 
-    /// Someone who may do nothing (a user who no longer exists), audited
-    /// under their name.
+    /// Someone who may do nothing (a user who no longer exists, a failed
+    /// login), audited under their name.
     pub(crate) fn nobody(user: &str, source: &str) -> Principal {
         Principal {
             user: user.to_string(),
@@ -180,6 +180,11 @@ pub struct Access {
 
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The Basic-credentials cache keeps only this hash of a user and password.
+fn basic_cache_key(user: &str, password: &str) -> String {
+    token_hash(&format!("{user}\0{password}"))
 }
 
 /// A fresh random token: 32 random bytes as 64 hex digits. Hex, so a token
@@ -409,12 +414,11 @@ impl Access {
     /// HTTP Basic credentials verified less than [`BASIC_CACHE_TTL`] ago:
     /// the user's current principal, without another argon2 verification.
     pub fn cached_basic(&self, user: &str, password: &str, source: &str) -> Option<Principal> {
-        let cache_key = token_hash(&format!("{user}\0{password}"));
         let name = self
             .basic_cache
             .lock()
             .expect("basic cache lock")
-            .get(&cache_key)
+            .get(&basic_cache_key(user, password))
             .filter(|(_, at)| at.elapsed() < BASIC_CACHE_TTL)
             .map(|(u, _)| u.clone())?;
         self.principal_for(&name, source)
@@ -424,10 +428,12 @@ impl Access {
     /// Entries past it are pruned here, so the cache stays bounded by the
     /// logins of the last minute.
     pub fn remember_basic(&self, user: &str, password: &str, principal: &Principal) {
-        let cache_key = token_hash(&format!("{user}\0{password}"));
         let mut cache = self.basic_cache.lock().expect("basic cache lock");
         cache.retain(|_, (_, at)| at.elapsed() < BASIC_CACHE_TTL);
-        cache.insert(cache_key, (principal.user.clone(), Instant::now()));
+        cache.insert(
+            basic_cache_key(user, password),
+            (principal.user.clone(), Instant::now()),
+        );
     }
 
     /// A user's principal as they are now; `None` when gone or disabled.

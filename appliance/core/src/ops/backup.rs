@@ -303,19 +303,7 @@ impl Ops {
             if allow_passthrough {
                 require(who, Privilege::Administer, "restoring with host devices")?;
             }
-            self.check_definition_for(
-                &dest.host.id,
-                &request.config,
-                &request.name,
-                &request.uuid,
-                allow_passthrough,
-            )?;
-            for disk in &request.disks {
-                self.check_disk_path_for(&dest.host.id, &disk.path)?;
-            }
-            if let Some(drive) = &request.config_drive {
-                self.check_disk_path_for(&dest.host.id, &drive.path)?;
-            }
+            self.check_restore_for(&dest.host.id, &request, allow_passthrough)?;
             if as_new.is_none() {
                 self.refuse_other_domain(&request.uuid, &request.name)?;
                 if self.inventory.vm(&request.uuid).map(|v| v.host_id) != Some(dest.host.id.clone())

@@ -2,6 +2,8 @@
 //! and the shared storages it mounts), and the check every definition and
 //! disk path passes before it is sent there.
 
+use lifeboat_proto::RestoreRequest;
+
 use super::{Ops, OpsError};
 use crate::inventory::definition::{check_definition, path_within, DefinitionRules};
 
@@ -34,29 +36,61 @@ impl Ops {
         uuid: &str,
         allow_passthrough: bool,
     ) -> Result<(), OpsError> {
-        let dirs = self.host_vm_storage(host_id);
-        check_definition(
+        check_definition_in(
+            &self.host_vm_storage(host_id),
             xml,
-            &DefinitionRules {
-                name,
-                uuid,
-                disk_dirs: &dirs,
-                allow_passthrough,
-            },
+            name,
+            uuid,
+            allow_passthrough,
         )
-        .map_err(|e| OpsError::BadRequest(e.to_string()))
     }
 
-    /// Refuses a disk path host `host_id` would write outside its storage.
-    pub(super) fn check_disk_path_for(&self, host_id: &str, path: &str) -> Result<(), OpsError> {
+    /// Refuses a restore host `host_id` must not carry out: its definition
+    /// (as [`Ops::check_definition_for`]), or a disk or config drive it
+    /// would write outside its storage.
+    pub(super) fn check_restore_for(
+        &self,
+        host_id: &str,
+        request: &RestoreRequest,
+        allow_passthrough: bool,
+    ) -> Result<(), OpsError> {
         let dirs = self.host_vm_storage(host_id);
-        if path_within(path, &dirs) {
-            return Ok(());
+        check_definition_in(
+            &dirs,
+            &request.config,
+            &request.name,
+            &request.uuid,
+            allow_passthrough,
+        )?;
+        let written = request.disks.iter().map(|d| &d.path);
+        for path in written.chain(request.config_drive.iter().map(|c| &c.path)) {
+            if !path_within(path, &dirs) {
+                return Err(OpsError::BadRequest(format!(
+                    "disk {path:?} is outside the host's VM storage ({}); start its agent with \
+                     --image-dir for another directory",
+                    dirs.join(", ")
+                )));
+            }
         }
-        Err(OpsError::BadRequest(format!(
-            "disk {path:?} is outside the host's VM storage ({}); start its agent with \
-             --image-dir for another directory",
-            dirs.join(", ")
-        )))
+        Ok(())
     }
+}
+
+fn check_definition_in(
+    dirs: &[String],
+    xml: &str,
+    name: &str,
+    uuid: &str,
+    allow_passthrough: bool,
+) -> Result<(), OpsError> {
+    check_definition(
+        xml,
+        &DefinitionRules {
+            name,
+            uuid,
+            disk_dirs: dirs,
+            allow_passthrough,
+        },
+    )
+    .map_err(|e| OpsError::BadRequest(e.to_string()))
 }

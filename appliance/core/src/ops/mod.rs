@@ -147,10 +147,7 @@ impl Ops {
                     .await?
             }
             Err(e) => {
-                let mut tried =
-                    Principal::system(&user.chars().take(64).collect::<String>(), source);
-                tried.privileges = Default::default();
-                tried.role = String::new();
+                let tried = Principal::nobody(&user.chars().take(64).collect::<String>(), source);
                 self.audit
                     .record(&tried, "login", object, &Err(e.to_string()))
                     .await?;

@@ -1,7 +1,6 @@
 //! Opening a controller: the data directory (private, 0700), the CA, the
 //! store and every domain module loaded from it, wired into one [`Ops`].
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,7 +61,8 @@ pub(super) const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 impl Ops {
     pub fn open(config: ControllerConfig) -> Result<Opened, OpenError> {
         let data_dir = config.data_dir;
-        private_dir(&data_dir)
+        // It holds the store, keys and sealed secrets.
+        lifeboat_os::durable::private_dir(&data_dir)
             .map_err(context(format!("data directory {}", data_dir.display())))?;
         let pki = Arc::new(Pki::load_or_create(&data_dir.join("tls")).map_err(context("CA"))?);
         let store = Store::open(&data_dir.join("lifeboat.redb"))
@@ -160,13 +160,6 @@ impl Ops {
     ) -> Result<(), crate::pki::TlsSetupError> {
         self.hub.clone().serve(listener).await
     }
-}
-
-/// Creates `dir` if needed and makes it 0700 whatever the umask: it holds
-/// the store, keys and sealed secrets.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
