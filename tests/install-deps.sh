@@ -24,6 +24,14 @@ APT_PACKAGES=(
     # Directory tests (tests/src/slapd.rs): a throwaway OpenLDAP, its tools,
     # and openssl for its private CA.
     slapd ldap-utils openssl
+    # The appliance image (image/build): partitioning a plain file, ext4
+    # and FAT file systems written without mounting, GRUB for BIOS and
+    # UEFI, kernel-module tables, the initramfs archive.
+    fdisk e2fsprogs dosfstools mtools grub-pc-bin grub-efi-amd64-bin grub-common
+    kmod cpio zstd ovmf
+    # Share datastores (tests/src/shares.rs): the NFS and SMB servers the
+    # booted appliance mounts.
+    nfs-ganesha nfs-ganesha-vfs samba smbclient
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.
@@ -108,8 +116,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing: ${missing[*]}"
     apt-get update
     updated=yes
+    # Packages such as samba and nfs-ganesha start their daemons on install;
+    # the tests start their own, on ports of their own. Keep services down
+    # for the length of the install (the policy-rc.d convention).
+    policy=/usr/sbin/policy-rc.d
+    own_policy=no
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=yes
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         --allow-downgrades "${missing[@]}"
+    if [ "$own_policy" = yes ]; then rm -f "$policy"; fi
 else
     echo "== system packages: all installed"
 fi

@@ -50,6 +50,44 @@ struct ServeArgs {
     /// API; repeat for several. Default: DATA_DIR/datastores and /srv/lifeboat.
     #[arg(long = "datastore-root", value_name = "DIR")]
     datastore_roots: Vec<PathBuf>,
+    /// The static agent served at /downloads/lifeboat-agent. Default:
+    /// `lifeboat-agent` beside this program, when there is one.
+    #[arg(long, value_name = "FILE")]
+    agent_binary: Option<PathBuf>,
+    /// Once listening, write the console and agent ports, the CA
+    /// fingerprint and the version to FILE (key=value lines), for the
+    /// appliance's text console.
+    #[arg(long, value_name = "FILE")]
+    announce: Option<PathBuf>,
+    /// Give `admin` a new made-up password at start (the appliance
+    /// console's reset), written to DATA_DIR/initial-admin-password.
+    #[arg(long)]
+    reset_admin_password: bool,
+}
+
+/// `lifeboat-agent` in the directory of the running program, if present.
+fn agent_beside_me() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let agent = me.parent()?.join("lifeboat-agent");
+    agent.is_file().then_some(agent)
+}
+
+/// Resolves on SIGINT or SIGTERM (the appliance's init stops the
+/// controller with SIGTERM before it unmounts the data area).
+async fn stop_requested() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,6 +115,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         agent_port: args.agent_listen.port(),
         datastore_roots: args.datastore_roots.clone(),
         admin_password,
+        agent_binary: args.agent_binary.clone().or_else(agent_beside_me),
     })?;
     if let Some((generated, path)) = &opened.initial_admin_password {
         println!("Created user 'admin' with password: {generated}");
@@ -104,12 +143,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ops.ca_fingerprint()
         );
         println!("Web console: https://{}/", args.listen);
+        if args.reset_admin_password {
+            let path = ops.reset_admin_password_from_console().await?;
+            tracing::info!("admin password reset; the new one is in {}", path.display());
+        }
+        if let Some(file) = &args.announce {
+            let text = format!(
+                "version={}\nconsole_port={}\nagent_port={}\nca_fingerprint={}\n",
+                env!("CARGO_PKG_VERSION"),
+                args.listen.port(),
+                args.agent_listen.port(),
+                ops.ca_fingerprint()
+            );
+            lifeboat_os::durable::AtomicWrite::new(0o644)
+                .write(file, text.as_bytes())
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
         ops.start_background_work();
         tokio::select! {
             r = http::serve(ops.clone(), web) => r,
             r = ops.serve_agents(agents) => r.map_err(Into::into),
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; stopping");
+            why = stop_requested() => {
+                tracing::info!("{why}; stopping");
                 Ok(())
             }
         }

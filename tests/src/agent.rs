@@ -19,6 +19,7 @@ pub struct AgentOptions {
     libvirt_uri: Option<String>,
     controller_addr: Option<String>,
     command_prefix: Option<CommandPrefix>,
+    binary: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -64,6 +65,13 @@ impl AgentOptions {
         self
     }
 
+    /// Runs this agent binary instead of [`agent_binary`] (e.g. one
+    /// downloaded from the appliance).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
     /// An extra argument, passed on every start.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_string());
@@ -79,22 +87,29 @@ impl AgentOptions {
     /// it. Does not wait: use [`crate::Api::wait_host_status`] for that.
     pub fn start(self, controller: &Controller) -> Agent {
         let (token, ca_fingerprint) = controller.api().enrollment_token();
+        let addr = self
+            .controller_addr
+            .clone()
+            .unwrap_or_else(|| controller.agent_addr());
+        self.enroll(&addr, &token, &ca_fingerprint)
+    }
+
+    /// Starts the agent against the controller at `controller_addr` with a
+    /// token minted elsewhere (e.g. shown by an appliance's console).
+    pub fn enroll(self, controller_addr: &str, token: &str, ca_fingerprint: &str) -> Agent {
         let scratch = ScratchDir::new(&format!("agent-{}", self.name));
         let state_dir = scratch.path().join("state");
         std::fs::create_dir_all(&state_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
         let mut agent = Agent {
             process: None,
-            controller_addr: self
-                .controller_addr
-                .clone()
-                .unwrap_or_else(|| controller.agent_addr()),
+            controller_addr: controller_addr.to_string(),
             state_dir,
             log_path: scratch.path().join("agent.log"),
             options: self,
             _scratch: scratch,
         };
-        agent.launch(Some((&token, &ca_fingerprint)));
+        agent.launch(Some((token, ca_fingerprint)));
         agent
     }
 }
@@ -125,6 +140,7 @@ impl Agent {
             libvirt_uri: None,
             controller_addr: None,
             command_prefix: None,
+            binary: None,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -167,15 +183,16 @@ impl Agent {
     }
 
     fn launch(&mut self, enrollment: Option<(&str, &str)>) {
+        let binary = self.options.binary.clone().unwrap_or_else(agent_binary);
         let mut command = match &self.options.command_prefix {
-            None => Command::new(agent_binary()),
+            None => Command::new(&binary),
             Some(CommandPrefix(prefix)) => {
                 let words = prefix();
                 let (program, args) = words
                     .split_first()
                     .unwrap_or_else(|| panic!("agent {}: empty command prefix", self.options.name));
                 let mut command = Command::new(program);
-                command.args(args).arg(agent_binary());
+                command.args(args).arg(&binary);
                 command
             }
         };

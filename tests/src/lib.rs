@@ -48,6 +48,7 @@
 
 mod agent;
 mod api;
+mod appliance;
 mod binaries;
 mod browser;
 mod cluster;
@@ -62,12 +63,14 @@ mod libvirt;
 mod ports;
 mod process;
 mod scratch;
+mod shares;
 mod slapd;
 mod tiny_vm;
 mod wait;
 
 pub use agent::{Agent, AgentOptions};
 pub use api::{Api, RawResponse};
+pub use appliance::{accelerator, pinned_ca, Appliance, ApplianceImage, Hardware};
 pub use binaries::{agent_binary, controller_binary};
 pub use browser::browser_screenshots;
 pub use cluster::{
@@ -86,6 +89,7 @@ pub use ports::free_port;
 pub use process::status_kib;
 pub use scratch::ScratchDir;
 pub use serde_json::{json, Value};
+pub use shares::{NfsServer, SmbServer};
 pub use slapd::{
     user_dn, Slapd, ADMIN_DN as LDAP_ADMIN_DN, ADMIN_PASSWORD as LDAP_ADMIN_PASSWORD,
     BASE_DN as LDAP_BASE_DN,

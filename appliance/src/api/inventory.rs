@@ -59,6 +59,7 @@ pub async fn issue_enrollment_token(c: Call<'_>) -> Reply {
             "token": issued.token,
             "ca_fingerprint": issued.ca_fingerprint,
             "expires_at": lifeboat_core::model::rfc3339(issued.record.expires_at),
+            "command": crate::web::downloads::enroll_command(c.ops, &issued, c.req),
         }),
     ))
 }

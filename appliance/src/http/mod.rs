@@ -215,6 +215,7 @@ async fn handle(
         Err(r) => r,
         Ok(req) if req.path.starts_with("/api/") => crate::api::handle(&ops, req).await,
         Ok(req) if req.path.starts_with("/assets/") => crate::web::assets::serve(&req.path),
+        Ok(req) if req.path.starts_with("/downloads/") => crate::web::downloads::serve(&ops, &req),
         Ok(req) => crate::web::handle(&ops, req).await,
     };
     security_headers(&mut resp);

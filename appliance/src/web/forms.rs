@@ -336,7 +336,7 @@ async fn issue_enrollment_token(s: Submission<'_>) -> FormReply {
     let pending = s.ops.pending_enrollment_tokens(s.who)?;
     Ok(html(
         StatusCode::OK,
-        pages::agents(s.ctx, &pending, Some(&issued), s.req),
+        pages::agents(s.ctx, s.ops, &pending, Some(&issued), s.req),
     ))
 }
 

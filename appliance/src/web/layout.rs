@@ -10,8 +10,6 @@ use lifeboat_core::model::Principal;
 pub struct PageCtx<'a> {
     pub who: &'a Principal,
     pub csrf: &'a str,
-    /// The agent port, for the enrollment command shown to operators.
-    pub agent_port: u16,
 }
 
 const NAV: [(&str, &str); 11] = [

@@ -6,6 +6,7 @@ mod admin_forms;
 mod admin_pages;
 pub mod assets;
 mod backup_pages;
+pub mod downloads;
 mod forms;
 mod ha_pages;
 mod layout;
@@ -94,7 +95,6 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     let ctx = PageCtx {
         who: &who,
         csrf: &csrf,
-        agent_port: ops.agent_port(),
     };
     if req.method == Method::POST {
         let form = form(&req);
@@ -297,6 +297,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
         }
         ["agents"] => Ok(pages::agents(
             ctx,
+            ops,
             &ops.pending_enrollment_tokens(who)?,
             None,
             req,

@@ -9,7 +9,7 @@ use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::EnrollmentToken;
 use lifeboat_core::model::Job;
 use lifeboat_core::model::{HostView, Vm};
-use lifeboat_core::ops::{IssuedToken, Summary, VmPage, VmQuery, VmSort};
+use lifeboat_core::ops::{IssuedToken, Ops, Summary, VmPage, VmQuery, VmSort};
 use lifeboat_proto::PowerAction;
 
 pub const VMS_PER_PAGE: usize = 50;
@@ -341,34 +341,26 @@ pub fn job(ctx: &PageCtx, j: &Job) -> Markup {
 
 pub fn agents(
     ctx: &PageCtx,
+    ops: &Ops,
     pending: &[EnrollmentToken],
     issued: Option<&IssuedToken>,
     req: &Req,
 ) -> Markup {
-    let host = req
-        .header("host")
-        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_string())
-        .unwrap_or_else(|| "CONTROLLER".into());
-    html_agents(ctx, pending, issued, &host, ctx.agent_port)
+    let command = issued.map(|t| super::downloads::enroll_command(ops, t, req));
+    html_agents(ctx, pending, command.as_deref())
 }
 
-fn html_agents(
-    ctx: &PageCtx,
-    pending: &[EnrollmentToken],
-    issued: Option<&IssuedToken>,
-    host: &str,
-    port: u16,
-) -> Markup {
+fn html_agents(ctx: &PageCtx, pending: &[EnrollmentToken], command: Option<&str>) -> Markup {
     page(
         ctx,
         "Add a host",
         "/agents",
         None,
         html! {
-            p { "Install " code { "lifeboat-agent" } " on the virtualization host, then run the command below on it as root. The token works once and expires after 24 hours." }
-            @if let Some(t) = issued {
+            p { "Create a token, then run the command below as root on the virtualization host: it downloads " code { "lifeboat-agent" } " from this controller, checks it, installs it in /usr/local/bin and enrolls the host. The token works once and expires after 24 hours." }
+            @if let Some(command) = command {
                 p.flash.ok { "New enrollment token created. Copy the command now: the token is not shown again." }
-                pre.command { "lifeboat-agent --controller " (host) ":" (port) " --token " (t.token) " --ca-fingerprint " (t.ca_fingerprint) }
+                pre.command #enroll-command { (command) }
             }
             form method="post" action="/agents/tokens" {
                 input type="hidden" name="csrf" value=(ctx.csrf);

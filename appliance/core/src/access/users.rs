@@ -159,6 +159,39 @@ impl Access {
         Ok(())
     }
 
+    /// The appliance console's "reset admin password": `admin` gets
+    /// `password`, the administrator role over every VM, and is enabled and
+    /// unlocked; its sessions end. Made if it does not exist.
+    pub async fn reset_admin(&self, password: String) -> Result<(), AccessError> {
+        let name = "admin";
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        let user = match self.user(name) {
+            Some(mut user) => {
+                user.password_hash = hash;
+                user.role = roles::ADMINISTRATOR.to_string();
+                user.policies.clear();
+                user.disabled = false;
+                user.directory = None;
+                user
+            }
+            None => User {
+                name: name.into(),
+                password_hash: hash,
+                role: roles::ADMINISTRATOR.to_string(),
+                disabled: false,
+                created_at: unix_now(),
+                policies: Vec::new(),
+                directory: None,
+            },
+        };
+        self.put_user(user).await?;
+        self.end_sessions_of(name).await?;
+        self.forget_cached_credentials(name);
+        Ok(())
+    }
+
     fn check_policies(&self, names: &[String]) -> Result<(), AccessError> {
         match names.iter().find(|n| self.policies.get(n).is_none()) {
             Some(unknown) => Err(invalid(format!("no access policy {unknown:?}"))),

@@ -25,7 +25,7 @@ mod location;
 pub mod mount;
 pub use location::{DatastoreInput, Location};
 
-use self::mount::{MountError, SmbLogin, CREDENTIALS_PREFIX};
+use self::mount::{MountError, SmbLogin};
 use super::{BackupError, Datastore};
 use crate::secrets::{Secrets, SecretsError};
 use crate::store::{Store, StoreError, Table, Write};
@@ -452,13 +452,12 @@ impl Datastores {
                         .secrets()
                         .and_then(|s| s.open(&password.0).map_err(Into::into))
                         .map_err(|e| format!("cannot read the stored password: {e}"))?;
-                    let file = parent.join(format!("{CREDENTIALS_PREFIX}{}", uuid::Uuid::new_v4()));
                     let login = SmbLogin {
                         username,
                         password: &clear,
                         domain,
                     };
-                    mount::mount_cifs(server, share, &login, options, &entry.root, &file)
+                    mount::mount_cifs(server, share, &login, options, &entry.root)
                 }
             }
             .map_err(|e| e.to_string())?;

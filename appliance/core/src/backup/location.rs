@@ -9,8 +9,11 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::mount::{self, SmbLogin, CREDENTIALS_PREFIX};
+use super::mount::{self, SmbLogin};
 use super::{Datastores, DatastoresError, MOUNT_DIR};
+
+/// Stands in for the server's address when a new datastore is checked.
+const UNRESOLVED: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
 
 /// Where a datastore's data lives: the stored configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +137,6 @@ impl Datastores {
             v.clone()
                 .ok_or_else(|| bad(format!("kind {kind} needs {field}")))
         };
-        let dir = self.inner.data_dir.join(MOUNT_DIR).join(name);
         let options = input.options.clone().unwrap_or_default();
         Ok(match kind {
             "local" => Location::Local {
@@ -145,7 +147,8 @@ impl Datastores {
                     need("server", &input.server)?,
                     need("export", &input.export)?,
                 );
-                mount::nfs_mount_args(&server, &export, &options, &dir)?;
+                // Checked now; the name is resolved when it is mounted.
+                mount::nfs_request(&server, UNRESOLVED, &export, &options)?;
                 Location::Nfs {
                     server,
                     export,
@@ -163,8 +166,7 @@ impl Datastores {
                     password: &clear,
                     domain: &domain,
                 };
-                let file = dir.with_file_name(format!("{CREDENTIALS_PREFIX}check"));
-                mount::cifs_mount_args(&server, &share, &login, &options, &dir, &file)?;
+                mount::cifs_request(&server, UNRESOLVED, &share, &login, &options)?;
                 let password = SealedPassword(self.secrets()?.seal(&clear)?);
                 Location::Smb {
                     server,

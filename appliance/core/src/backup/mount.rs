@@ -1,64 +1,76 @@
-//! Mounting network datastores with the kernel. The `mount` command lines for
-//! NFS and SMB (CIFS) are built by pure functions that refuse option injection
-//! (every field is checked against a narrow grammar; free options may not carry
-//! credentials or change what `mount` does), and every mount is `nosuid,nodev,
-//! noexec` whatever the options say: a share holds data, never programs.
+//! Mounting network datastores with the kernel, by the mount(2) system
+//! call itself: the appliance carries no `mount.nfs` or `mount.cifs`, and
+//! nothing of a share's login ever reaches a command line, a file or a log.
+//! What the kernel is given is built by pure functions that refuse option
+//! injection (every field is checked against a narrow grammar; free options
+//! may not carry credentials or change what the mount is), and every mount is
+//! `nosuid,nodev,noexec` whatever the options say: a share holds data,
+//! never programs.
 //!
-//! The SMB password never appears in argv, in an error or in a log: it travels
-//! only in a 0600 credentials file that exists for the length of one `mount`
-//! call (`mount.cifs` from cifs-utils reads it; `mount.nfs` from nfs-common does
-//! the NFS side).
+//! Like the helpers it replaces, the controller resolves the server's name
+//! itself and hands the kernel its address (`addr=` for NFS, `ip=` for SMB).
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::ErrorKind;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use lifeboat_os::command::{run_bounded, CommandError};
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
 
-/// A mount or unmount that takes longer is killed and reported: an NFS
+/// A mount or unmount that takes longer is reported as timed out: an NFS
 /// server that does not answer must not hold an API request for minutes.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Appended last, so no option given before can undo them.
-const HARDENING: &str = "nosuid,nodev,noexec";
+/// Always set, so no option can undo them.
+const HARDENING: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+/// NFS version used unless the options name one.
+const DEFAULT_NFS_VERSION: &str = "vers=4.1";
 /// SMB dialect used unless the options name one.
 const DEFAULT_SMB_VERSION: &str = "vers=3.0";
-/// Credentials files are named so; leftovers of a killed controller are
-/// removed at start.
+/// Earlier releases passed SMB logins to `mount.cifs` in files so named;
+/// leftovers of a killed controller are removed at start.
 pub const CREDENTIALS_PREFIX: &str = ".credentials-";
-/// Free options that would carry a secret, or change what `mount` does
-/// (another helper, a loop device, a bind or move, user mounts), or undo the
-/// hardening above.
+/// Free options that would carry a secret or an address of their own,
+/// change what the mount is (a loop device, a bind or move, user mounts), or
+/// undo the hardening above.
 const FORBIDDEN_OPTIONS: &str = "credentials cred password password2 pass username user users \
     domain dom workgroup helper loop offset sizelimit bind rbind move remount owner group \
-    suid dev exec defaults";
+    suid dev exec defaults addr ip unc clientaddr source";
+/// Options that are mount flags rather than the file system's own.
+const FLAG_OPTIONS: [(&str, MsFlags); 5] = [
+    ("ro", MsFlags::MS_RDONLY),
+    ("noatime", MsFlags::MS_NOATIME),
+    ("nodiratime", MsFlags::MS_NODIRATIME),
+    ("relatime", MsFlags::MS_RELATIME),
+    ("sync", MsFlags::MS_SYNCHRONOUS),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    /// A field that would let input reach `mount` as something else.
+    /// A field that would let input reach the kernel as something else.
     #[error("{field} {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("cannot resolve the server {server}: {message}")]
+    Resolve { server: String, message: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{program} did not finish within {} s", MOUNT_TIMEOUT.as_secs())]
-    TimedOut { program: &'static str },
-    /// The program's own message (the kernel's or the helper's), one line.
-    #[error("{program} failed ({status}): {message}")]
+    #[error("the {fstype} mount did not finish within {} s (is the server answering?)", MOUNT_TIMEOUT.as_secs())]
+    TimedOut { fstype: &'static str },
+    /// What the kernel said, in an operator's words.
+    #[error("mount failed: {message}")]
     Failed {
-        program: &'static str,
-        status: String,
+        fstype: &'static str,
+        errno: Errno,
         message: String,
     },
+    #[error("unmount failed: {0}")]
+    Unmount(Errno),
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> MountError {
@@ -130,8 +142,9 @@ pub fn check_domain(domain: &str) -> Result<(), MountError> {
     check_chars("domain", domain, 0..=64, "a domain name", ok)
 }
 
-/// The credentials file is one `key=value` a line, so only line breaks (and
-/// NUL) could smuggle in another key. The message never quotes the password.
+/// The password travels in the kernel's option string, where a comma is
+/// written twice ([`cifs_request`]); NUL would end the string early. The
+/// message never quotes the password.
 pub fn check_password(password: &str) -> Result<(), MountError> {
     if password.len() > 256 || password.contains(['\n', '\r', '\0']) {
         return Err(invalid(
@@ -191,44 +204,108 @@ pub fn parse_options(options: &str) -> Result<Vec<&str>, MountError> {
     Ok(out)
 }
 
-fn option_string(first: &[String], free: &[&str]) -> String {
-    let mut all: Vec<&str> = first.iter().map(String::as_str).collect();
-    all.extend_from_slice(free);
-    all.push(HARDENING);
-    all.join(",")
-}
-
-fn dir_arg(dir: &Path) -> Result<String, MountError> {
-    let s = dir
-        .to_str()
-        .ok_or_else(|| invalid("mount directory", "is not valid UTF-8"))?;
-    if !s.starts_with('/') {
+fn dir_arg(dir: &Path) -> Result<&Path, MountError> {
+    if !dir.is_absolute() {
         return Err(invalid("mount directory", "must be absolute"));
     }
-    Ok(s.to_string())
+    Ok(dir)
 }
 
-/// `mount` arguments for `mount -t nfs SERVER:EXPORT DIR -o OPTIONS,nosuid,nodev,noexec`.
-pub fn nfs_mount_args(
+/// What one mount(2) call is given. The option string may hold a password:
+/// it prints as asterisks.
+pub struct MountRequest {
+    pub fstype: &'static str,
+    pub source: String,
+    pub flags: MsFlags,
+    data: String,
+}
+
+impl MountRequest {
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+}
+
+impl std::fmt::Debug for MountRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountRequest")
+            .field("fstype", &self.fstype)
+            .field("source", &self.source)
+            .field("flags", &self.flags)
+            .field("data", &"********")
+            .finish()
+    }
+}
+
+/// Splits free options into mount flags and the file system's own options.
+fn split_options(free: &[&str]) -> (MsFlags, Vec<String>) {
+    let mut flags = HARDENING;
+    let mut own = Vec::new();
+    for option in free {
+        match FLAG_OPTIONS.iter().find(|(name, _)| name == option) {
+            Some((_, flag)) => flags |= *flag,
+            None if *option == "rw" => flags.remove(MsFlags::MS_RDONLY),
+            None => own.push(option.to_string()),
+        }
+    }
+    (flags, own)
+}
+
+fn has_version(options: &[String]) -> bool {
+    options
+        .iter()
+        .any(|o| o.starts_with("vers=") || o.starts_with("nfsvers="))
+}
+
+/// The server's address, from `server` as the datastore names it.
+pub fn resolve(server: &str) -> Result<IpAddr, MountError> {
+    check_server(server)?;
+    let bare = server.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let failed = |message: String| MountError::Resolve {
+        server: server.to_string(),
+        message,
+    };
+    let addrs: Vec<IpAddr> = (bare, 0)
+        .to_socket_addrs()
+        .map_err(|e| failed(e.to_string()))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| failed("no address".into()))
+}
+
+/// `mount -t nfs SERVER:EXPORT DIR -o addr=IP,vers=4.1,OPTIONS` with
+/// nosuid,nodev,noexec, as one request.
+pub fn nfs_request(
     server: &str,
+    ip: IpAddr,
     export: &str,
     options: &str,
-    dir: &Path,
-) -> Result<Vec<String>, MountError> {
+) -> Result<MountRequest, MountError> {
     check_server(server)?;
     check_export(export)?;
-    let free = parse_options(options)?;
-    Ok(vec![
-        "-t".into(),
-        "nfs".into(),
-        format!("{server}:{export}"),
-        dir_arg(dir)?,
-        "-o".into(),
-        option_string(&[], &free),
-    ])
+    let (flags, own) = split_options(&parse_options(options)?);
+    let mut data = vec![format!("addr={ip}")];
+    if !has_version(&own) {
+        data.push(DEFAULT_NFS_VERSION.into());
+    }
+    data.extend(own);
+    Ok(MountRequest {
+        fstype: "nfs",
+        source: format!("{server}:{export}"),
+        flags,
+        data: data.join(","),
+    })
 }
 
-/// What `mount.cifs` logs in with; prints no password.
+/// The login of an SMB share; prints no password.
 pub struct SmbLogin<'a> {
     pub username: &'a str,
     pub password: &'a str,
@@ -245,156 +322,126 @@ impl std::fmt::Debug for SmbLogin<'_> {
     }
 }
 
-/// The text of a credentials file; prints as asterisks.
-pub struct CredentialsText(String);
-
-impl CredentialsText {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for CredentialsText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CredentialsText(********)")
-    }
-}
-
-/// `mount` arguments for
-/// `mount -t cifs //SERVER/SHARE DIR -o credentials=FILE,vers=3.0,OPTIONS,nosuid,nodev,noexec`
-/// and the text of FILE (`username=`, `password=`, `domain=` lines).
-pub fn cifs_mount_args(
+/// `mount -t cifs //SERVER/SHARE DIR -o ip=IP,username=…,password=…,
+/// domain=…,vers=3.0,OPTIONS` with nosuid,nodev,noexec, as one request. The
+/// kernel reads a doubled comma in the password as a comma.
+pub fn cifs_request(
     server: &str,
+    ip: IpAddr,
     share: &str,
     login: &SmbLogin<'_>,
     options: &str,
-    dir: &Path,
-    credentials_file: &Path,
-) -> Result<(Vec<String>, CredentialsText), MountError> {
+) -> Result<MountRequest, MountError> {
     check_server(server)?;
     check_share(share)?;
     check_username(login.username)?;
     check_password(login.password)?;
     check_domain(login.domain)?;
-    let free = parse_options(options)?;
-    let file = credentials_file.to_str().unwrap_or_default();
-    if !file.starts_with('/') || file.contains(',') || file.chars().any(char::is_control) {
-        return Err(invalid(
-            "credentials file",
-            "must be an absolute path without ',' (is the data directory's name unusual?)",
-        ));
-    }
-    let mut first = vec![format!("credentials={file}")];
-    if !free.iter().any(|o| o.starts_with("vers=")) {
-        first.push(DEFAULT_SMB_VERSION.into());
-    }
-    let mut text = format!("username={}\npassword={}\n", login.username, login.password);
-    if !login.domain.is_empty() {
-        text.push_str(&format!("domain={}\n", login.domain));
-    }
-    let args = vec![
-        "-t".into(),
-        "cifs".into(),
-        format!("//{server}/{share}"),
-        dir_arg(dir)?,
-        "-o".into(),
-        option_string(&first, &free),
+    let (flags, own) = split_options(&parse_options(options)?);
+    let mut data = vec![
+        format!("ip={ip}"),
+        format!("username={}", login.username),
+        format!("password={}", login.password.replace(',', ",,")),
     ];
-    Ok((args, CredentialsText(text)))
-}
-
-/// A credentials file that is removed when this is dropped, whatever happens
-/// to the mount call.
-struct CredentialsFile(PathBuf);
-
-impl CredentialsFile {
-    fn write(path: &Path, text: &CredentialsText) -> Result<CredentialsFile, MountError> {
-        let io = |source| MountError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let guard = CredentialsFile(path.to_path_buf());
-        f.write_all(text.expose().as_bytes()).map_err(io)?;
-        Ok(guard)
+    if !login.domain.is_empty() {
+        data.push(format!("domain={}", login.domain));
     }
-}
-
-impl Drop for CredentialsFile {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.0) {
-            tracing::error!("cannot remove credentials file {}: {e}", self.0.display());
-        }
+    if !has_version(&own) {
+        data.push(DEFAULT_SMB_VERSION.into());
     }
+    data.extend(own);
+    Ok(MountRequest {
+        fstype: "cifs",
+        source: format!("//{server}/{share}"),
+        flags,
+        data: data.join(","),
+    })
 }
 
 /// Mounts an NFS export at `dir`.
 pub fn mount_nfs(server: &str, export: &str, options: &str, dir: &Path) -> Result<(), MountError> {
-    let args = nfs_mount_args(server, export, options, dir)?;
-    run_program("mount", &args, None)
+    let request = nfs_request(server, resolve(server)?, export, options)?;
+    mount(&request, dir)
 }
 
-/// Mounts an SMB share at `dir`, with the password in a one-shot
-/// credentials file at `credentials_file`.
+/// Mounts an SMB share at `dir`.
 pub fn mount_cifs(
     server: &str,
     share: &str,
     login: &SmbLogin<'_>,
     options: &str,
     dir: &Path,
-    credentials_file: &Path,
 ) -> Result<(), MountError> {
-    let (args, text) = cifs_mount_args(server, share, login, options, dir, credentials_file)?;
-    let _file = CredentialsFile::write(credentials_file, &text)?;
-    run_program("mount", &args, Some(login.password))
+    let request = cifs_request(server, resolve(server)?, share, login, options)?;
+    mount(&request, dir)
+}
+
+/// Runs mount(2) on a thread of its own, waiting at most [`MOUNT_TIMEOUT`]:
+/// the call cannot be interrupted from here, but the caller is not held.
+pub fn mount(request: &MountRequest, dir: &Path) -> Result<(), MountError> {
+    let dir = dir_arg(dir)?.to_path_buf();
+    let (fstype, source, flags, data) = (
+        request.fstype,
+        request.source.clone(),
+        request.flags,
+        request.data.clone(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("mount {fstype}"))
+        .spawn(move || {
+            let result = nix::mount::mount(
+                Some(source.as_str()),
+                &dir,
+                Some(fstype),
+                flags,
+                Some(data.as_str()),
+            );
+            let _ = tx.send(result);
+        })
+        .map_err(|source| MountError::Io {
+            path: PathBuf::from("mount thread"),
+            source,
+        })?;
+    match rx.recv_timeout(MOUNT_TIMEOUT) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(errno)) => Err(MountError::Failed {
+            fstype,
+            errno,
+            message: explain(fstype, errno),
+        }),
+        Err(_) => Err(MountError::TimedOut { fstype }),
+    }
+}
+
+/// The kernel's answer in an operator's words; the errno's own text last.
+fn explain(fstype: &str, errno: Errno) -> String {
+    let what = match errno {
+        Errno::EACCES => "access denied by the server: wrong user name or password, \
+            or the export/share does not admit this appliance"
+            .to_string(),
+        Errno::ENOENT => "the server has no such export or share".into(),
+        Errno::ECONNREFUSED => format!(
+            "the server refused the connection (is its {} service running?)",
+            if fstype == "nfs" { "NFS" } else { "SMB" }
+        ),
+        Errno::EHOSTUNREACH | Errno::ENETUNREACH | Errno::EHOSTDOWN | Errno::ETIMEDOUT => {
+            "the server is unreachable".into()
+        }
+        Errno::ENODEV => {
+            format!("unknown filesystem type '{fstype}': this kernel cannot mount {fstype} shares")
+        }
+        Errno::EPERM => "not permitted: the controller must run as root to mount shares".into(),
+        Errno::EOPNOTSUPP | Errno::EPROTONOSUPPORT => {
+            "the server does not speak the requested protocol version (see the vers= option)".into()
+        }
+        _ => "the kernel refused the mount".into(),
+    };
+    format!("{what} ({})", errno.desc())
 }
 
 pub fn unmount(dir: &Path) -> Result<(), MountError> {
-    run_program("umount", &[dir_arg(dir)?], None)
-}
-
-/// Runs `program` (found on PATH), waiting at most [`MOUNT_TIMEOUT`]. Its
-/// message is folded to one line with `redact` (a password) masked, in case
-/// a helper ever echoed it.
-fn run_program(
-    program: &'static str,
-    args: &[String],
-    redact: Option<&str>,
-) -> Result<(), MountError> {
-    let mut command = Command::new(program);
-    command.args(args);
-    let out = run_bounded(command, MOUNT_TIMEOUT, 64 * 1024).map_err(|e| match e {
-        CommandError::TimedOut(_) => MountError::TimedOut { program },
-        CommandError::Spawn(source) | CommandError::Wait(source) => {
-            MountError::Spawn { program, source }
-        }
-    })?;
-    let (status, output) = (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    if status.success() {
-        return Ok(());
-    }
-    let mut message = output.split_whitespace().collect::<Vec<_>>().join(" ");
-    if let Some(secret) = redact.filter(|s| !s.is_empty()) {
-        message = message.replace(secret, "********");
-    }
-    if message.is_empty() {
-        message = "no message".into();
-    }
-    Err(MountError::Failed {
-        program,
-        status: status
-            .code()
-            .map_or_else(|| "killed".to_string(), |c| format!("exit {c}")),
-        message,
-    })
+    nix::mount::umount2(dir_arg(dir)?, MntFlags::empty()).map_err(MountError::Unmount)
 }
 
 /// Whether something is mounted exactly at `dir` (an absolute, canonical
@@ -464,21 +511,20 @@ pub fn sweep_credentials(dir: &Path) {
 mod tests {
     use super::*;
 
-    const DIR: &str = "/var/lib/lifeboat/mnt/nas";
-    const CRED: &str = "/var/lib/lifeboat/mnt/.credentials-nas-1";
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 2, 2));
 
-    /// `cifs_mount_args` from `[server, share, username, password, domain, options]`.
-    fn cifs(f: [&str; 6]) -> Result<(Vec<String>, CredentialsText), MountError> {
+    /// `cifs_request` from `[server, share, username, password, domain, options]`.
+    fn cifs(f: [&str; 6]) -> Result<MountRequest, MountError> {
         let login = SmbLogin {
             username: f[2],
             password: f[3],
             domain: f[4],
         };
-        cifs_mount_args(f[0], f[1], &login, f[5], Path::new(DIR), Path::new(CRED))
+        cifs_request(f[0], IP, f[1], &login, f[5])
     }
 
-    fn nfs(server: &str, export: &str, options: &str) -> Result<Vec<String>, MountError> {
-        nfs_mount_args(server, export, options, Path::new(DIR))
+    fn nfs(server: &str, export: &str, options: &str) -> Result<MountRequest, MountError> {
+        nfs_request(server, IP, export, options)
     }
 
     fn refused<T: std::fmt::Debug>(r: Result<T, MountError>) -> &'static str {
@@ -489,41 +535,43 @@ mod tests {
     }
 
     #[test]
-    fn nfs_command_line_is_exact_and_hardened() {
-        let args = nfs("nas.example", "/srv/backup", "vers=4.2,soft,timeo=600").unwrap();
-        let options = "vers=4.2,soft,timeo=600,nosuid,nodev,noexec";
+    fn nfs_request_is_exact_and_hardened() {
+        let r = nfs("nas.example", "/srv/backup", "vers=4.2,soft,timeo=600,ro").unwrap();
         assert_eq!(
-            args,
-            ["-t", "nfs", "nas.example:/srv/backup", DIR, "-o", options]
+            (r.fstype, r.source.as_str()),
+            ("nfs", "nas.example:/srv/backup")
         );
-        let args = nfs("[fd00::5]", "/x", "").unwrap();
-        assert_eq!(
-            (args[2].as_str(), args[5].as_str()),
-            ("[fd00::5]:/x", HARDENING)
-        );
+        assert_eq!(r.data(), "addr=10.0.2.2,vers=4.2,soft,timeo=600");
+        assert_eq!(r.flags, HARDENING | MsFlags::MS_RDONLY);
+        let r = nfs("[fd00::5]", "/x", "port=2049").unwrap();
+        assert_eq!(r.source, "[fd00::5]:/x");
+        assert_eq!(r.data(), "addr=10.0.2.2,vers=4.1,port=2049");
+        assert_eq!(r.flags, HARDENING);
+        // `rw` cannot undo the hardening, only `ro`.
+        assert_eq!(nfs("n", "/x", "ro,rw").unwrap().flags, HARDENING);
     }
 
     #[test]
-    fn cifs_keeps_the_password_out_of_argv() {
-        let (args, text) = cifs(["fs1", "backups$", "svc", "p,a=ss hunter2", "CORP", ""]).unwrap();
-        let options = format!("credentials={CRED},vers=3.0,nosuid,nodev,noexec");
-        assert_eq!(args, ["-t", "cifs", "//fs1/backups$", DIR, "-o", &options]);
+    fn cifs_request_carries_the_login_only_in_the_kernel_options() {
+        let r = cifs(["fs1", "backups$", "svc", "p,a=ss hunter2", "CORP", ""]).unwrap();
+        assert_eq!((r.fstype, r.source.as_str()), ("cifs", "//fs1/backups$"));
         assert_eq!(
-            text.expose(),
-            "username=svc\npassword=p,a=ss hunter2\ndomain=CORP\n"
+            r.data(),
+            "ip=10.0.2.2,username=svc,password=p,,a=ss hunter2,domain=CORP,vers=3.0"
         );
-        assert!(args.iter().all(|a| !a.contains("hunter2")));
+        assert_eq!(r.flags, HARDENING);
         let login = SmbLogin {
             username: "svc",
             password: "p,a=ss hunter2",
             domain: "",
         };
-        assert!(!format!("{text:?} {login:?}").contains("hunter2"));
-        // The options' own dialect wins; no domain line when there is none.
-        let (args, text) = cifs(["10.0.0.9", "b", "svc", "pw", "", "vers=2.1,cache=none"]).unwrap();
-        let options = format!("credentials={CRED},vers=2.1,cache=none,nosuid,nodev,noexec");
-        assert_eq!(args[5], options);
-        assert_eq!(text.expose(), "username=svc\npassword=pw\n");
+        assert!(!format!("{r:?} {login:?}").contains("hunter2"));
+        // The options' own dialect wins; no domain when there is none.
+        let r = cifs(["10.0.0.9", "b", "svc", "pw", "", "vers=2.1,cache=none"]).unwrap();
+        assert_eq!(
+            r.data(),
+            "ip=10.0.2.2,username=svc,password=pw,vers=2.1,cache=none"
+        );
     }
 
     #[test]
@@ -552,26 +600,19 @@ mod tests {
             (["nas", "s", "u\npassword=x", "pw", "", ""], "username"),
             (["nas", "s", "", "pw", "", ""], "username"),
             (["nas", "s", "u", "pw\nusername=root", "", ""], "password"),
+            (["nas", "s", "u", "pw\0", "", ""], "password"),
             (["nas", "s", "u", "pw", "D,sec=none", ""], "domain"),
-            (
-                ["nas", "s", "u", "pw", "", "credentials=/etc/shadow"],
-                "options",
-            ),
+            (["nas", "s", "u", "pw", "", "password=x"], "options"),
+            (["nas", "s", "u", "pw", "", "ip=10.9.9.9"], "options"),
         ] {
             assert_eq!(refused(cifs(fields)), field, "{fields:?}");
         }
-        let login = SmbLogin {
-            username: "u",
-            password: "pw",
-            domain: "",
-        };
-        let odd = cifs_mount_args("nas", "s", &login, "", Path::new(DIR), Path::new("/d,x/c"));
-        assert_eq!(refused(odd), "credentials file");
+        assert_eq!(refused(nfs("nas", "/x", "addr=10.9.9.9")), "options");
     }
 
     #[test]
     fn free_options_follow_the_grammar_and_carry_no_credentials() {
-        let good = parse_options("vers=4.2,hard,rsize=1048576,sec=krb5p,clientaddr=fd00::1");
+        let good = parse_options("vers=4.2,hard,rsize=1048576,sec=krb5p,port=20049");
         assert_eq!(good.unwrap().len(), 5);
         assert!(parse_options("").unwrap().is_empty());
         for bad in [
@@ -588,6 +629,7 @@ mod tests {
             "suid",
             "exec",
             "dev",
+            "clientaddr=fd00::1",
             "x_mount.mkdir",
             "vers=4.2,,soft",
             "vers=4.2 soft",
@@ -610,6 +652,29 @@ mod tests {
     }
 
     #[test]
+    fn servers_resolve_to_addresses_and_bad_names_do_not() {
+        assert_eq!(resolve("10.0.2.2").unwrap(), IP);
+        assert_eq!(resolve("[::1]").unwrap(), "::1".parse::<IpAddr>().unwrap());
+        assert!(resolve("localhost").unwrap().is_loopback());
+        assert!(matches!(resolve("a,b"), Err(MountError::Invalid { .. })));
+        assert!(matches!(
+            resolve("no-such-host.invalid"),
+            Err(MountError::Resolve { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_refusals_read_as_operator_messages() {
+        let denied = explain("cifs", Errno::EACCES);
+        assert!(
+            denied.starts_with("access denied by the server: wrong user name or password"),
+            "{denied}"
+        );
+        assert!(explain("nfs", Errno::ENODEV).contains("unknown filesystem type 'nfs'"));
+        assert!(explain("nfs", Errno::ECONNREFUSED).contains("NFS service"));
+    }
+
+    #[test]
     fn mount_table_names_are_unescaped() {
         assert_eq!(
             unescape_mountinfo("/data/my\\040dir/mnt"),
@@ -621,37 +686,15 @@ mod tests {
     }
 
     #[test]
-    fn credentials_file_is_private_and_gone_after_use() {
-        use std::os::unix::fs::PermissionsExt;
+    fn leftover_credentials_files_are_swept() {
         let dir = std::env::temp_dir().join(format!("lifeboat-mount-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{CREDENTIALS_PREFIX}t"));
-        {
-            let text = CredentialsText("password=x\n".into());
-            let _file = CredentialsFile::write(&path, &text).unwrap();
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-            // Never reuses a file someone else put there.
-            assert!(CredentialsFile::write(&path, &text).is_err());
-            assert!(path.exists());
-        }
-        assert!(!path.exists());
         fs::write(dir.join(format!("{CREDENTIALS_PREFIX}old")), "x").unwrap();
         fs::write(dir.join("keep"), "x").unwrap();
         sweep_credentials(&dir);
         assert!(!dir.join(format!("{CREDENTIALS_PREFIX}old")).exists());
         assert!(dir.join("keep").exists());
-    }
-
-    #[test]
-    fn a_failed_command_reports_its_message_on_one_line_masked() {
-        let script = "echo 'mount error: bad pw hunter2' >&2; echo ' second' >&2; exit 32";
-        let err = run_program("sh", &["-c".into(), script.into()], Some("hunter2"));
-        let expected = "sh failed (exit 32): mount error: bad pw ******** second";
-        assert_eq!(err.unwrap_err().to_string(), expected);
-        assert!(run_program("true", &[], None).is_ok());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

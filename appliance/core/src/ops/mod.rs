@@ -4,6 +4,7 @@
 
 mod backup;
 mod directories;
+mod downloads;
 mod ha;
 mod ha_engine;
 mod ha_failover;
@@ -31,6 +32,7 @@ use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
 pub use backup::{BackupRef, BackupSummary, DatastoreView, RestoreOptions};
+pub use downloads::AgentDownload;
 pub use ha::ClusterView;
 pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
@@ -101,6 +103,8 @@ pub struct Ops {
     secrets: Arc<crate::secrets::Secrets>,
     /// Where the controller keeps its files (the initial admin password).
     data_dir: std::path::PathBuf,
+    /// The agent served for download.
+    agent_download: Option<downloads::AgentDownload>,
 }
 
 /// What the dashboard shows.

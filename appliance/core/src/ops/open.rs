@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Ops;
+use super::{Ops, OpsError};
 use crate::access::audit::AuditLog;
 use crate::access::Access;
+use crate::access::Principal;
 use crate::backup::datastores::Datastores;
 use crate::hub::enrollment::EnrollmentTokens;
 use crate::hub::Hub;
@@ -28,6 +29,8 @@ pub struct ControllerConfig {
     /// The first administrator's password when no user exists yet; `None`
     /// makes one up.
     pub admin_password: Option<String>,
+    /// The static agent to serve for download; `None`: no download.
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// A freshly opened controller.
@@ -92,6 +95,13 @@ impl Ops {
         } else {
             config.datastore_roots
         };
+        let agent_download = match &config.agent_binary {
+            Some(path) => Some(
+                super::downloads::AgentDownload::load(path)
+                    .map_err(context(format!("agent binary {}", path.display())))?,
+            ),
+            None => None,
+        };
         let ops = Ops {
             audit: AuditLog::load(store.clone()).map_err(context("audit log"))?,
             jobs: Arc::new(Jobs::load(store.clone()).map_err(context("jobs"))?),
@@ -109,6 +119,7 @@ impl Ops {
             hub,
             pki,
             agent_port: config.agent_port,
+            agent_download,
             data_dir,
         };
         Ok(Opened {
@@ -141,6 +152,26 @@ impl Ops {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
         }
+    }
+
+    /// The appliance console's password reset (whoever has the local
+    /// console owns the machine): `admin` gets a new made-up password,
+    /// written where the first one was (0600, shown by the console menu
+    /// until changed). Audited as the console.
+    pub async fn reset_admin_password_from_console(&self) -> Result<PathBuf, OpsError> {
+        let console = Principal::system("appliance-console", "console");
+        let password = crate::access::random_token()[..20].to_string();
+        let path = self.data_dir.join(INITIAL_PASSWORD_FILE);
+        let result = self.access.reset_admin(password.clone()).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+        self.audit
+            .record(&console, "reset admin password", "admin", &outcome)
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?;
+        result.map_err(OpsError::from)?;
+        write_private(&path, &format!("{password}\n"))
+            .map_err(|e| OpsError::Internal(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
     }
 
     /// The console's HTTPS configuration.

@@ -179,6 +179,19 @@ impl Pki {
             .expect("server key PEM we wrote")
     }
 
+    /// `sha256//BASE64` of the console key's SubjectPublicKeyInfo, the
+    /// form `curl --pinnedpubkey` checks.
+    pub fn web_key_pin(&self) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let key = KeyPair::from_pem(&self.server_key_pem).expect("server key PEM we wrote");
+        let digest = sha2::Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key));
+        format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    }
+
     /// The console's HTTPS configuration: the server certificate, no client
     /// certificates, HTTP/1.1 only.
     pub fn web_server_config(&self) -> Result<rustls::ServerConfig, TlsSetupError> {
