@@ -80,6 +80,15 @@ guest_debs_present() {
         compgen -G "$GUEST_DEBS/qemu-guest-agent_*.deb" >/dev/null
 }
 
+# The appliance image (image/build) is made of these Debian packages; the
+# end-to-end tests keep them here so a rebuild downloads nothing.
+APPLIANCE_DEBS=/var/cache/lifeboat-e2e/appliance-debs
+appliance_debs_present() {
+    compgen -G "$APPLIANCE_DEBS/linux-image-*.deb" >/dev/null &&
+        compgen -G "$APPLIANCE_DEBS/busybox-static_*.deb" >/dev/null &&
+        compgen -G "$APPLIANCE_DEBS/openntpd_*.deb" >/dev/null
+}
+
 musl_target_installed() {
     rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"
 }
@@ -106,6 +115,10 @@ if [ "${1:-}" = "--check" ]; then
     fi
     if ! guest_debs_present; then
         echo "missing: guest packages in $GUEST_DEBS"
+        status=1
+    fi
+    if ! appliance_debs_present; then
+        echo "missing: appliance packages in $APPLIANCE_DEBS"
         status=1
     fi
     exit $status
@@ -152,7 +165,19 @@ if guest_debs_present; then
 else
     echo "== downloading guest packages into $GUEST_DEBS"
     [ "$updated" = yes ] || apt-get update
+    updated=yes
     kernel=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
     mkdir -p "$GUEST_DEBS"
     (cd "$GUEST_DEBS" && apt-get download "$kernel" busybox-static qemu-guest-agent)
+fi
+
+if appliance_debs_present; then
+    echo "== appliance packages: downloaded"
+else
+    echo "== downloading appliance packages into $APPLIANCE_DEBS"
+    [ "$updated" = yes ] || apt-get update
+    updated=yes
+    kernel=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+    mkdir -p "$APPLIANCE_DEBS"
+    (cd "$APPLIANCE_DEBS" && apt-get download "$kernel" busybox-static openntpd)
 fi

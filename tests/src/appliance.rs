@@ -88,11 +88,16 @@ impl ApplianceImage {
 /// The virtual hardware the appliance boots on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Hardware {
-    /// KVM / Proxmox: virtio disks and NIC.
+    /// KVM / Proxmox: virtio disks and NIC, BIOS.
     Virtio,
-    /// What the OVA asks for elsewhere: SATA (AHCI) disks, an E1000 NIC.
-    SataE1000,
+    /// Another hypervisor's kind: SATA (AHCI) disks, an E1000 NIC, UEFI
+    /// firmware (OVMF).
+    SataE1000Uefi,
 }
+
+/// Debian's OVMF (package `ovmf`): code read-only, variables copied.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// `kvm` when this machine's KVM boots a Linux kernel, else `tcg`: some
 /// nested hosts open /dev/kvm but hang every Linux guest early.
@@ -187,9 +192,15 @@ impl Appliance {
                     .args(["-drive", &drive(data, "data", "virtio")])
                     .args(["-netdev", &net, "-device", "virtio-net-pci,netdev=net0"]);
             }
-            Hardware::SataE1000 => {
+            Hardware::SataE1000Uefi => {
+                let vars = dir.join("OVMF_VARS.fd");
+                std::fs::copy(OVMF_VARS, &vars).expect("copy the OVMF variables");
                 command
-                    .args(["-machine", "q35", "-drive", &drive(system, "sys", "ide")])
+                    .args(["-machine", "q35", "-drive"])
+                    .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+                    .args(["-drive", &drive(system, "sys", "ide")])
                     .args(["-drive", &drive(data, "data", "ide")])
                     .args(["-netdev", &net, "-device", "e1000,netdev=net0"]);
             }
@@ -385,8 +396,14 @@ impl Appliance {
             r#"{"execute":"system_powerdown"}"#,
         ] {
             writeln!(writer, "{request}").expect("QMP request");
-            line.clear();
-            reader.read_line(&mut line).expect("QMP answer");
+            // Events (POWERDOWN, ...) may come before the answer.
+            loop {
+                line.clear();
+                reader.read_line(&mut line).expect("QMP answer");
+                if !line.contains("\"event\"") {
+                    break;
+                }
+            }
             assert!(line.contains("\"return\""), "QMP {request}: {line}");
         }
     }

@@ -7,7 +7,7 @@
 //! (nfs-ganesha) and an SMB share (smbd) that the appliance's own kernel
 //! mounts, and restored from each; a share with a wrong password says so;
 //! after a reboot from the console menu and after booting a newer image on
-//! the same data disk (on SATA and E1000, the OVA's hardware), hosts,
+//! the same data disk (by UEFI, on SATA and E1000), hosts,
 //! backups, datastores and users are all still there.
 
 use std::path::Path;
@@ -242,10 +242,11 @@ fn the_appliance_boots_backs_up_to_real_shares_and_keeps_everything_across_reboo
         .contains("Lifeboat appliance stopped."));
     drop(appliance);
 
-    // A newer image on the same data disk, on the OVA's kind of hardware.
+    // A newer image on the same data disk, booted by UEFI firmware on SATA
+    // disks and an E1000 NIC (what other hypervisors give the OVA).
     let newer = ApplianceImage::build("0.1.1-e2e");
     let system = Appliance::system_disk(&newer, work.path());
-    let appliance = Appliance::boot_on_ports(&system, &data, Hardware::SataE1000, ports);
+    let appliance = Appliance::boot_on_ports(&system, &data, Hardware::SataE1000Uefi, ports);
     appliance.wait_console("upgraded from 0.1.0-e2e to 0.1.1-e2e", BOOT);
     assert!(!appliance.console_text().contains("formatting blank disk"));
     let (api, after) = operator_login(&appliance, work.path());

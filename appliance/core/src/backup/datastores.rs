@@ -7,7 +7,7 @@
 //! no other datastore; a share that is not mounted is never handed out to
 //! write into (it is listed unreachable with its mount error); the SMB
 //! password is stored sealed (`crate::secrets`) and is in clear only in memory
-//! and in the one-shot credentials file of a mount call; incomplete backups
+//! and in the mount(2) call itself; incomplete backups
 //! (no manifest) are removed when a datastore opens.
 
 use std::collections::BTreeMap;

@@ -1,8 +1,9 @@
 //! Benchmarks that need real processes. Build first:
 //! `cargo build --release -p lifeboat -p lifeboat-agent -p lifeboat-e2e`, then
-//! `./target/release/lifeboat-bench console|backup|failover [--flag N ...]`.
+//! `./target/release/lifeboat-bench console|backup|failover|appliance [--flag N ...]`.
 //! Results go to docs/PERFORMANCE.md by hand, with the machine and date.
 
+mod appliance;
 mod backup;
 mod console;
 mod failover;
@@ -11,7 +12,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]\n       \
          lifeboat-bench backup [--size-mib N] [--runs N] [--full-only 1]\n       \
-         lifeboat-bench failover [--runs N]"
+         lifeboat-bench failover [--runs N]\n       \
+         lifeboat-bench appliance [--runs N]"
     );
     std::process::exit(2)
 }
@@ -63,6 +65,7 @@ fn main() {
         Some("console") => console::run(&args[1..]),
         Some("backup") => backup::run(&args[1..]),
         Some("failover") => failover::run(&args[1..]),
+        Some("appliance") => appliance::run(&args[1..]),
         _ => usage(),
     }
 }

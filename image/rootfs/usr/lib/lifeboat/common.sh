@@ -40,9 +40,18 @@ load_settings() {
         else
             # ADDRESS/PREFIX,GATEWAY[,DNS[,DNS...]]
             NET_MODE=static
-            NET_ADDRESS=${ip%%,*}; rest=${ip#*,}
-            NET_GATEWAY=${rest%%,*}
-            [ "$rest" != "$NET_GATEWAY" ] && NET_DNS=$(echo "${rest#*,}" | tr ',' ' ')
+            NET_ADDRESS=${ip%%,*}
+            case $ip in
+            *,*)
+                rest=${ip#*,}
+                NET_GATEWAY=${rest%%,*}
+                [ "$rest" != "$NET_GATEWAY" ] && NET_DNS=$(echo "${rest#*,}" | tr ',' ' ')
+                ;;
+            esac
+            if ! valid_ipv4 "$NET_ADDRESS" with_prefix; then
+                log "lifeboat.ip=$ip is not ADDRESS/PREFIX[,GATEWAY[,DNS...]]: using DHCP"
+                NET_MODE=dhcp
+            fi
         fi
     fi
     if ntp=$(cmdline_value lifeboat.ntp); then NTP_SERVERS=$(echo "$ntp" | tr ',' ' '); fi
