@@ -457,8 +457,14 @@ fn strip_escapes(raw: &str) -> String {
     out
 }
 
+/// The last `n` characters of `text`.
 fn tail_chars(text: &str, n: usize) -> &str {
-    let start = text.char_indices().rev().nth(n).map_or(0, |(i, _)| i);
+    let start = text
+        .char_indices()
+        .rev()
+        .take(n)
+        .last()
+        .map_or(text.len(), |(i, _)| i);
     &text[start..]
 }
 
@@ -524,5 +530,7 @@ mod tests {
         assert_eq!(strip_escapes("\u{1b}[1;1Ha\r\nb\u{1b}[?25l"), "a\nb");
         assert_eq!(tail_chars("abcdef", 3), "def");
         assert_eq!(tail_chars("ab", 3), "ab");
+        assert_eq!(tail_chars("äbc", 2), "bc");
+        assert_eq!(tail_chars("abc", 0), "");
     }
 }

@@ -50,3 +50,17 @@ pub fn write_image_pattern(image: &Path, pattern: u8, offset: u64, len: &str) {
         image.display()
     );
 }
+
+/// `sha256sum FILE`'s digest, lower-case hex.
+pub fn sha256_file(file: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(file)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", file.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

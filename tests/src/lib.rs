@@ -83,7 +83,7 @@ pub use guest::LinuxGuest;
 pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
 pub use hostile_agent::{json_frame, reported_vm, stranger_tls, web_tls, HostileAgent, TlsStream};
-pub use image::{assert_image_pattern, write_image_pattern};
+pub use image::{assert_image_pattern, sha256_file, write_image_pattern};
 pub use libvirt::{virt_type, Libvirt};
 pub use ports::free_port;
 pub use process::status_kib;

@@ -5,10 +5,12 @@
 //! the appliance with the command its API hands out and enrolled against a
 //! real libvirt VM on this machine; that VM is backed up to an NFS export
 //! (nfs-ganesha) and an SMB share (smbd) that the appliance's own kernel
-//! mounts, and restored from each; a share with a wrong password says so;
-//! after a reboot from the console menu and after booting a newer image on
-//! the same data disk (by UEFI, on SATA and E1000), hosts,
-//! backups, datastores and users are all still there.
+//! mounts, and restored from each; a share with a wrong password, and one
+//! whose server is not there, say so; after a reboot from the console menu
+//! and after booting a newer image on the same data disk (by UEFI, on SATA
+//! and E1000), hosts, backups, datastores and users are all still there;
+//! the power button shuts it down cleanly; the console menu resets a lost
+//! admin password.
 
 use std::path::Path;
 use std::process::Command;
@@ -33,10 +35,7 @@ fn operator_login(appliance: &Appliance, dir: &Path) -> (Api, String) {
     let fingerprint = appliance.ask("", "the CA fingerprint on the console", BOOT, |t| {
         word_after(t, "CA fingerprint:").filter(|w| w.starts_with("sha256:"))
     });
-    let password = appliance.ask("3", "the initial admin password", BOOT, |t| {
-        word_after(t, "Initial admin password:")
-    });
-    appliance.type_line("");
+    let password = admin_password_from_menu(appliance);
     let ca = pinned_ca(appliance.https_port(), &fingerprint, dir);
     let api = Api::new(&appliance.https_url(), &ca)
         .expect("API client")
@@ -198,6 +197,27 @@ fn the_appliance_boots_backs_up_to_real_shares_and_keeps_everything_across_reboo
         "{bad}"
     );
     assert!(!bad.to_string().contains("not-the-password"), "{bad}");
+    // A share whose server is not there says so too.
+    let dead_port = free_port();
+    let (status, d) = api.post(
+        "/api/v1/datastores",
+        &json!({"name": "nfs-down", "kind": "nfs", "server": "10.0.2.2",
+                "export": "/x", "options": format!("port={dead_port}")}),
+    );
+    assert_eq!(status, 201, "{d}");
+    let down = poll_until("the dead server's error", BOOT, || {
+        let d = datastore(&api, "nfs-down");
+        match d["error"].as_str() {
+            Some("mounting") | None => Err(d.to_string()),
+            Some(_) => Ok(d),
+        }
+    });
+    let error = down["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the server refused the connection")
+            || error.contains("the server is unreachable"),
+        "{down}"
+    );
 
     // Back up to each share, then restore from each over changed data.
     vm.write_offline(0x51, 0, "2M");
@@ -255,19 +275,41 @@ fn the_appliance_boots_backs_up_to_real_shares_and_keeps_everything_across_reboo
     vm.write_offline(0x99, 0, "4M");
     restore(&api, &on_nfs);
     assert_image_pattern(vm.disk(), 0x51, 0, 2 * MIB);
+
+    // The console menu resets a lost admin password: the old one stops
+    // working, the new one is shown there.
+    let old_password = admin_password_from_menu(&appliance);
+    appliance.ask("4", "the reset question", BOOT, |t| {
+        t.contains("Type yes").then_some(())
+    });
+    appliance.type_line("yes");
+    let new_password = appliance.ask("", "the new admin password", BOOT, |t| {
+        word_after(t, "New password for 'admin':")
+    });
+    assert_ne!(new_password, old_password);
+    let ca = work.path().join("ca.pem");
+    let anonymous = Api::new(&appliance.https_url(), &ca).expect("API client");
+    let (status, _) = anonymous.anonymous().post(
+        "/api/v1/session",
+        &json!({"username": ADMIN_USER, "password": old_password}),
+    );
+    assert_eq!(status, 401);
+    let api = anonymous.login_as(ADMIN_USER, &new_password);
+    let (status, audit) = api.get("/api/v1/audit");
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit.to_string().contains("reset admin password"),
+        "{audit}"
+    );
 }
 
-/// `sha256sum FILE`'s digest.
-fn sha256_of(file: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(file)
-        .output()
-        .expect("run sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// The initial admin password as the console menu shows it.
+fn admin_password_from_menu(appliance: &Appliance) -> String {
+    let password = appliance.ask("3", "the initial admin password", BOOT, |t| {
+        word_after(t, "Initial admin password:")
+    });
+    appliance.type_line("");
+    password
 }
 
 fn qemu_img_info(file: &Path) -> Value {
@@ -328,7 +370,7 @@ fn the_ova_is_what_vmware_and_virtualbox_import() {
             .strip_prefix("SHA256(")
             .and_then(|l| l.split_once(")= "))
             .unwrap_or_else(|| panic!("manifest line {line:?}"));
-        assert_eq!(sha256_of(&work.path().join(name)), digest, "{name}");
+        assert_eq!(sha256_file(&work.path().join(name)), digest, "{name}");
         listed.push(name.to_string());
     }
     assert_eq!(

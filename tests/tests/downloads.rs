@@ -13,18 +13,6 @@ use std::process::Command;
 
 use lifeboat_e2e::*;
 
-fn sha256_hex(file: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(file)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn sh(script: &str) -> std::process::Output {
     Command::new("sh")
         .arg("-c")
@@ -52,7 +40,7 @@ fn the_agent_download_is_exact_pinned_and_checked() {
         .start();
     let api = controller.api();
     let anonymous = api.anonymous();
-    let digest = sha256_hex(&agent);
+    let digest = sha256_file(&agent);
 
     let sums = anonymous.raw_request("GET", "/downloads/lifeboat-agent.sha256", &[], b"");
     assert_eq!(sums.status, 200);
@@ -103,7 +91,7 @@ fn the_agent_download_is_exact_pinned_and_checked() {
         String::from_utf8_lossy(&out.stderr)
     );
     let installed = dir.path().join("lifeboat-agent");
-    assert_eq!(sha256_hex(&installed), digest);
+    assert_eq!(sha256_file(&installed), digest);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);

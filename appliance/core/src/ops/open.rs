@@ -78,15 +78,6 @@ impl Ops {
         let generated = access
             .ensure_admin(config.admin_password)
             .map_err(context("first administrator"))?;
-        let initial_admin_password = match generated {
-            Some(password) => {
-                let path = data_dir.join(INITIAL_PASSWORD_FILE);
-                write_private(&path, &format!("{password}\n"))
-                    .map_err(context(format!("cannot write {}", path.display())))?;
-                Some((password, path))
-            }
-            None => None,
-        };
         let inventory = Arc::new(Inventory::load(store.clone()).map_err(context("inventory"))?);
         let tokens = EnrollmentTokens::load(store.clone()).map_err(context("enrollment"))?;
         let hub = Arc::new(Hub::new(inventory.clone(), pki.clone(), tokens));
@@ -121,6 +112,16 @@ impl Ops {
             agent_port: config.agent_port,
             agent_download,
             data_dir,
+        };
+        // Written last: once it is there, the data directory is complete.
+        let initial_admin_password = match generated {
+            Some(password) => {
+                let path = ops.data_dir.join(INITIAL_PASSWORD_FILE);
+                write_private(&path, &format!("{password}\n"))
+                    .map_err(context(format!("cannot write {}", path.display())))?;
+                Some((password, path))
+            }
+            None => None,
         };
         Ok(Opened {
             ops: Arc::new(ops),
