@@ -272,7 +272,7 @@ impl LibvirtDriver {
             vm = uuid,
             "cleaning up a backup interrupted by an agent restart"
         );
-        let _ = self.virsh_on(uuid, "domjobabort", &[]);
+        let _ = self.end_backup_job(uuid);
         for d in disks {
             let _ = std::fs::remove_file(scratch_path(d, uuid));
         }
@@ -331,7 +331,10 @@ impl LibvirtDriver {
         // --quiesce` is not in libvirt 9.0). A freeze that fails leaves a
         // crash-consistent backup, said so in its manifest.
         let frozen = self.guest_agent_answers(uuid) && self.freeze(uuid);
-        let begun = self.virsh_on(uuid, "backup-begin", &args);
+        let begun = {
+            let _nodes = super::block_nodes();
+            self.virsh_on(uuid, "backup-begin", &args)
+        };
         if frozen {
             self.thaw(uuid);
         }
@@ -411,7 +414,7 @@ impl BackupExports for LiveBackup {
     fn finish(self: Box<Self>, succeeded: bool) -> Result<(), HypervisorError> {
         // Ending a pull-mode job is an abort; libvirt then drops the NBD
         // server and the scratch files, and keeps the new checkpoint.
-        let ended = self.driver.virsh_on(&self.uuid, "domjobabort", &[]);
+        let ended = self.driver.end_backup_job(&self.uuid);
         for s in &self.scratch {
             let _ = std::fs::remove_file(s);
         }
@@ -419,6 +422,7 @@ impl BackupExports for LiveBackup {
         // Each checkpoint's bitmap costs a little on every guest write: keep
         // only the newest. After a failure, drop the new one instead, so the
         // next run builds on the last backup that exists.
+        let _nodes = super::block_nodes();
         for c in self.driver.checkpoints(&self.uuid) {
             let is_new = Some(&c) == self.info.checkpoint.as_ref();
             if c.starts_with(CHECKPOINT_PREFIX) && (is_new != succeeded) {
@@ -431,8 +435,33 @@ impl BackupExports for LiveBackup {
                 }
             }
         }
-        ended.map(|_| ())
+        ended
     }
+}
+
+impl LibvirtDriver {
+    /// Aborts the VM's backup job and waits (at most 10 s) until libvirt
+    /// reports no job, so its block nodes are gone before anything asks
+    /// about the disk again. Holds [`super::block_nodes`] throughout.
+    fn end_backup_job(&self, uuid: &str) -> Result<(), HypervisorError> {
+        let _nodes = super::block_nodes();
+        let aborted = self.virsh_on(uuid, "domjobabort", &[]).map(|_| ());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match self.virsh_on(uuid, "domjobinfo", &[]) {
+                Ok(info) if job_running(&info) => std::thread::sleep(Duration::from_millis(50)),
+                _ => break,
+            }
+        }
+        aborted
+    }
+}
+
+/// Whether `virsh domjobinfo` shows a job (its "Job type:" is not None).
+fn job_running(info: &str) -> bool {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("Job type:"))
+        .is_some_and(|t| t.trim() != "None")
 }
 
 /// A stopped domain: each image served read-only by its own `qemu-nbd`. With
@@ -546,6 +575,15 @@ impl BackupExports for OfflineBackup {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_job_shows_in_domjobinfo_until_it_is_gone() {
+        assert!(super::job_running(
+            "Job type:         Unbounded\nOperation:        Backup\n"
+        ));
+        assert!(!super::job_running("Job type:         None        \n"));
+        assert!(!super::job_running(""));
+    }
+
     use super::*;
 
     fn disks() -> Vec<BackupDisk> {

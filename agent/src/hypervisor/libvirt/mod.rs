@@ -19,6 +19,19 @@ use lifeboat_os::command::run_bounded;
 use lifeboat_proto::{DiskInfo, HostFacts, PowerAction, PowerState, VmInfo};
 
 use super::{Hypervisor, HypervisorError};
+/// QEMU 7.2 can abort (an assertion in `qcow2_get_specific_info`) when it
+/// is asked about a disk's block nodes while a backup job adds or tears
+/// down its own nodes on that disk. The agent never overlaps the two: every
+/// block query it makes and every backup job step holds this lock.
+static BLOCK_NODES: Mutex<()> = Mutex::new(());
+
+pub(super) fn block_nodes() -> MutexGuard<'static, ()> {
+    // Guards no data: a panic while held must not stop later backups.
+    BLOCK_NODES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 use parse::{
     memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields, parse_domain,
     parse_domain_list, parse_domstats_states, power_state, version_summary, DiskSource, DiskSpec,
@@ -169,7 +182,11 @@ impl LibvirtDriver {
         if disks.iter().all(|d| d.source == DiskSource::None) {
             return HashMap::new();
         }
-        match self.virsh_on(uuid, "domblkinfo", &["--all"]) {
+        let table = {
+            let _nodes = block_nodes();
+            self.virsh_on(uuid, "domblkinfo", &["--all"])
+        };
+        match table {
             Ok(table) => parse_blkinfo_table(&table),
             Err(e) => {
                 tracing::debug!(vm = uuid, error = %e, "disk sizes unavailable");
