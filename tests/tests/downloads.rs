@@ -50,6 +50,9 @@ fn the_agent_download_is_exact_pinned_and_checked() {
     let len = std::fs::metadata(&agent).expect("agent").len().to_string();
     assert_eq!(head.header("content-length"), Some(len.as_str()));
     assert!(head.body.is_empty());
+    let head = anonymous.raw_request("HEAD", "/downloads/lifeboat-agent.sha256", &[], b"");
+    let sums_len = sums.body.len().to_string();
+    assert_eq!(head.header("content-length"), Some(sums_len.as_str()));
 
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let r = anonymous.raw_request(method, "/downloads/lifeboat-agent", &[], b"x");

@@ -31,26 +31,28 @@ pub fn serve(ops: &Ops, req: &Req) -> Response<Body> {
         };
         return response(StatusCode::NOT_FOUND, "text/plain", why);
     };
-    let mut r = if req.path == AGENT_SHA256_PATH {
-        response(
-            StatusCode::OK,
-            "text/plain",
-            format!("{}  lifeboat-agent\n", agent.sha256()),
-        )
+    let (content_type, body) = if req.path == AGENT_SHA256_PATH {
+        let line = format!("{}  lifeboat-agent\n", agent.sha256());
+        ("text/plain", bytes::Bytes::from(line))
     } else {
-        let mut r = response(StatusCode::OK, "application/octet-stream", agent.bytes());
+        ("application/octet-stream", agent.bytes())
+    };
+    let len = body.len();
+    let body = if req.method == Method::HEAD {
+        bytes::Bytes::new()
+    } else {
+        body
+    };
+    let mut r = response(StatusCode::OK, content_type, body);
+    if req.path == AGENT_PATH {
         r.headers_mut().insert(
             CONTENT_DISPOSITION,
             HeaderValue::from_static("attachment; filename=\"lifeboat-agent\""),
         );
-        r
-    };
+    }
     if req.method == Method::HEAD {
-        let len = agent.bytes().len();
-        *r.body_mut() = Body::default();
-        if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
-            r.headers_mut().insert(hyper::header::CONTENT_LENGTH, v);
-        }
+        r.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     r
 }
