@@ -60,6 +60,17 @@ fn wait_reachable(api: &Api, name: &str) -> Value {
     })
 }
 
+/// The datastore once its mount has failed.
+fn mount_error(api: &Api, name: &str) -> Value {
+    poll_until(&format!("datastore {name}'s mount error"), BOOT, || {
+        let d = datastore(api, name);
+        match d["error"].as_str() {
+            Some("mounting") | None => Err(d.to_string()),
+            Some(_) => Ok(d),
+        }
+    })
+}
+
 fn backup_to(api: &Api, vm: &str, store: &str) -> String {
     let job = api.post_job(
         &format!("/api/v1/vms/{vm}/backups"),
@@ -183,13 +194,7 @@ fn the_appliance_boots_backs_up_to_real_shares_and_keeps_everything_across_reboo
         &smb_share("smb-bad", "not-the-password"),
     );
     assert_eq!(status, 201, "{bad}");
-    let bad = poll_until("the wrong password's error", BOOT, || {
-        let d = datastore(&api, "smb-bad");
-        match d["error"].as_str() {
-            Some("mounting") | None => Err(d.to_string()),
-            Some(_) => Ok(d),
-        }
-    });
+    let bad = mount_error(&api, "smb-bad");
     assert_eq!(bad["reachable"], false, "{bad}");
     let error = bad["error"].as_str().unwrap_or_default();
     assert!(
@@ -205,13 +210,7 @@ fn the_appliance_boots_backs_up_to_real_shares_and_keeps_everything_across_reboo
                 "export": "/x", "options": format!("port={dead_port}")}),
     );
     assert_eq!(status, 201, "{d}");
-    let down = poll_until("the dead server's error", BOOT, || {
-        let d = datastore(&api, "nfs-down");
-        match d["error"].as_str() {
-            Some("mounting") | None => Err(d.to_string()),
-            Some(_) => Ok(d),
-        }
-    });
+    let down = mount_error(&api, "nfs-down");
     let error = down["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("the server refused the connection")
