@@ -575,16 +575,16 @@ impl BackupExports for OfflineBackup {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_job_shows_in_domjobinfo_until_it_is_gone() {
-        assert!(super::job_running(
+        assert!(job_running(
             "Job type:         Unbounded\nOperation:        Backup\n"
         ));
-        assert!(!super::job_running("Job type:         None        \n"));
-        assert!(!super::job_running(""));
+        assert!(!job_running("Job type:         None        \n"));
+        assert!(!job_running(""));
     }
-
-    use super::*;
 
     fn disks() -> Vec<BackupDisk> {
         vec![

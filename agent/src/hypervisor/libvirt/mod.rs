@@ -19,6 +19,11 @@ use lifeboat_os::command::run_bounded;
 use lifeboat_proto::{DiskInfo, HostFacts, PowerAction, PowerState, VmInfo};
 
 use super::{Hypervisor, HypervisorError};
+use parse::{
+    memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields, parse_domain,
+    parse_domain_list, parse_domstats_states, power_state, version_summary, DiskSource, DiskSpec,
+};
+
 /// QEMU 7.2 can abort (an assertion in `qcow2_get_specific_info`) when it
 /// is asked about a disk's block nodes while a backup job adds or tears
 /// down its own nodes on that disk. The agent never overlaps the two: every
@@ -31,11 +36,6 @@ pub(super) fn block_nodes() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-use parse::{
-    memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields, parse_domain,
-    parse_domain_list, parse_domstats_states, power_state, version_summary, DiskSource, DiskSpec,
-};
 
 /// A libvirtd wedged on a stuck QEMU monitor or hung storage must not wedge
 /// the agent's heartbeat and inventory with it.

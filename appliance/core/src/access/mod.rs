@@ -189,6 +189,26 @@ fn basic_cache_key(user: &str, password: &str) -> String {
 
 /// A fresh random token: 32 random bytes as 64 hex digits. Hex, so a token
 /// never starts with `-` and pastes safely into any command line.
+/// The built-in administrator, made on first start and by the appliance
+/// console's reset.
+pub const ADMIN: &str = "admin";
+
+impl User {
+    /// `admin` with this password hash: the administrator role over every
+    /// VM, enabled, local.
+    fn admin(password_hash: String) -> User {
+        User {
+            name: ADMIN.into(),
+            password_hash,
+            role: roles::ADMINISTRATOR.to_string(),
+            disabled: false,
+            created_at: unix_now(),
+            policies: Vec::new(),
+            directory: None,
+        }
+    }
+}
+
 pub fn random_token() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
@@ -256,6 +276,11 @@ impl Access {
         })
     }
 
+    /// A password made up for `admin` (first start, console reset).
+    pub fn made_up_password() -> String {
+        random_token()[..20].to_string()
+    }
+
     /// Creates `admin` if no user exists yet. Returns the password when this
     /// call made one up (so the caller can show it once).
     pub fn ensure_admin(&self, password: Option<String>) -> Result<Option<String>, StoreError> {
@@ -263,22 +288,14 @@ impl Access {
             return Ok(None);
         }
         let generated = password.is_none();
-        let password = password.unwrap_or_else(|| random_token()[..20].to_string());
-        let user = User {
-            name: "admin".into(),
-            password_hash: hash_password(&password),
-            role: roles::ADMINISTRATOR.to_string(),
-            disabled: false,
-            created_at: unix_now(),
-            policies: Vec::new(),
-            directory: None,
-        };
+        let password = password.unwrap_or_else(Access::made_up_password);
+        let user = User::admin(hash_password(&password));
         self.store
-            .commit_blocking(vec![Write::put(Table::Users, "admin", &user)])?;
+            .commit_blocking(vec![Write::put(Table::Users, ADMIN, &user)])?;
         self.users
             .write()
             .expect("users lock")
-            .insert("admin".into(), user);
+            .insert(ADMIN.into(), user);
         Ok(generated.then_some(password))
     }
 

@@ -163,29 +163,14 @@ impl Access {
     /// `password`, the administrator role over every VM, and is enabled and
     /// unlocked; its sessions end. Made if it does not exist.
     pub async fn reset_admin(&self, password: String) -> Result<(), AccessError> {
-        let name = "admin";
+        let name = super::ADMIN;
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
             .map_err(|e| invalid(e.to_string()))?;
-        let user = match self.user(name) {
-            Some(mut user) => {
-                user.password_hash = hash;
-                user.role = roles::ADMINISTRATOR.to_string();
-                user.policies.clear();
-                user.disabled = false;
-                user.directory = None;
-                user
-            }
-            None => User {
-                name: name.into(),
-                password_hash: hash,
-                role: roles::ADMINISTRATOR.to_string(),
-                disabled: false,
-                created_at: unix_now(),
-                policies: Vec::new(),
-                directory: None,
-            },
-        };
+        let mut user = User::admin(hash);
+        if let Some(existing) = self.user(name) {
+            user.created_at = existing.created_at;
+        }
         self.put_user(user).await?;
         self.end_sessions_of(name).await?;
         self.forget_cached_credentials(name);

@@ -161,12 +161,17 @@ impl Ops {
     /// until changed). Audited as the console.
     pub async fn reset_admin_password_from_console(&self) -> Result<PathBuf, OpsError> {
         let console = Principal::system("appliance-console", "console");
-        let password = crate::access::random_token()[..20].to_string();
+        let password = Access::made_up_password();
         let path = self.data_dir.join(INITIAL_PASSWORD_FILE);
         let result = self.access.reset_admin(password.clone()).await;
         let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
         self.audit
-            .record(&console, "reset admin password", "admin", &outcome)
+            .record(
+                &console,
+                "reset admin password",
+                crate::access::ADMIN,
+                &outcome,
+            )
             .await
             .map_err(|e| OpsError::Internal(e.to_string()))?;
         result.map_err(OpsError::from)?;
