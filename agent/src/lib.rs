@@ -9,6 +9,7 @@ pub mod host_dirs;
 pub mod hypervisor;
 pub mod identity;
 pub mod link;
+pub mod metrics;
 pub mod nbd;
 mod restore;
 mod tls;

@@ -2,8 +2,8 @@
 //! authenticated session that reconnects with back-off for as long as the
 //! agent runs. One connection carries heartbeats, inventory and commands.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -16,6 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::fence::FenceWatchdog;
 use crate::hypervisor::Hypervisor;
+use crate::metrics::{Interval, Sampler};
 use crate::{identity, tls};
 
 /// How often the agent looks for VM changes made outside Lifeboat.
@@ -111,10 +112,27 @@ pub async fn run(
     );
     let watchdog = FenceWatchdog::start(state_dir, &id.host_id, driver.clone());
     let config = tls::session_config(id.ca, id.cert, id.key)?;
+    let metrics = Metrics {
+        sampler: Sampler::new(
+            crate::host_dirs::image_dirs()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+        ),
+        interval: Arc::default(),
+    };
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        match session(&controller, config.clone(), driver.clone(), &watchdog).await {
+        match session(
+            &controller,
+            config.clone(),
+            driver.clone(),
+            &watchdog,
+            &metrics,
+        )
+        .await
+        {
             Ok(()) => tracing::warn!("controller closed the connection"),
             Err(e) => tracing::warn!("link to the controller lost: {e:#}"),
         }
@@ -154,11 +172,18 @@ struct Dialer {
     config: rustls::ClientConfig,
 }
 
+/// Sampling state kept across sessions.
+struct Metrics {
+    sampler: Arc<Mutex<Sampler>>,
+    interval: Arc<Interval>,
+}
+
 async fn session(
     controller: &str,
     config: rustls::ClientConfig,
     driver: Arc<dyn Hypervisor>,
     watchdog: &Arc<FenceWatchdog>,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let dialer = Dialer {
         controller: controller.to_string(),
@@ -204,6 +229,12 @@ async fn session(
         outbox.clone(),
         refresh.clone(),
     ));
+    let samples = tokio::spawn(metric_reports(
+        driver.clone(),
+        metrics.sampler.clone(),
+        metrics.interval.clone(),
+        outbox.clone(),
+    ));
 
     let result = async {
         loop {
@@ -219,6 +250,9 @@ async fn session(
                     }
                 }
                 ControllerMessage::HaConfig(config) => watchdog.set_config(config),
+                ControllerMessage::MetricsConfig { interval_ms } => {
+                    metrics.interval.set_ms(interval_ms)
+                }
                 ControllerMessage::Request { id, command } => {
                     let (driver, outbox, refresh) =
                         (driver.clone(), outbox.clone(), refresh.clone());
@@ -247,6 +281,7 @@ async fn session(
     .await;
     heartbeat.abort();
     inventory.abort();
+    samples.abort();
     writer_task.abort();
     result
 }
@@ -412,5 +447,39 @@ async fn inventory_reports(
             _ = tokio::time::sleep(INVENTORY_POLL) => {}
             _ = refresh.notified() => {}
         }
+    }
+}
+
+/// One batch of performance samples per interval. A round that cannot be
+/// sent at once (the link is slow) is dropped, not queued: samples are
+/// worth less than heartbeats and commands.
+async fn metric_reports(
+    driver: Arc<dyn Hypervisor>,
+    sampler: Arc<Mutex<Sampler>>,
+    interval: Arc<Interval>,
+    outbox: mpsc::Sender<AgentMessage>,
+) {
+    let mut next = Instant::now();
+    loop {
+        let (d, s) = (driver.clone(), sampler.clone());
+        let batch = blocking(move || s.lock().expect("sampler lock").batch(d.as_ref())).await;
+        match batch {
+            Ok(batch) => match outbox.try_send(AgentMessage::Metrics(batch)) {
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::debug!("link busy: dropping one round of samples")
+                }
+                Ok(()) => {}
+            },
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+        // Fixed ticks, not sleeps after the work, so rounds do not drift;
+        // a tick missed while sampling is skipped.
+        next += interval.get();
+        let now = Instant::now();
+        if next < now {
+            next = now + interval.get();
+        }
+        tokio::time::sleep_until(next.into()).await;
     }
 }

@@ -165,6 +165,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             r = ops.serve_agents(agents) => r.map_err(Into::into),
             why = stop_requested() => {
                 tracing::info!("{why}; stopping");
+                ops.flush_metrics().await;
                 Ok(())
             }
         }

@@ -11,9 +11,11 @@ pub mod buffers;
 pub mod chunk;
 pub mod digest;
 mod ha;
+pub mod metrics;
 
 pub use digest::ChunkDigest;
 pub use ha::{FenceRecord, HaAgentConfig, StorageHeartbeat};
+pub use metrics::MetricBatch;
 
 /// Bumped on any incompatible change to the messages below.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -377,6 +379,8 @@ pub enum AgentMessage {
         bytes_done: u64,
         bytes_total: u64,
     },
+    /// One round of performance samples (see [`metrics`]).
+    Metrics(MetricBatch),
 }
 
 /// Messages sent by the controller.
@@ -401,6 +405,11 @@ pub enum ControllerMessage {
         seq: u64,
     },
     HaConfig(HaAgentConfig),
+    /// How often to send [`AgentMessage::Metrics`]; sent after `Welcome`
+    /// and whenever the operator changes it.
+    MetricsConfig {
+        interval_ms: u64,
+    },
     Request {
         id: u64,
         command: Command,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
+use crate::metrics::counters::VmCounters;
+
 use lifeboat_proto::{
     BackupMode, BackupRequest, HostFacts, PowerAction, RestoreRequest, StartVmRequest, VmInfo,
 };
@@ -33,6 +35,10 @@ pub trait Hypervisor: Send + Sync + Restorer {
     fn host_facts(&self) -> Result<HostFacts, HypervisorError>;
     /// Every VM defined on the host, running or not.
     fn inventory(&self) -> Result<Vec<VmInfo>, HypervisorError>;
+    /// Cumulative statistics of every running VM, read in one go.
+    fn vm_counters(&self) -> Result<Vec<VmCounters>, HypervisorError> {
+        Ok(Vec::new())
+    }
     /// Runs one power action and returns once the hypervisor has done it.
     /// `shutdown` asks the guest (ACPI) and powers off after `timeout`.
     fn power(

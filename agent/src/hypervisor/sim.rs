@@ -9,10 +9,48 @@ use lifeboat_proto::{DiskInfo, HostFacts, NicInfo, PowerAction, PowerState, VmIn
 use sha2::{Digest, Sha256};
 
 use super::{Hypervisor, HypervisorError, Restorer};
+use crate::metrics::counters::{DiskCounters, NicCounters, VmCounters};
 
 pub struct SimDriver {
     host: String,
     vms: Mutex<Vec<VmInfo>>,
+    /// Counters grow from here, at made-up per-VM rates.
+    started: std::time::Instant,
+}
+
+/// Made-up cumulative counters of a simulated VM `seconds` after the
+/// driver started: each VM has its own steady load, with a slow wave on top.
+fn sim_counters(vm: &VmInfo, index: usize, seconds: f64) -> VmCounters {
+    let share = ((index * 37) % 90 + 5) as f64 / 100.0;
+    let wave = 1.0 + 0.2 * (seconds / 300.0 + index as f64).sin();
+    let busy = share * seconds * wave.min(1.2);
+    let grow = |per_second: f64| (per_second * busy) as u64;
+    let memory = vm.memory_mib << 20;
+    VmCounters {
+        uuid: vm.uuid.clone(),
+        cpu_time_ns: Some((busy * f64::from(vm.vcpus) * 1e9) as u64),
+        vcpus: vm.vcpus,
+        memory_used_bytes: Some((memory as f64 * (0.3 + share / 2.0)) as u64),
+        balloon_bytes: Some(memory),
+        disks: vm
+            .disks
+            .iter()
+            .map(|d| DiskCounters {
+                name: d.target.clone(),
+                read_bytes: grow(2e6),
+                write_bytes: grow(1e6),
+                read_ops: grow(120.0),
+                write_ops: grow(60.0),
+            })
+            .collect(),
+        nics: (0..vm.nics.len())
+            .map(|i| NicCounters {
+                name: format!("vnet{index}-{i}"),
+                rx_bytes: grow(5e5),
+                tx_bytes: grow(2.5e5),
+            })
+            .collect(),
+    }
 }
 
 /// A stable UUID for VM `index` of simulated host `host`, so a restarted sim
@@ -70,6 +108,7 @@ impl SimDriver {
         SimDriver {
             host: host.to_string(),
             vms: Mutex::new((0..vm_count).map(|i| sim_vm(host, i)).collect()),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -114,6 +153,19 @@ impl Hypervisor for SimDriver {
 
     fn inventory(&self) -> Result<Vec<VmInfo>, HypervisorError> {
         Ok(self.vms.lock().expect("sim lock").clone())
+    }
+
+    fn vm_counters(&self) -> Result<Vec<VmCounters>, HypervisorError> {
+        let seconds = self.started.elapsed().as_secs_f64();
+        Ok(self
+            .vms
+            .lock()
+            .expect("sim lock")
+            .iter()
+            .enumerate()
+            .filter(|(_, vm)| vm.power_state == PowerState::Running)
+            .map(|(i, vm)| sim_counters(vm, i, seconds))
+            .collect())
     }
 
     fn power(

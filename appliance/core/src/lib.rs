@@ -17,6 +17,7 @@ mod ha;
 mod hub;
 mod inventory;
 mod jobs;
+mod metrics;
 pub mod model;
 pub mod ops;
 mod pki;

@@ -24,3 +24,6 @@ pub use crate::hub::enrollment::EnrollmentToken;
 pub use crate::inventory::categories::{Categories, CategoryRule};
 pub use crate::inventory::{HostView, Vm};
 pub use crate::jobs::Job;
+pub use crate::metrics::archive::{Cf, Timeframe};
+pub use crate::metrics::catalog::{Kind as MetricKind, Metric, Unit};
+pub use crate::metrics::{Current, Detail, MetricsSettings, MetricsStatus, SeriesSet};

@@ -11,6 +11,7 @@ mod access;
 mod backups;
 mod ha;
 mod inventory;
+mod metrics;
 pub mod routes;
 mod views;
 

@@ -15,7 +15,7 @@ use lifeboat_core::model::{Principal, Privilege};
 use lifeboat_core::ops::{Ops, OpsError};
 use Privilege::*;
 
-use super::{access, backups, ha, inventory};
+use super::{access, backups, ha, inventory, metrics};
 pub use crate::http::routing::Guard;
 use crate::http::routing::{self, Entry, Lookup};
 use crate::http::{Body, Req};
@@ -107,6 +107,8 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/hosts", View => inventory::hosts),
     route!(GET "/hosts/{id}", View => inventory::host),
     route!(GET "/hosts/{id}/ha", View => ha::host_ha),
+    route!(GET "/hosts/{id}/metrics", View => metrics::host_series),
+    route!(GET "/hosts/{id}/metrics/current", View => metrics::host_current),
     route!(PUT "/hosts/{id}/ha", ManageHa => ha::set_host_ha),
     route!(GET "/vms", View => inventory::vms),
     route!(GET "/vms/{id}", View => inventory::vm),
@@ -114,6 +116,12 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/vms/{id}/backups", View => backups::vm_backups),
     route!(POST "/vms/{id}/backups", Backup => backups::backup_vm),
     route!(GET "/vms/{id}/ha", View => ha::vm_ha),
+    route!(GET "/vms/{id}/metrics", View => metrics::vm_series),
+    route!(GET "/vms/{id}/metrics/current", View => metrics::vm_current),
+    route!(GET "/metrics", View => metrics::prometheus),
+    route!(GET "/metrics/estate", View => metrics::estate),
+    route!(GET "/metrics/settings", View => metrics::settings),
+    route!(PUT "/metrics/settings", ManageHosts => metrics::set_settings),
     route!(PUT "/vms/{id}/ha", ManageHa => ha::set_vm_ha),
     route!(GET "/vms/{id}/categories", View => access::vm_categories),
     route!(PUT "/vms/{id}/categories", ManageUsers => access::set_vm_categories),

@@ -214,6 +214,11 @@ async fn handle(
     let mut resp = match read_request(req, peer).await {
         Err(r) => r,
         Ok(req) if req.path.starts_with("/api/") => crate::api::handle(&ops, req).await,
+        // Where Prometheus looks by default; the same route as /api/v1/metrics.
+        Ok(mut req) if req.path == "/metrics" => {
+            req.path = "/api/v1/metrics".into();
+            crate::api::handle(&ops, req).await
+        }
         Ok(req) if req.path.starts_with("/assets/") => crate::web::assets::serve(&req.path),
         Ok(req) if req.path.starts_with("/downloads/") => crate::web::downloads::serve(&ops, &req),
         Ok(req) => crate::web::handle(&ops, req).await,

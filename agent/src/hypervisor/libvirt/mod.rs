@@ -19,9 +19,11 @@ use lifeboat_os::command::run_bounded;
 use lifeboat_proto::{DiskInfo, HostFacts, PowerAction, PowerState, VmInfo};
 
 use super::{Hypervisor, HypervisorError};
+use crate::metrics::counters::VmCounters;
 use parse::{
     memory_from_nodememstats, parse_blkinfo_table, parse_colon_fields, parse_domain,
-    parse_domain_list, parse_domstats_states, power_state, version_summary, DiskSource, DiskSpec,
+    parse_domain_list, parse_domstats_counters, parse_domstats_states, power_state,
+    version_summary, DiskSource, DiskSpec,
 };
 
 /// QEMU 7.2 can abort (an assertion in `qcow2_get_specific_info`) when it
@@ -382,6 +384,35 @@ impl Hypervisor for LibvirtDriver {
         Ok(vms)
     }
 
+    /// One `virsh domstats` for every running domain; names are mapped to
+    /// UUIDs with one `virsh list`.
+    fn vm_counters(&self) -> Result<Vec<VmCounters>, HypervisorError> {
+        let names: HashMap<String, String> =
+            parse_domain_list(&self.virsh(&["list", "--uuid", "--name"])?)
+                .into_iter()
+                .map(|(uuid, name)| (name, uuid))
+                .collect();
+        // `--block` makes libvirt query the block nodes (see `block_nodes`).
+        let nodes = block_nodes();
+        let out = self.virsh(&[
+            "domstats",
+            "--list-running",
+            "--cpu-total",
+            "--balloon",
+            "--vcpu",
+            "--block",
+            "--interface",
+        ])?;
+        drop(nodes);
+        Ok(parse_domstats_counters(&out)
+            .into_iter()
+            .filter_map(|(name, mut c)| {
+                c.uuid = names.get(&name)?.clone();
+                Some(c)
+            })
+            .collect())
+    }
+
     fn power(
         &self,
         uuid: &str,
@@ -462,6 +493,7 @@ pub fn fuzz_parsers(text: &str) {
     let _ = parse::power_state(text);
     let _ = parse::parse_domain_list(text);
     let _ = parse::parse_domstats_states(text);
+    let _ = parse::parse_domstats_counters(text);
     let _ = parse::parse_blkinfo_table(text);
     let _ = parse::parse_colon_fields(text);
     let _ = parse::memory_from_nodememstats(text);

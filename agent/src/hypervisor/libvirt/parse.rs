@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 
+use lifeboat_proto::metrics::MAX_DEVICES;
 use lifeboat_proto::{NicInfo, PowerState};
 use roxmltree::{Document, Node};
 
 use super::is_uuid;
 use crate::hypervisor::HypervisorError;
+use crate::metrics::counters::{DiskCounters, NicCounters, VmCounters};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -263,6 +265,47 @@ fn parse_nic(nic: Node) -> NicInfo {
 mod tests {
     use super::*;
 
+    #[test]
+    fn domstats_counters_by_domain() {
+        let out = "Domain: 'web-1'\n  state.state=1\n  cpu.time=2500000000\n  \
+            balloon.current=1048576\n  balloon.rss=300000\n  vcpu.current=2\n  \
+            block.count=2\n  block.0.name=vda\n  block.0.rd.reqs=10\n  \
+            block.0.rd.bytes=40960\n  block.0.wr.reqs=3\n  block.0.wr.bytes=12288\n  \
+            block.1.name=sda\n  net.count=1\n  net.0.name=vnet0\n  \
+            net.0.rx.bytes=100\n  net.0.tx.bytes=200\n\n\
+            Domain: 'db'\n  cpu.time=x\n  balloon.available=2000\n  balloon.unused=500\n  \
+            balloon.rss=9999\n  block.count=99999999999\n";
+        let vms = parse_domstats_counters(out);
+        assert_eq!(vms.len(), 2);
+        let (name, web) = &vms[0];
+        assert_eq!(name, "web-1");
+        assert_eq!(web.cpu_time_ns, Some(2_500_000_000));
+        assert_eq!(web.vcpus, 2);
+        assert_eq!(
+            web.memory_used_bytes,
+            Some(300_000 * 1024),
+            "rss without guest stats"
+        );
+        assert_eq!(web.balloon_bytes, Some(1024 * 1024 * 1024));
+        assert_eq!(web.disks.len(), 2);
+        assert_eq!(web.disks[0].read_bytes, 40960);
+        assert_eq!(web.disks[0].write_ops, 3);
+        assert_eq!(web.disks[1].read_bytes, 0);
+        assert_eq!(web.nics[0].name, "vnet0");
+        assert_eq!(web.nics[0].tx_bytes, 200);
+        let (_, db) = &vms[1];
+        assert_eq!(db.cpu_time_ns, None);
+        assert_eq!(
+            db.memory_used_bytes,
+            Some(1500 * 1024),
+            "the guest's own figure wins"
+        );
+        assert!(
+            db.disks.is_empty(),
+            "a huge count without names lists nothing"
+        );
+    }
+
     /// A running domain as `virsh dumpxml` prints it (trimmed), with an empty
     /// CD-ROM, a network NIC and a bridge NIC.
     const RUNNING_XML: &str = r#"<domain type='kvm' id='3'>
@@ -515,5 +558,74 @@ mod tests {
                 .map(String::as_str),
             Some("2")
         );
+    }
+}
+
+/// `virsh domstats --cpu-total --balloon --vcpu --block --interface`: each
+/// domain's cumulative counters, by domain name (the caller maps names to
+/// UUIDs). Unknown or unparsable lines are skipped; device counts are capped.
+pub(super) fn parse_domstats_counters(out: &str) -> Vec<(String, VmCounters)> {
+    let mut domains: Vec<(String, HashMap<&str, &str>)> = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(quoted) = line.strip_prefix("Domain: ") {
+            if let Some(name) = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
+                domains.push((name.to_string(), HashMap::new()));
+            }
+        } else if let (Some((_, fields)), Some((k, v))) = (domains.last_mut(), line.split_once('='))
+        {
+            fields.insert(k, v);
+        }
+    }
+    domains
+        .into_iter()
+        .map(|(name, f)| (name, counters_from_fields(&f)))
+        .collect()
+}
+
+fn counters_from_fields(f: &HashMap<&str, &str>) -> VmCounters {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+    let kib = |k: &str| num(k).map(|v| v.saturating_mul(1024));
+    let devices = |prefix: &str| {
+        num(&format!("{prefix}.count"))
+            .unwrap_or(0)
+            .min(MAX_DEVICES as u64)
+    };
+    let disks = (0..devices("block"))
+        .filter_map(|i| {
+            let key = |what: &str| format!("block.{i}.{what}");
+            Some(DiskCounters {
+                name: f.get(key("name").as_str())?.to_string(),
+                read_bytes: num(&key("rd.bytes")).unwrap_or(0),
+                write_bytes: num(&key("wr.bytes")).unwrap_or(0),
+                read_ops: num(&key("rd.reqs")).unwrap_or(0),
+                write_ops: num(&key("wr.reqs")).unwrap_or(0),
+            })
+        })
+        .collect();
+    let nics = (0..devices("net"))
+        .filter_map(|i| {
+            let key = |what: &str| format!("net.{i}.{what}");
+            Some(NicCounters {
+                name: f.get(key("name").as_str())?.to_string(),
+                rx_bytes: num(&key("rx.bytes")).unwrap_or(0),
+                tx_bytes: num(&key("tx.bytes")).unwrap_or(0),
+            })
+        })
+        .collect();
+    // The guest's own view when its balloon driver reports statistics,
+    // else what QEMU holds for it.
+    let guest_used = match (kib("balloon.available"), kib("balloon.unused")) {
+        (Some(a), Some(u)) if a >= u => Some(a - u),
+        _ => None,
+    };
+    VmCounters {
+        uuid: String::new(),
+        cpu_time_ns: num("cpu.time"),
+        vcpus: num("vcpu.current").map_or(0, |v| v.min(u64::from(u32::MAX)) as u32),
+        memory_used_bytes: guest_used.or_else(|| kib("balloon.rss")),
+        balloon_bytes: kib("balloon.current"),
+        disks,
+        nics,
     }
 }

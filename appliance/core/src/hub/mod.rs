@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::clock::unix_now;
 use crate::inventory::{Host, Inventory};
+use crate::metrics::Metrics;
 use crate::pki::{fingerprint, Pki};
 pub use data::DataStream;
 use data::DataWaiter;
@@ -77,6 +78,7 @@ struct AgentHandle {
 
 pub struct Hub {
     inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
     pki: Arc<Pki>,
     pub tokens: EnrollmentTokens,
     agents: Mutex<HashMap<String, AgentHandle>>,
@@ -91,9 +93,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(inventory: Arc<Inventory>, pki: Arc<Pki>, tokens: EnrollmentTokens) -> Hub {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
+        pki: Arc<Pki>,
+        tokens: EnrollmentTokens,
+    ) -> Hub {
         Hub {
             inventory,
+            metrics,
             pki,
             tokens,
             agents: Mutex::new(HashMap::new()),
@@ -342,6 +350,11 @@ impl Hub {
                 host_id: host.id.clone(),
             })
             .await;
+        let _ = outbox
+            .send(ControllerMessage::MetricsConfig {
+                interval_ms: self.metrics.settings().interval_secs * 1000,
+            })
+            .await;
         let writer_task = tokio::spawn(async move {
             while let Some(msg) = inbox.recv().await {
                 if write_frame(&mut writer, &msg).await.is_err() {
@@ -473,6 +486,15 @@ impl Hub {
                         f(bytes_done, bytes_total);
                     }
                 }
+                AgentMessage::Metrics(batch) => {
+                    let inventory = &self.inventory;
+                    self.metrics.ingest(
+                        &host.id,
+                        &batch,
+                        |uuid| inventory.owns(&host.id, uuid),
+                        unix_now(),
+                    );
+                }
                 AgentMessage::Enroll { .. }
                 | AgentMessage::Hello { .. }
                 | AgentMessage::OpenDataChannel { .. } => {
@@ -503,6 +525,13 @@ impl Hub {
 
     /// Queues a message for a connected agent without waiting; false if
     /// the agent is not connected or its queue is full.
+    /// Sends `message` to every connected agent.
+    pub fn broadcast(&self, message: &ControllerMessage) {
+        for agent in self.agents.lock().expect("agents lock").values() {
+            let _ = agent.outbox.try_send(message.clone());
+        }
+    }
+
     pub fn notify(&self, host_id: &str, message: ControllerMessage) -> bool {
         let agents = self.agents.lock().expect("agents lock");
         agents

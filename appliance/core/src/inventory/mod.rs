@@ -413,6 +413,14 @@ impl Inventory {
             .cloned()
     }
 
+    /// Whether host `host_id` owns VM `uuid` (without cloning the record).
+    pub fn owns(&self, host_id: &str, uuid: &str) -> bool {
+        self.read()
+            .vms
+            .get(uuid)
+            .is_some_and(|v| v.host_id == host_id)
+    }
+
     /// Calls `f` with every VM while holding the read lock; used by listings
     /// that filter and page without cloning 25,000 records.
     pub fn with_vms<R>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Vm>) -> R) -> R {

@@ -10,7 +10,9 @@ mod ha_engine;
 mod ha_failover;
 mod ha_physical;
 mod host_storage;
+mod metrics;
 pub mod offline;
+pub use metrics::{EstateUsage, LabelledCurrent, Usage, INTERVAL_SECS};
 mod open;
 mod policies;
 mod retention;
@@ -88,6 +90,7 @@ pub struct Ops {
     audit: AuditLog,
     inventory: Arc<Inventory>,
     hub: Arc<Hub>,
+    metrics: Arc<crate::metrics::Metrics>,
     jobs: Arc<Jobs>,
     pki: Arc<Pki>,
     /// Port agents dial, shown in the enrollment command.
@@ -324,7 +327,21 @@ impl Ops {
 
     pub fn vms(&self, who: &Principal, query: &VmQuery) -> Result<VmPage, OpsError> {
         require(who, Privilege::View, "listing VMs")?;
-        Ok(vm_query::run(&self.inventory, query, &self.visibility(who)))
+        let usage = match query.sort {
+            VmSort::CpuUse | VmSort::MemoryUse => self.vm_usage(who)?,
+            _ => Default::default(),
+        };
+        let usage_of = |uuid: &str| {
+            usage
+                .get(uuid)
+                .map_or((None, None), |u| (u.cpu_percent, u.memory_used_bytes))
+        };
+        Ok(vm_query::run(
+            &self.inventory,
+            query,
+            &self.visibility(who),
+            &usage_of,
+        ))
     }
 
     /// A VM by UUID; one outside `who`'s scope is "not found", exactly like

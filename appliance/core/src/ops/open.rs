@@ -80,7 +80,16 @@ impl Ops {
             .map_err(context("first administrator"))?;
         let inventory = Arc::new(Inventory::load(store.clone()).map_err(context("inventory"))?);
         let tokens = EnrollmentTokens::load(store.clone()).map_err(context("enrollment"))?;
-        let hub = Arc::new(Hub::new(inventory.clone(), pki.clone(), tokens));
+        let metrics = Arc::new(
+            crate::metrics::Metrics::load(store.clone(), crate::clock::unix_now())
+                .map_err(context("metrics"))?,
+        );
+        let hub = Arc::new(Hub::new(
+            inventory.clone(),
+            metrics.clone(),
+            pki.clone(),
+            tokens,
+        ));
         let datastore_roots = if config.datastore_roots.is_empty() {
             vec![data_dir.join("datastores"), PathBuf::from("/srv/lifeboat")]
         } else {
@@ -108,6 +117,7 @@ impl Ops {
             access,
             inventory,
             hub,
+            metrics,
             pki,
             agent_port: config.agent_port,
             agent_download,
@@ -141,6 +151,17 @@ impl Ops {
             }
         });
         tokio::spawn(self.clone().ha_loop());
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let period = std::time::Duration::from_secs(crate::metrics::FLUSH_INTERVAL_SECS);
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if let Err(e) = metrics.flush(crate::clock::unix_now()).await {
+                    tracing::error!("cannot write metric archives: {e}");
+                }
+            }
+        });
     }
 
     /// Removes the file holding the made-up first admin password, once

@@ -11,15 +11,21 @@ pub enum VmSort {
     State,
     Memory,
     Vcpus,
+    /// Current CPU use; VMs without a recent figure last.
+    CpuUse,
+    /// Current memory use; VMs without a recent figure last.
+    MemoryUse,
 }
 
 impl VmSort {
-    pub const ALL: [(VmSort, &'static str); 5] = [
+    pub const ALL: [(VmSort, &'static str); 7] = [
         (VmSort::Name, "name"),
         (VmSort::Host, "host"),
         (VmSort::State, "state"),
         (VmSort::Memory, "memory"),
         (VmSort::Vcpus, "vcpus"),
+        (VmSort::CpuUse, "cpu-use"),
+        (VmSort::MemoryUse, "memory-use"),
     ];
 
     pub fn parse(s: &str) -> Option<VmSort> {
@@ -57,8 +63,16 @@ pub struct VmPage {
     pub items: Vec<Vm>,
 }
 
+/// Current (CPU %, memory bytes) of a VM, for the usage sorts.
+pub type UsageOf<'a> = &'a dyn Fn(&str) -> (Option<f64>, Option<f64>);
+
 /// `visible` leaves out VMs outside the caller's scope.
-pub fn run(inventory: &Inventory, q: &VmQuery, visible: &dyn Fn(&Vm) -> bool) -> VmPage {
+pub fn run(
+    inventory: &Inventory,
+    q: &VmQuery,
+    visible: &dyn Fn(&Vm) -> bool,
+    usage: UsageOf,
+) -> VmPage {
     let hosts = inventory.hosts();
     let host_name = |id: &str| -> String {
         hosts
@@ -114,6 +128,24 @@ pub fn run(inventory: &Inventory, q: &VmQuery, visible: &dyn Fn(&Vm) -> bool) ->
             }),
             VmSort::Vcpus => matched
                 .sort_by(|a, b| (a.info.vcpus, &a.info.name).cmp(&(b.info.vcpus, &b.info.name))),
+            VmSort::CpuUse | VmSort::MemoryUse => {
+                let pick = |v: &Vm| {
+                    let (cpu, memory) = usage(&v.info.uuid);
+                    if q.sort == VmSort::CpuUse {
+                        cpu
+                    } else {
+                        memory
+                    }
+                };
+                // Unknown sorts below any figure either way round.
+                let unknown = if q.descending { f64::MIN } else { f64::MAX };
+                matched.sort_by(|a, b| {
+                    pick(a)
+                        .unwrap_or(unknown)
+                        .total_cmp(&pick(b).unwrap_or(unknown))
+                        .then_with(|| a.info.name.cmp(&b.info.name))
+                });
+            }
         }
         if q.descending {
             matched.reverse();
@@ -181,7 +213,42 @@ mod tests {
     }
 
     fn run_all(inv: &Inventory, q: &VmQuery) -> VmPage {
-        run(inv, q, &|_| true)
+        run(inv, q, &|_| true, &|_| (None, None))
+    }
+
+    #[tokio::test]
+    async fn sorts_by_current_use_with_unknown_figures_last() {
+        let inv = inventory(10).await;
+        // Every third VM has no recent figure; the rest use i × 10 % CPU.
+        let usage = |uuid: &str| {
+            let i: u64 = uuid.rsplit('-').next().unwrap().parse().unwrap();
+            let cpu = (i % 3 != 0).then(|| i as f64 * 10.0);
+            (cpu, cpu.map(|c| c * 1e6))
+        };
+        for descending in [false, true] {
+            let page = run(
+                &inv,
+                &VmQuery {
+                    sort: VmSort::CpuUse,
+                    descending,
+                    per_page: 100,
+                    ..Default::default()
+                },
+                &|_| true,
+                &usage,
+            );
+            let cpus: Vec<Option<f64>> = page.items.iter().map(|v| usage(&v.info.uuid).0).collect();
+            let known = cpus.iter().take_while(|c| c.is_some()).count();
+            assert_eq!(known, 6, "{cpus:?}");
+            assert!(cpus[known..].iter().all(Option::is_none));
+            let known: Vec<f64> = cpus.into_iter().flatten().collect();
+            let mut sorted = known.clone();
+            sorted.sort_by(f64::total_cmp);
+            if descending {
+                sorted.reverse();
+            }
+            assert_eq!(known, sorted);
+        }
     }
 
     #[tokio::test]

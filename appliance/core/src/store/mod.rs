@@ -22,6 +22,10 @@ const MAX_BATCH: usize = 4096;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
+/// Fixed-size binary records patched in place (the metric archives'
+/// blocks, see [`Write::Patch`]); their owner defines the format.
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("metric_blocks");
+
 /// The typed tables. Every value is the JSON form of the owning module's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -48,10 +52,14 @@ pub enum Table {
     Directories,
     ApiTokens,
     HaEpochs,
+    /// Metrics settings and the consolidation cursor.
+    Metrics,
+    /// Every object with metric archives, and when it last reported.
+    MetricObjects,
 }
 
 impl Table {
-    const ALL: [Table; 23] = [
+    const ALL: [Table; 25] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -75,6 +83,8 @@ impl Table {
         Table::Directories,
         Table::ApiTokens,
         Table::HaEpochs,
+        Table::Metrics,
+        Table::MetricObjects,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -102,6 +112,8 @@ impl Table {
             Table::Directories => "directories",
             Table::ApiTokens => "api_tokens",
             Table::HaEpochs => "ha_epochs",
+            Table::Metrics => "metrics",
+            Table::MetricObjects => "metric_objects",
         })
     }
 }
@@ -141,8 +153,10 @@ from_redb!(
     redb::CommitError
 );
 
+/// Makes a block's new bytes from its current ones, inside the commit.
+pub type BlockUpdate = Box<dyn FnOnce(Option<&[u8]>) -> Option<Vec<u8>> + Send>;
+
 /// One change to apply inside a group commit.
-#[derive(Debug)]
 pub enum Write {
     Put {
         table: Table,
@@ -153,10 +167,34 @@ pub enum Write {
         table: Table,
         key: String,
     },
+    /// Replaces the binary block under `key` by what `update` makes of
+    /// it (its owner defines the format); `None` leaves it as it is.
+    Update {
+        key: String,
+        update: BlockUpdate,
+    },
+    DeleteBlock {
+        key: String,
+    },
     /// Makes the group commit it is in fail: for tests of what a failed
     /// commit leaves behind.
     #[cfg(test)]
     Fail,
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Put { table, key, value } => {
+                write!(f, "put {table:?}/{key} ({} bytes)", value.len())
+            }
+            Write::Delete { table, key } => write!(f, "delete {table:?}/{key}"),
+            Write::Update { key, .. } => write!(f, "update block {key}"),
+            Write::DeleteBlock { key } => write!(f, "delete block {key}"),
+            #[cfg(test)]
+            Write::Fail => write!(f, "fail"),
+        }
+    }
 }
 
 impl Write {
@@ -228,6 +266,7 @@ impl Store {
             for table in Table::ALL {
                 txn.open_table(table.definition())?;
             }
+            txn.open_table(BLOCKS)?;
         }
         txn.commit()?;
 
@@ -272,6 +311,30 @@ impl Store {
             out.push((key, value));
         }
         Ok(out)
+    }
+
+    /// The blocks under `keys`, in one read transaction. Blocking.
+    pub fn read_blocks(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(BLOCKS)?;
+        keys.iter()
+            .map(|k| Ok(t.get(k.as_str())?.map(|v| v.value().to_vec())))
+            .collect()
+    }
+
+    /// Keys of every block whose key starts with `prefix`. Blocking.
+    pub fn block_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(BLOCKS)?;
+        let mut keys = Vec::new();
+        for row in t.range(prefix..)? {
+            let (k, _) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            keys.push(k.value().to_string());
+        }
+        Ok(keys)
     }
 
     /// Queues writes for the next group commit and waits until they are durable.
@@ -325,19 +388,20 @@ fn run_writer(db: &Database, rx: std::sync::mpsc::Receiver<(Vec<Write>, Ack)>) {
                 Err(_) => break,
             }
         }
-        let result = apply_batch(db, &batch).map_err(|e| e.to_string());
+        let (writes, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let result = apply_batch(db, writes).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!("group commit of {count} writes failed: {e}");
         }
-        for (_, ack) in batch {
+        for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 }
 
-fn apply_batch(db: &Database, batch: &[(Vec<Write>, Ack)]) -> Result<(), StoreError> {
+fn apply_batch(db: &Database, batch: Vec<Vec<Write>>) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
-    for (writes, _) in batch {
+    for writes in batch {
         for w in writes {
             match w {
                 Write::Put { table, key, value } => {
@@ -346,6 +410,16 @@ fn apply_batch(db: &Database, batch: &[(Vec<Write>, Ack)]) -> Result<(), StoreEr
                 }
                 Write::Delete { table, key } => {
                     txn.open_table(table.definition())?.remove(key.as_str())?;
+                }
+                Write::Update { key, update } => {
+                    let mut t = txn.open_table(BLOCKS)?;
+                    let current = t.get(key.as_str())?.map(|v| v.value().to_vec());
+                    if let Some(new) = update(current.as_deref()) {
+                        t.insert(key.as_str(), new.as_slice())?;
+                    }
+                }
+                Write::DeleteBlock { key } => {
+                    txn.open_table(BLOCKS)?.remove(key.as_str())?;
                 }
                 #[cfg(test)]
                 Write::Fail => return Err(StoreError::CommitFailed("injected failure".into())),
@@ -412,6 +486,34 @@ mod tests {
         }
         let rows: Vec<(String, u32)> = store.load(Table::Vms).unwrap();
         assert_eq!(rows.len(), 200);
+    }
+
+    #[test]
+    fn block_updates_see_the_current_bytes_and_may_leave_them() {
+        let store = Store::open(&temp_path("blocks")).unwrap();
+        let append = |byte: u8| Write::Update {
+            key: "b/1".into(),
+            update: Box::new(move |old: Option<&[u8]>| {
+                let mut v = old.map(<[u8]>::to_vec).unwrap_or_default();
+                v.push(byte);
+                Some(v)
+            }),
+        };
+        store.commit_blocking(vec![append(1), append(2)]).unwrap();
+        store
+            .commit_blocking(vec![Write::Update {
+                key: "b/1".into(),
+                update: Box::new(|_| None),
+            }])
+            .unwrap();
+        let block = store.read_blocks(&["b/1".into()]).unwrap().remove(0);
+        assert_eq!(block, Some(vec![1, 2]));
+        assert_eq!(store.block_keys("b/").unwrap(), vec!["b/1".to_string()]);
+        assert!(store.block_keys("c/").unwrap().is_empty());
+        store
+            .commit_blocking(vec![Write::DeleteBlock { key: "b/1".into() }])
+            .unwrap();
+        assert_eq!(store.read_blocks(&["b/1".into()]).unwrap(), vec![None]);
     }
 
     #[test]

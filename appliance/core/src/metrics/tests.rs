@@ -1,0 +1,191 @@
+use super::archive::{Cf, Timeframe};
+use super::catalog::{host, vm};
+use super::*;
+use lifeboat_proto::metrics::{HostSample, VmSample};
+
+fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("lifeboat-metrics-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("store.redb");
+    (Store::open(&path).unwrap(), path)
+}
+
+const UUID: &str = "6f1c2a9e-0000-4000-8000-000000000001";
+/// A minute boundary, far from any coarser one's edge cases.
+const T0: u64 = 1_800_000_000 - 1_800_000_000 % 1800;
+
+fn batch(cpu: f64, read_bps: f64) -> MetricBatch {
+    MetricBatch {
+        interval_ms: 10_000,
+        host: HostSample {
+            cpu_percent: Some(cpu / 2.0),
+            memory_used_bytes: 4 << 30,
+            memory_total_bytes: 16 << 30,
+            ..HostSample::default()
+        },
+        vms: vec![VmSample {
+            uuid: UUID.into(),
+            cpu_percent: Some(cpu),
+            memory_used_bytes: Some(1 << 30),
+            disks: vec![NamedDisk {
+                name: "vda".into(),
+                rates: DiskRates {
+                    read_bps: Some(read_bps),
+                    ..DiskRates::default()
+                },
+            }],
+            ..VmSample::default()
+        }],
+    }
+}
+
+fn idx(kind: Kind, key: &str) -> usize {
+    kind.metric(key).unwrap().0
+}
+
+fn all(_: &str) -> bool {
+    true
+}
+
+#[tokio::test]
+async fn a_minute_of_samples_becomes_one_row_with_average_and_maximum() {
+    let (store, _) = temp_store("minute");
+    let m = Metrics::load(store, T0).unwrap();
+    m.ingest("h1", &batch(20.0, 1000.0), all, T0 + 5);
+    m.ingest("h1", &batch(40.0, 3000.0), all, T0 + 15);
+    m.ingest("h1", &batch(90.0, 0.0), all, T0 + 65);
+    m.flush(T0 + 70).await.unwrap();
+
+    let set = m
+        .series(&ObjectKey::vm(UUID), Timeframe::Hour, T0 + 70)
+        .unwrap();
+    assert_eq!(set.rows.len(), 60);
+    assert_eq!(set.step, 60);
+    let cpu = set.points(vm::CPU, Cf::Avg);
+    let (t, v) = cpu[58];
+    assert_eq!(t, T0);
+    assert!((v.unwrap() - 30.0).abs() < 0.05, "{v:?}");
+    let max = set.points(vm::CPU, Cf::Max)[58].1.unwrap();
+    assert!((max - 40.0).abs() < 1.5, "{max}");
+    // The minute being added up is the last point.
+    assert!((cpu[59].1.unwrap() - 90.0).abs() < 0.05);
+    assert_eq!(cpu[0].1, None);
+    let read = set.points(idx(Kind::Vm, "disk_read"), Cf::Avg)[58]
+        .1
+        .unwrap();
+    assert!((read - 2000.0).abs() < 1.0, "{read}");
+
+    let host = m
+        .series(&ObjectKey::host("h1"), Timeframe::Hour, T0 + 70)
+        .unwrap();
+    assert!((host.points(host::CPU, Cf::Avg)[58].1.unwrap() - 15.0).abs() < 0.05);
+    let current = m.current(&ObjectKey::vm(UUID), T0 + 70).unwrap();
+    assert_eq!(current.values[vm::CPU], Some(90.0));
+    assert!(
+        m.current(&ObjectKey::vm(UUID), T0 + 70 + 3600).is_none(),
+        "stale"
+    );
+}
+
+#[tokio::test]
+async fn a_host_reports_only_its_own_vms_and_hostile_figures_are_tamed() {
+    let (store, _) = temp_store("hostile");
+    let m = Metrics::load(store, T0).unwrap();
+    let mut b = batch(1e9, -5.0);
+    b.host.cpu_percent = Some(-1.0);
+    b.vms.push(VmSample {
+        uuid: "someone-elses".into(),
+        cpu_percent: Some(50.0),
+        ..VmSample::default()
+    });
+    m.ingest("h1", &b, |uuid| uuid == UUID, T0);
+    let current = m.current(&ObjectKey::vm(UUID), T0).unwrap();
+    assert_eq!(current.values[vm::CPU], Some(100.0), "clamped to 100 %");
+    assert_eq!(
+        current.values[idx(Kind::Vm, "disk_read")],
+        None,
+        "a negative rate is no rate"
+    );
+    assert!(m.current(&ObjectKey::vm("someone-elses"), T0).is_none());
+    let h = m.current(&ObjectKey::host("h1"), T0).unwrap();
+    assert_eq!(h.values[host::CPU], None);
+    assert_eq!(h.values[host::MEMORY_TOTAL], Some((16u64 << 30) as f64));
+}
+
+#[tokio::test]
+async fn coarse_archives_are_computed_from_finer_rows_and_survive_a_restart() {
+    let (store, path) = temp_store("consolidate");
+    {
+        let m = Metrics::load(store, T0).unwrap();
+        // Half an hour: 10 % for 15 minutes, then 30 % with a 70 % peak.
+        for minute in 0..30u64 {
+            let cpu = if minute < 15 { 10.0 } else { 30.0 };
+            m.ingest("h1", &batch(cpu, 0.0), all, T0 + minute * 60 + 1);
+            if minute == 20 {
+                m.ingest("h1", &batch(70.0, 0.0), all, T0 + minute * 60 + 2);
+                m.ingest("h1", &batch(-0.0, 0.0), all, T0 + minute * 60 + 3);
+            }
+            m.flush(T0 + minute * 60 + 30).await.unwrap();
+        }
+        m.flush(T0 + 1800 + 40).await.unwrap();
+        let week = m
+            .series(&ObjectKey::vm(UUID), Timeframe::Week, T0 + 1840)
+            .unwrap();
+        assert_eq!(week.step, 1800);
+        let (t, avg) = *week.points(vm::CPU, Cf::Avg).last().unwrap();
+        assert_eq!(t, T0);
+        // Minute 20's row averages 100/3; the mean of the minute means:
+        let expected = (15.0 * 10.0 + 14.0 * 30.0 + 100.0 / 3.0) / 30.0;
+        assert!(
+            (avg.unwrap() - expected).abs() < 0.05,
+            "{avg:?} vs {expected}"
+        );
+        let max = week.points(vm::CPU, Cf::Max).last().unwrap().1.unwrap();
+        assert!((max - 70.0).abs() < 2.5, "{max}");
+    }
+    // Reopened: the rows and the cursor are where they were.
+    let m = Metrics::load(Store::open(&path).unwrap(), T0 + 1900).unwrap();
+    let week = m
+        .series(&ObjectKey::vm(UUID), Timeframe::Week, T0 + 1900)
+        .unwrap();
+    assert!(week.points(vm::CPU, Cf::Avg).last().unwrap().1.is_some());
+    let day = m
+        .series(&ObjectKey::vm(UUID), Timeframe::Day, T0 + 1900)
+        .unwrap();
+    assert_eq!(
+        day.points(vm::CPU, Cf::Avg)
+            .iter()
+            .flat_map(|p| p.1)
+            .count(),
+        30
+    );
+}
+
+#[tokio::test]
+async fn an_object_never_takes_more_blocks_than_its_rings() {
+    let (store, _) = temp_store("bounded");
+    let m = Metrics::load(store.clone(), T0).unwrap();
+    // Two days of minutes: the minute ring wraps once.
+    for minute in 0..(2 * 1440u64) {
+        m.ingest("h1", &batch(5.0, 0.0), all, T0 + minute * 60);
+        if minute % 60 == 59 {
+            m.flush(T0 + minute * 60 + 1).await.unwrap();
+        }
+    }
+    let layout = Layout::of(Kind::Vm);
+    let minute_blocks = store.block_keys(&format!("vm/{UUID}/0/")).unwrap();
+    assert_eq!(minute_blocks.len() as u64, layout.blocks[0]);
+    let day = m
+        .series(&ObjectKey::vm(UUID), Timeframe::Day, T0 + 2 * 86_400 - 60)
+        .unwrap();
+    let filled = day
+        .points(vm::CPU, Cf::Avg)
+        .iter()
+        .flat_map(|p| p.1)
+        .count();
+    assert!(
+        filled >= 1380,
+        "the last day is there after the wrap: {filled}"
+    );
+}

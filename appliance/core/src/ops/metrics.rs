@@ -1,0 +1,280 @@
+//! Performance figures for every interface: series and live values of
+//! hosts and VMs, the estate's gauges, the sampling settings and the
+//! Prometheus exposition. A VM outside the caller's scope is absent from
+//! every answer here, sums included.
+
+use std::collections::HashMap;
+
+use super::{Ops, OpsError};
+use crate::access::{require, Principal, Privilege};
+use crate::clock::unix_now;
+use crate::metrics::archive::Timeframe;
+use crate::metrics::catalog::{host, vm, Kind};
+use crate::metrics::{Current, MetricsSettings, MetricsStatus, ObjectKey, SeriesSet};
+
+/// Live CPU and memory of one host or VM, for lists and gauges.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_percent: Option<f64>,
+    pub memory_used_bytes: Option<f64>,
+    /// Memory the object has (a host's total, a VM's configured size).
+    pub memory_total_bytes: Option<f64>,
+}
+
+impl Usage {
+    pub fn memory_percent(&self) -> Option<f64> {
+        match (self.memory_used_bytes, self.memory_total_bytes) {
+            (Some(u), Some(t)) if t > 0.0 => Some((u / t * 100.0).min(100.0)),
+            _ => None,
+        }
+    }
+}
+
+/// The dashboard's gauges: the estate's hosts together, and the busiest.
+#[derive(Debug, Clone, Default)]
+pub struct EstateUsage {
+    /// CPU of all reporting hosts, weighted by their CPU count.
+    pub cpu_percent: Option<f64>,
+    pub memory_used_bytes: f64,
+    pub memory_total_bytes: f64,
+    pub hosts_reporting: usize,
+    /// (host id, name, usage), busiest CPU first.
+    pub top_hosts: Vec<(String, String, Usage)>,
+}
+
+impl EstateUsage {
+    pub fn memory_percent(&self) -> Option<f64> {
+        (self.memory_total_bytes > 0.0)
+            .then(|| self.memory_used_bytes / self.memory_total_bytes * 100.0)
+    }
+}
+
+/// Bounds of the sampling interval an operator may set, in seconds.
+pub const INTERVAL_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
+
+impl Ops {
+    /// A host's archived figures over `timeframe`.
+    pub async fn host_series(
+        &self,
+        who: &Principal,
+        host_id: &str,
+        timeframe: Timeframe,
+    ) -> Result<SeriesSet, OpsError> {
+        self.host(who, host_id)?;
+        self.series(ObjectKey::host(host_id), timeframe).await
+    }
+
+    /// A VM's archived figures over `timeframe`; a VM the caller may not
+    /// see is not found.
+    pub async fn vm_series(
+        &self,
+        who: &Principal,
+        uuid: &str,
+        timeframe: Timeframe,
+    ) -> Result<SeriesSet, OpsError> {
+        require(who, Privilege::View, "viewing VM metrics")?;
+        if !self.visible_uuid(who, uuid) {
+            return Err(OpsError::NotFound(format!("no VM with UUID {uuid}")));
+        }
+        self.series(ObjectKey::vm(uuid), timeframe).await
+    }
+
+    async fn series(&self, object: ObjectKey, timeframe: Timeframe) -> Result<SeriesSet, OpsError> {
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || metrics.series(&object, timeframe, unix_now()))
+            .await
+            .map_err(|e| OpsError::Internal(format!("metrics query: {e}")))?
+            .map_err(OpsError::from)
+    }
+
+    /// A host's latest figures, if it reported recently.
+    pub fn host_current(
+        &self,
+        who: &Principal,
+        host_id: &str,
+    ) -> Result<Option<Current>, OpsError> {
+        self.host(who, host_id)?;
+        Ok(self.metrics.current(&ObjectKey::host(host_id), unix_now()))
+    }
+
+    /// A VM's latest figures, if it reported recently.
+    pub fn vm_current(&self, who: &Principal, uuid: &str) -> Result<Option<Current>, OpsError> {
+        require(who, Privilege::View, "viewing VM metrics")?;
+        if !self.visible_uuid(who, uuid) {
+            return Err(OpsError::NotFound(format!("no VM with UUID {uuid}")));
+        }
+        Ok(self.metrics.current(&ObjectKey::vm(uuid), unix_now()))
+    }
+
+    /// Live CPU and memory of every host that reported recently.
+    pub fn host_usage(&self, who: &Principal) -> Result<HashMap<String, Usage>, OpsError> {
+        require(who, Privilege::View, "viewing host metrics")?;
+        Ok(self.metrics.with_current(Kind::Host, unix_now(), |hosts| {
+            hosts
+                .map(|(id, v)| {
+                    let usage = Usage {
+                        cpu_percent: v.get(host::CPU).copied().flatten(),
+                        memory_used_bytes: v.get(host::MEMORY_USED).copied().flatten(),
+                        memory_total_bytes: v.get(host::MEMORY_TOTAL).copied().flatten(),
+                    };
+                    (id.to_string(), usage)
+                })
+                .collect()
+        }))
+    }
+
+    /// Live CPU and memory of every VM `who` may see that reported recently.
+    pub fn vm_usage(&self, who: &Principal) -> Result<HashMap<String, Usage>, OpsError> {
+        require(who, Privilege::View, "viewing VM metrics")?;
+        let mut usage: HashMap<String, Usage> =
+            self.metrics.with_current(Kind::Vm, unix_now(), |vms| {
+                vms.map(|(id, v)| {
+                    let u = Usage {
+                        cpu_percent: v.get(vm::CPU).copied().flatten(),
+                        memory_used_bytes: v.get(vm::MEMORY_USED).copied().flatten(),
+                        memory_total_bytes: None,
+                    };
+                    (id.to_string(), u)
+                })
+                .collect()
+            });
+        let visible = self.visibility(who);
+        let mut seen = HashMap::with_capacity(usage.len());
+        self.inventory.with_vms(|vms| {
+            for v in vms.filter(|v| visible(v)) {
+                if let Some(mut u) = usage.remove(&v.info.uuid) {
+                    u.memory_total_bytes = Some((v.info.memory_mib << 20) as f64);
+                    seen.insert(v.info.uuid.clone(), u);
+                }
+            }
+        });
+        Ok(seen)
+    }
+
+    /// The dashboard's gauges.
+    pub fn estate_usage(&self, who: &Principal) -> Result<EstateUsage, OpsError> {
+        let usage = self.host_usage(who)?;
+        let mut estate = EstateUsage::default();
+        let (mut weighted, mut cpus) = (0.0, 0.0);
+        for h in self.inventory.hosts() {
+            let Some(u) = usage.get(&h.host.id) else {
+                continue;
+            };
+            estate.hosts_reporting += 1;
+            if let Some(c) = u.cpu_percent {
+                let n = f64::from(h.host.facts.cpus.max(1));
+                weighted += c * n;
+                cpus += n;
+            }
+            estate.memory_used_bytes += u.memory_used_bytes.unwrap_or(0.0);
+            estate.memory_total_bytes += u.memory_total_bytes.unwrap_or(0.0);
+            estate
+                .top_hosts
+                .push((h.host.id.clone(), h.host.name.clone(), *u));
+        }
+        estate.cpu_percent = (cpus > 0.0).then(|| weighted / cpus);
+        estate.top_hosts.sort_by(|a, b| {
+            b.2.cpu_percent
+                .unwrap_or(-1.0)
+                .total_cmp(&a.2.cpu_percent.unwrap_or(-1.0))
+        });
+        estate.top_hosts.truncate(5);
+        Ok(estate)
+    }
+
+    pub fn metrics_settings(
+        &self,
+        who: &Principal,
+    ) -> Result<(MetricsSettings, MetricsStatus), OpsError> {
+        require(who, Privilege::View, "viewing metrics settings")?;
+        Ok((self.metrics.settings(), self.metrics.status()))
+    }
+
+    /// Sets how often agents sample; connected agents are told at once.
+    pub async fn set_metrics_settings(
+        &self,
+        who: &Principal,
+        settings: MetricsSettings,
+    ) -> Result<(), OpsError> {
+        let result = async {
+            require(who, Privilege::ManageHosts, "changing metrics settings")?;
+            if !INTERVAL_SECS.contains(&settings.interval_secs) {
+                return Err(OpsError::BadRequest(format!(
+                    "interval_secs: the sampling interval must be {} to {} seconds",
+                    INTERVAL_SECS.start(),
+                    INTERVAL_SECS.end()
+                )));
+            }
+            self.metrics.set_settings(settings).await?;
+            self.hub
+                .broadcast(&lifeboat_proto::ControllerMessage::MetricsConfig {
+                    interval_ms: settings.interval_secs * 1000,
+                });
+            Ok(())
+        }
+        .await;
+        self.audited(who, "set metrics settings", "metrics", result)
+            .await
+    }
+
+    /// Writes what is finished of the metric archives (at shutdown).
+    pub async fn flush_metrics(&self) {
+        if let Err(e) = self.metrics.flush(unix_now()).await {
+            tracing::error!("cannot write metric archives: {e}");
+        }
+    }
+}
+
+/// One object's latest figures, with the names a scrape labels them by.
+#[derive(Debug, Clone)]
+pub struct LabelledCurrent {
+    pub kind: Kind,
+    pub id: String,
+    pub name: String,
+    /// For a VM, the name of its host.
+    pub host: Option<String>,
+    pub current: Current,
+}
+
+impl Ops {
+    /// Every host's and every visible VM's latest figures (`/metrics`).
+    pub fn current_all(&self, who: &Principal) -> Result<Vec<LabelledCurrent>, OpsError> {
+        require(who, Privilege::View, "reading metrics")?;
+        let now = unix_now();
+        let hosts: HashMap<String, String> = self
+            .inventory
+            .hosts()
+            .into_iter()
+            .map(|h| (h.host.id, h.host.name))
+            .collect();
+        let mut out: Vec<LabelledCurrent> = hosts
+            .iter()
+            .filter_map(|(id, name)| {
+                Some(LabelledCurrent {
+                    kind: Kind::Host,
+                    id: id.clone(),
+                    name: name.clone(),
+                    host: None,
+                    current: self.metrics.current(&ObjectKey::host(id), now)?,
+                })
+            })
+            .collect();
+        let visible = self.visibility(who);
+        let vms: Vec<(String, String, String)> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| visible(v))
+                .map(|v| (v.info.uuid.clone(), v.info.name.clone(), v.host_id.clone()))
+                .collect()
+        });
+        out.extend(vms.into_iter().filter_map(|(uuid, name, host_id)| {
+            Some(LabelledCurrent {
+                kind: Kind::Vm,
+                current: self.metrics.current(&ObjectKey::vm(&uuid), now)?,
+                id: uuid,
+                name,
+                host: hosts.get(&host_id).cloned(),
+            })
+        }));
+        out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        Ok(out)
+    }
+}
