@@ -6,6 +6,7 @@ mod admin_forms;
 mod admin_pages;
 pub mod assets;
 mod backup_pages;
+mod charts;
 pub mod downloads;
 mod forms;
 mod ha_pages;
@@ -173,6 +174,13 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     }
 }
 
+/// The graphs' timeframe from a page's query string (an hour by default).
+fn timeframe_of(req: &Req) -> lifeboat_core::model::Timeframe {
+    req.query_param("timeframe")
+        .and_then(|t| lifeboat_core::model::Timeframe::parse(&t))
+        .unwrap_or(lifeboat_core::model::Timeframe::Hour)
+}
+
 /// The audit filter from a page's query string.
 fn audit_filter(req: &Req, limit: usize) -> lifeboat_core::ops::AuditFilter {
     lifeboat_core::ops::AuditFilter {
@@ -189,8 +197,19 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     let who = ctx.who;
     match segments.as_slice() {
-        [] => pages::dashboard(ctx, &ops.summary(who)?, &ops.hosts(who)?),
-        ["hosts"] => pages::hosts(ctx, &ops.hosts(who)?),
+        [] => pages::dashboard(
+            ctx,
+            &ops.summary(who)?,
+            &ops.hosts(who)?,
+            &ops.estate_usage(who)?,
+            &ops.host_usage(who)?,
+        ),
+        ["hosts"] => pages::hosts(
+            ctx,
+            &ops.hosts(who)?,
+            &ops.host_usage(who)?,
+            req.query_param("sort").as_deref(),
+        ),
         ["hosts", id] => {
             let host = ops.host(who, id)?;
             let vms = ops.vms(
@@ -204,7 +223,16 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let ha = ops.host_ha(who, id)?;
             let events = ops.ha_history(who, Some(&host.host.id), 50)?;
             let section = ha_pages::host_section(ctx, &host.host.id, &ha, &events);
-            Ok(pages::host(ctx, &host, &vms.items, section))
+            let timeframe = timeframe_of(req);
+            let series = ops.host_series(who, id, timeframe).await?;
+            let current = ops.host_current(who, id)?;
+            let perf = pages::Performance {
+                current: current.as_ref(),
+                series: &series,
+                timeframe,
+                path: &req.path,
+            };
+            Ok(pages::host(ctx, &host, &vms.items, section, &perf))
         }
         ["cluster"] => {
             let view = ops.cluster_view(who)?;
@@ -235,7 +263,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let q = pages::vm_query_from(req);
             let page = ops.vms(who, &q)?;
             let hosts = ops.hosts(who)?;
-            Ok(pages::vms(ctx, &q, &page, &hosts))
+            Ok(pages::vms(ctx, &q, &page, &hosts, &ops.vm_usage(who)?))
         }
         ["vms", id] => {
             let vm = ops.vm(who, id)?;
@@ -248,6 +276,15 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             let (own, effective) = ops.vm_own_categories(who, id)?;
             let categories = admin_pages::vm_categories(ctx, id, &own, &effective);
             let backup_section = maud::html! { (backup_section) (ha_section) (categories) };
+            let timeframe = timeframe_of(req);
+            let series = ops.vm_series(who, id, timeframe).await?;
+            let current = ops.vm_current(who, id)?;
+            let perf = pages::Performance {
+                current: current.as_ref(),
+                series: &series,
+                timeframe,
+                path: &req.path,
+            };
             Ok(pages::vm(
                 ctx,
                 &vm,
@@ -255,6 +292,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 &jobs,
                 req.query_param("job"),
                 backup_section,
+                &perf,
             ))
         }
         ["policies"] => {

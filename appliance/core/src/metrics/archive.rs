@@ -330,7 +330,13 @@ pub fn decode_row(kind: Kind, bytes: &[u8]) -> Row {
             let level = u16::from_le_bytes([cell[0], cell[1]]);
             let (avg, max) = decode_cell(level, cell[2])?;
             let scale = metric.unit.storage_scale();
-            Some((avg / scale, max / scale))
+            let (avg, max) = (avg / scale, max / scale);
+            // The maximum's ratio step can overshoot a share's ceiling.
+            let max = match metric.unit {
+                super::catalog::Unit::Percent => max.min(100.0).max(avg),
+                _ => max,
+            };
+            Some((avg, max))
         })
         .collect()
 }

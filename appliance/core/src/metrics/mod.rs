@@ -387,6 +387,16 @@ impl Metrics {
         self.samples_in.fetch_add(count as u64, Ordering::Relaxed);
     }
 
+    /// Whether the object has archives (it reported at least once and its
+    /// history has not expired).
+    pub fn knows(&self, object: &ObjectKey) -> bool {
+        self.state
+            .lock()
+            .expect("metrics lock")
+            .index
+            .contains_key(object)
+    }
+
     /// The latest figures of an object, if recent.
     pub fn current(&self, object: &ObjectKey, now: u64) -> Option<Current> {
         let state = self.state.lock().expect("metrics lock");

@@ -189,3 +189,54 @@ async fn an_object_never_takes_more_blocks_than_its_rings() {
         "the last day is there after the wrap: {filled}"
     );
 }
+
+/// Every block of every ring written, for `vms` VMs and `hosts` hosts.
+async fn fill_rings(store: &Store, vms: usize, hosts: usize) {
+    let mut writes = Vec::new();
+    for (kind, count) in [(Kind::Vm, vms), (Kind::Host, hosts)] {
+        let layout = Layout::of(kind);
+        let row: Row = vec![Some((1.0, 2.0)); kind.archived()];
+        for n in 0..count {
+            let object = ObjectKey {
+                kind,
+                id: format!("6f1c2a9e-0000-4000-8000-{n:012}"),
+            };
+            for a in 0..ARCHIVES.len() {
+                for block in 0..layout.blocks[a] {
+                    // The last row of each block: the block is full size.
+                    let slot = (block + 1) * layout.rows_per_block - 1;
+                    writes.push(patch(&object, a, slot, &row));
+                }
+            }
+            if writes.len() >= 2000 {
+                store.commit(std::mem::take(&mut writes)).await.unwrap();
+            }
+        }
+    }
+    store.commit(writes).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_store_for_25000_vms_and_2000_hosts_stays_under_4_gb() {
+    let (store, path) = temp_store("size");
+    let (vms, hosts) = (1000, 80);
+    fill_rings(&store, vms, hosts).await;
+    // Rewriting every block once more (the steady state: rings wrap)
+    // reuses the freed pages instead of growing the file.
+    fill_rings(&store, vms, hosts).await;
+    drop(store);
+    let bytes = std::fs::metadata(&path).unwrap().len() as f64;
+    // Hosts take 172,000 / 124,000 of a VM's bytes; scale by object bytes.
+    let (vm_bytes, host_bytes) = (
+        Layout::of(Kind::Vm).object_bytes() as f64,
+        Layout::of(Kind::Host).object_bytes() as f64,
+    );
+    let overhead = bytes / (vms as f64 * vm_bytes + hosts as f64 * host_bytes);
+    let full = overhead * (25_000.0 * vm_bytes + 2_000.0 * host_bytes);
+    println!(
+        "store {bytes:.0} bytes for {vms} VMs + {hosts} hosts: {overhead:.3}× the blocks; \
+         25,000 VMs + 2,000 hosts: {:.2} GB",
+        full / 1e9
+    );
+    assert!(full <= 4e9, "{full}");
+}

@@ -72,11 +72,20 @@ impl Ops {
         uuid: &str,
         timeframe: Timeframe,
     ) -> Result<SeriesSet, OpsError> {
+        let object = self.vm_object(who, uuid)?;
+        self.series(object, timeframe).await
+    }
+
+    /// A VM `who` may see that is in the inventory or has a history (a
+    /// deleted VM's figures stay for charge-back).
+    fn vm_object(&self, who: &Principal, uuid: &str) -> Result<ObjectKey, OpsError> {
         require(who, Privilege::View, "viewing VM metrics")?;
-        if !self.visible_uuid(who, uuid) {
+        let object = ObjectKey::vm(uuid);
+        let exists = self.inventory.vm(uuid).is_some() || self.metrics.knows(&object);
+        if !exists || !self.visible_uuid(who, uuid) {
             return Err(OpsError::NotFound(format!("no VM with UUID {uuid}")));
         }
-        self.series(ObjectKey::vm(uuid), timeframe).await
+        Ok(object)
     }
 
     async fn series(&self, object: ObjectKey, timeframe: Timeframe) -> Result<SeriesSet, OpsError> {
@@ -99,11 +108,8 @@ impl Ops {
 
     /// A VM's latest figures, if it reported recently.
     pub fn vm_current(&self, who: &Principal, uuid: &str) -> Result<Option<Current>, OpsError> {
-        require(who, Privilege::View, "viewing VM metrics")?;
-        if !self.visible_uuid(who, uuid) {
-            return Err(OpsError::NotFound(format!("no VM with UUID {uuid}")));
-        }
-        Ok(self.metrics.current(&ObjectKey::vm(uuid), unix_now()))
+        let object = self.vm_object(who, uuid)?;
+        Ok(self.metrics.current(&object, unix_now()))
     }
 
     /// Live CPU and memory of every host that reported recently.
