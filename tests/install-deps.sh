@@ -32,6 +32,8 @@ APT_PACKAGES=(
     # Share datastores (tests/src/shares.rs): the NFS and SMB servers the
     # booted appliance mounts.
     nfs-ganesha nfs-ganesha-vfs samba smbclient
+    # Exports (tests/tests/exports.rs): the .xlsx files opened by openpyxl.
+    python3-openpyxl
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

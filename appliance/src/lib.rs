@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod http;
+pub mod reports;
 pub mod web;
 
 /// Entry points for the fuzz targets only.

@@ -82,6 +82,57 @@ fn a_second_agent_cannot_claim_the_first_hosts_vm_in_any_letter_case() {
     assert_eq!(libvirt.domstate(vm.name()), "running");
 }
 
+#[test]
+fn a_hostile_agent_cannot_report_figures_for_another_hosts_vm_or_break_the_archives() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("measured");
+    let controller = Controller::start();
+    let _agent = Agent::start(&controller, "honest-host", Some(libvirt.uri()));
+    let api = controller.api();
+    api.wait_host_with_vm("honest-host", vm.name());
+
+    let mut hostile = HostileAgent::enroll(&controller, "liar-host");
+    let forged_vm = json!({"uuid": vm.uuid(), "cpu_percent": 99.5, "memory_used_bytes": 1,
+        "disks": [], "nics": []});
+    let absurd = json!({"uuid": "../../x", "cpu_percent": 1e300, "disks":
+        (0..1000).map(|i| json!({"name": format!("d{i}"), "read_bps": -1.0})).collect::<Vec<_>>(),
+        "nics": []});
+    let batch = json!({"type": "metrics", "interval_ms": 1000,
+        "host": {"cpu_percent": 1e308, "load1": -3.0, "memory_used_bytes": 5,
+                 "memory_total_bytes": 10, "swap_used_bytes": 0, "swap_total_bytes": 0,
+                 "net": {"rx_bps": 1e30}, "disk": {}},
+        "vms": [forged_vm, absurd]});
+    let path = format!("/api/v1/hosts/{}/metrics/current", hostile.host_id);
+    let current = poll_until("the liar's own figures", READY_TIMEOUT, || {
+        hostile.send(&batch);
+        hostile.heartbeat();
+        let (status, c) = api.try_get(&path)?;
+        if status == 200 && c["at"].is_string() {
+            Ok(c)
+        } else {
+            Err(c.to_string())
+        }
+    });
+    // Its own figures count, tamed: no impossible share, no negative load,
+    // no rate past a terabyte per second.
+    assert!(current["values"]["cpu"].is_null(), "{current}");
+    assert!(current["values"]["load"].is_null(), "{current}");
+    assert!(current["values"]["net_rx"].is_null(), "{current}");
+    assert_eq!(current["values"]["memory_used"], 5.0);
+    // Another host's VM: nothing of the forged figures shows.
+    let (_, theirs) = api.get(&format!("/api/v1/vms/{}/metrics/current", vm.uuid()));
+    assert_ne!(theirs["values"]["cpu"], 99.5, "{theirs}");
+    assert_ne!(theirs["values"]["memory_used"], 1.0, "{theirs}");
+    assert_eq!(api.get("/api/v1/vms/..%2F..%2Fx/metrics").0, 404);
+    // The link and the controller are fine.
+    hostile.heartbeat();
+    let (status, series) = api.get(&format!(
+        "/api/v1/hosts/{}/metrics?metric=cpu",
+        hostile.host_id
+    ));
+    assert_eq!(status, 200, "{series}");
+}
+
 /// A frame header claiming a 16 MiB chunk, and the first 256 KiB of it.
 fn chunk_flood_frame() -> Vec<u8> {
     let mut v = (16u32 << 20).to_be_bytes().to_vec();

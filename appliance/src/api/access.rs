@@ -11,7 +11,7 @@ use super::parse_body;
 use super::routes::{Call, Reply};
 use crate::http::{json, response};
 use lifeboat_core::model::{AccessPolicy, Directory, Privilege, RoleDef, SESSION_IDLE};
-use lifeboat_core::ops::{audit_csv, AuditFilter, OpsError};
+use lifeboat_core::ops::{AuditFilter, OpsError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,7 +246,7 @@ pub async fn audit(c: Call<'_>) -> Reply {
         Some("csv") => Ok(response(
             StatusCode::OK,
             "text/csv; charset=utf-8",
-            audit_csv(&records),
+            crate::reports::audit_table(&records).csv(),
         )),
         Some(other) => Err(OpsError::BadRequest(format!("unknown format {other:?}"))),
     }

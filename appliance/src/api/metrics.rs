@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use super::routes::{Call, Reply};
 use super::{bad_request, parse_body};
 use crate::http::{json, response, Req};
+use crate::reports::ExportFormat;
 use lifeboat_core::model::{
     rfc3339, Cf, Current, Detail, MetricKind, MetricsSettings, SeriesSet, Timeframe,
 };
@@ -255,4 +256,14 @@ pub async fn prometheus(c: Call<'_>) -> Reply {
         "text/plain; version=0.0.4; charset=utf-8",
         out,
     ))
+}
+
+/// `GET /exports/{table}?format=csv|xlsx` (CSV by default).
+pub async fn export(c: Call<'_>) -> Reply {
+    let format = match c.req.query_param("format") {
+        None => ExportFormat::Csv,
+        Some(f) => ExportFormat::parse(&f)
+            .ok_or_else(|| bad_request(format!("unknown format {f:?} (csv or xlsx)")))?,
+    };
+    crate::reports::export(c.ops, c.who(), c.req, c.arg("table"), format).await
 }

@@ -66,6 +66,13 @@ async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
     let unauthorized =
         || OpsError::Unauthorized("authentication required (HTTP Basic or bearer token)".into());
     let Some(auth) = req.header("authorization") else {
+        // An Excel web query cannot send headers: an export, and only an
+        // export (read-only), takes an API token from the query string.
+        if req.method == Method::GET && req.path.starts_with("/api/v1/exports/") {
+            if let Some(token) = req.query_param("access_token") {
+                return ops.api_token(&token, &source);
+            }
+        }
         return Err(unauthorized());
     };
     if let Some(b64) = auth.strip_prefix("Basic ") {

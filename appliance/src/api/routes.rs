@@ -180,6 +180,7 @@ pub static ROUTES: &[Route] = &[
     route!(PUT "/directories/{name}", ManageUsers => access::update_directory),
     route!(DELETE "/directories/{name}", ManageUsers => access::delete_directory),
     route!(GET "/audit", ViewReports => access::audit),
+    route!(GET "/exports/{table}", ViewReports => metrics::export),
 ];
 
 async fn list_routes(_: Call<'_>) -> Reply {

@@ -57,6 +57,15 @@ pub fn serve(ops: &Ops, req: &Req) -> Response<Body> {
     r
 }
 
+/// Whether a `Host` header is a plain `host[:port]`, safe to put into a
+/// command or a file an operator will use.
+pub fn plain_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
 /// One command for the host's root shell: download the agent from this
 /// console (its key pinned), check the binary's SHA-256, install it and
 /// enroll. Without a download on offer, only the enrollment. The address
@@ -66,12 +75,7 @@ pub fn serve(ops: &Ops, req: &Req) -> Response<Body> {
 pub fn enroll_command(ops: &Ops, t: &IssuedToken, req: &Req) -> String {
     let authority = req
         .header("host")
-        .filter(|h| {
-            !h.is_empty()
-                && h.len() <= 255
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        })
+        .filter(|h| plain_host(h))
         .unwrap_or("CONTROLLER");
     let host = match authority.rsplit_once(':') {
         Some((name, port)) if !name.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()) => {

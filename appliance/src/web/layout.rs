@@ -130,3 +130,20 @@ pub fn progress(j: &Job) -> Markup {
         @if let Some(eta) = j.eta_secs() { " · ETA " (eta) " s" }
     }
 }
+
+/// "Download: CSV · Excel" for an export (`/exports/TABLE.EXT?QUERY`).
+pub fn downloads(table: &str, query: &str) -> Markup {
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    html! {
+        p.downloads {
+            "Download: "
+            a href={"/exports/" (table) ".csv" (q)} { "CSV" }
+            " · "
+            a href={"/exports/" (table) ".xlsx" (q)} { "Excel" }
+        }
+    }
+}

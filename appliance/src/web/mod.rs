@@ -21,6 +21,7 @@ use maud::Markup;
 
 use crate::http::routing::{self, Lookup};
 use crate::http::{redirect, response, Body, Req};
+use crate::reports::ExportFormat;
 use layout::PageCtx;
 use lifeboat_core::model::random_token;
 use lifeboat_core::ops::{Ops, OpsError};
@@ -152,19 +153,19 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
         );
     }
     if req.path == "/audit.csv" {
-        return match ops.audit_records(&who, &audit_filter(&req, 100_000)) {
-            Ok(records) => {
-                let mut r = response(
-                    StatusCode::OK,
-                    "text/csv; charset=utf-8",
-                    lifeboat_core::ops::audit_csv(&records),
-                );
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_DISPOSITION,
-                    HeaderValue::from_static("attachment; filename=\"lifeboat-audit.csv\""),
-                );
-                r
-            }
+        return match crate::reports::export(ops, &who, &req, "audit", ExportFormat::Csv).await {
+            Ok(r) => r,
+            Err(e) => error_page(&ctx, &e),
+        };
+    }
+    // `/exports/TABLE.csv` and `/exports/TABLE.xlsx`: the console's downloads.
+    if let Some(file) = req.path.strip_prefix("/exports/") {
+        let (table, format) = file
+            .rsplit_once('.')
+            .and_then(|(t, ext)| Some((t, ExportFormat::parse(ext)?)))
+            .unwrap_or((file, ExportFormat::Csv));
+        return match crate::reports::export(ops, &who, &req, table, format).await {
+            Ok(r) => r,
             Err(e) => error_page(&ctx, &e),
         };
     }

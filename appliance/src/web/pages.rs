@@ -3,7 +3,9 @@
 use hyper::StatusCode;
 use maud::{html, Markup};
 
-use super::layout::{bare_page, bytes, jobs_table, page, progress, state_badge, PageCtx};
+use super::layout::{
+    bare_page, bytes, downloads, jobs_table, page, progress, state_badge, PageCtx,
+};
 use crate::http::Req;
 use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::EnrollmentToken;
@@ -68,7 +70,10 @@ pub fn dashboard(
     usage: &HashMap<String, Usage>,
 ) -> Result<Markup, lifeboat_core::ops::OpsError> {
     let total_vms: usize = s.vm_states.iter().map(|(_, n)| n).sum();
-    let reporting = format!("{} hosts reporting", estate.hosts_reporting);
+    let reporting = match estate.hosts_reporting {
+        1 => "1 host reporting".to_string(),
+        n => format!("{n} hosts reporting"),
+    };
     Ok(page(
         ctx,
         "Dashboard",
@@ -162,6 +167,7 @@ pub fn hosts(
         html! {
             p { "Sort by: " a href="/hosts" { "name" } " · " a href="/hosts?sort=cpu" { "CPU use" } " · " a href="/hosts?sort=memory" { "memory use" } }
             (hosts_table(&sorted, usage))
+            (downloads("hosts", ""))
         },
     ))
 }
@@ -181,12 +187,19 @@ fn current_value(c: Option<&Current>, kind: MetricKind, key: &str) -> Option<f64
 }
 
 fn performance_section(p: &Performance, gauges: Markup, devices: Markup) -> Markup {
+    let (table, id) = match p.series.kind {
+        MetricKind::Host => ("host-metrics", p.path.trim_start_matches("/hosts/")),
+        MetricKind::Vm => ("vm-metrics", p.path.trim_start_matches("/vms/")),
+    };
+    let query = serde_urlencoded::to_string([("id", id), ("timeframe", p.timeframe.as_str())])
+        .unwrap_or_default();
     html! {
         h2 { "Performance" }
         section.gauges { (gauges) }
         (devices)
         (timeframe_links(p.path, p.timeframe))
         (object_charts(p.series, p.timeframe))
+        (downloads(table, &query))
     }
 }
 
@@ -412,6 +425,7 @@ pub fn vms(
                 span.muted { (p.total) " VMs" }
             }
             (vm_table(&p.items, Some(q), Some(usage)))
+            (downloads("vms", ""))
             nav.pager {
                 @if p.page > 1 { a href=(vm_link(q, q.sort, q.descending, p.page - 1)) { "‹ Previous" } }
                 span { "Page " (p.page) " of " (pages) }
@@ -486,7 +500,8 @@ pub fn vm(
 
 pub fn jobs(ctx: &PageCtx, jobs: &[Job]) -> Markup {
     let active = jobs.iter().any(|j| !j.state.is_finished());
-    page(ctx, "Jobs", "/jobs", active.then_some(2), jobs_table(jobs))
+    let body = html! { (downloads("jobs", "")) (jobs_table(jobs)) };
+    page(ctx, "Jobs", "/jobs", active.then_some(2), body)
 }
 
 pub fn job(ctx: &PageCtx, j: &Job) -> Markup {

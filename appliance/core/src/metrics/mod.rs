@@ -228,8 +228,10 @@ impl SeriesSet {
     }
 }
 
+/// A figure as believed: a little over its ceiling (a share measured over
+/// a jittery interval) is the ceiling; negative, or far over it, is none.
 fn clean(v: f64, max: f64) -> Option<f64> {
-    (v.is_finite() && v >= 0.0).then_some(v.min(max))
+    (v.is_finite() && (0.0..=max * 1.1).contains(&v)).then_some(v.min(max))
 }
 
 fn clean_opt(v: Option<f64>, max: f64) -> Option<f64> {

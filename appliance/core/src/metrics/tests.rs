@@ -101,13 +101,26 @@ async fn a_host_reports_only_its_own_vms_and_hostile_figures_are_tamed() {
     });
     m.ingest("h1", &b, |uuid| uuid == UUID, T0);
     let current = m.current(&ObjectKey::vm(UUID), T0).unwrap();
-    assert_eq!(current.values[vm::CPU], Some(100.0), "clamped to 100 %");
+    assert_eq!(
+        current.values[vm::CPU],
+        None,
+        "an impossible share is no share"
+    );
     assert_eq!(
         current.values[idx(Kind::Vm, "disk_read")],
         None,
         "a negative rate is no rate"
     );
     assert!(m.current(&ObjectKey::vm("someone-elses"), T0).is_none());
+    let mut jitter = batch(100.5, 0.0);
+    jitter.vms[0].cpu_percent = Some(100.5);
+    m.ingest("h1", &jitter, all, T0 + 1);
+    let current = m.current(&ObjectKey::vm(UUID), T0 + 1).unwrap();
+    assert_eq!(
+        current.values[vm::CPU],
+        Some(100.0),
+        "a little over is the ceiling"
+    );
     let h = m.current(&ObjectKey::host("h1"), T0).unwrap();
     assert_eq!(h.values[host::CPU], None);
     assert_eq!(h.values[host::MEMORY_TOTAL], Some((16u64 << 30) as f64));

@@ -38,7 +38,7 @@ pub use downloads::AgentDownload;
 pub use ha::ClusterView;
 pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
-pub use users::{audit_csv, AuditFilter, UserView};
+pub use users::{AuditFilter, UserView};
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
 /// Guest ACPI shutdown waits this long before powering off, unless told otherwise.
@@ -203,6 +203,14 @@ impl Ops {
             .map(|(p, _)| p)
             .or_else(|| self.access.api_token_principal(token, source))
             .ok_or_else(|| OpsError::Unauthorized("invalid or expired token".into()))
+    }
+
+    /// An API token alone (never a session's): the credential a URL may
+    /// carry for a read-only export (an Excel web query sends no headers).
+    pub fn api_token(&self, token: &str, source: &str) -> Result<Principal, OpsError> {
+        self.access
+            .api_token_principal(token, source)
+            .ok_or_else(|| OpsError::Unauthorized("invalid or expired API token".into()))
     }
 
     /// A console session cookie: its principal and CSRF token.

@@ -31,7 +31,7 @@ impl From<User> for UserView {
 }
 
 /// Which audit records to show; every field narrows.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub user: Option<String>,
     pub action: Option<String>,
@@ -287,40 +287,6 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
-/// The records as CSV (RFC 4180), with a header line.
-pub fn audit_csv(records: &[AuditRecord]) -> String {
-    let field = |s: &str| {
-        // A leading =, +, - or @ would be a formula in a spreadsheet.
-        let s = if s.starts_with(['=', '+', '-', '@']) {
-            format!("'{s}")
-        } else {
-            s.to_string()
-        };
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s
-        }
-    };
-    let mut out = String::from("seq,time,user,source,action,object,result\r\n");
-    for r in records {
-        let time = crate::clock::rfc3339(r.time);
-        let cells = [
-            r.seq.to_string(),
-            time,
-            r.user.clone(),
-            r.source.clone(),
-            r.action.clone(),
-            r.object.clone(),
-            r.result.clone(),
-        ];
-        let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
 impl Ops {
     /// Makes an API token for the caller; the token is in the answer only.
     pub async fn create_api_token(
@@ -359,29 +325,5 @@ impl Ops {
         .await;
         self.audited(who, "revoke api token", &format!("api token {id}"), result)
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_quotes_what_needs_it_and_defuses_formulas() {
-        let record = AuditRecord {
-            seq: 7,
-            time: 0,
-            user: "=cmd".into(),
-            source: "10.0.0.1".into(),
-            action: "update user".into(),
-            object: "user \"bob\", again".into(),
-            result: "ok".into(),
-        };
-        let csv = audit_csv(&[record]);
-        let line = csv.lines().nth(1).unwrap();
-        assert_eq!(
-            line,
-            "7,1970-01-01T00:00:00Z,'=cmd,10.0.0.1,update user,\"user \"\"bob\"\", again\",ok"
-        );
     }
 }

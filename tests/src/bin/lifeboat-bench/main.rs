@@ -1,19 +1,21 @@
 //! Benchmarks that need real processes. Build first:
 //! `cargo build --release -p lifeboat -p lifeboat-agent -p lifeboat-e2e`, then
-//! `./target/release/lifeboat-bench console|backup|failover|appliance [--flag N ...]`.
+//! `./target/release/lifeboat-bench console|backup|failover|appliance|metrics [--flag N ...]`.
 //! Results go to docs/PERFORMANCE.md by hand, with the machine and date.
 
 mod appliance;
 mod backup;
 mod console;
 mod failover;
+mod metrics;
 
 fn usage() -> ! {
     eprintln!(
         "usage: lifeboat-bench console [--vms N] [--agents N] [--requests N]\n       \
          lifeboat-bench backup [--size-mib N] [--runs N] [--full-only 1]\n       \
          lifeboat-bench failover [--runs N]\n       \
-         lifeboat-bench appliance [--runs N]"
+         lifeboat-bench appliance [--runs N]\n       \
+         lifeboat-bench metrics [--agents N] [--vms N] [--interval S] [--seconds N] [--requests N]"
     );
     std::process::exit(2)
 }
@@ -66,6 +68,7 @@ fn main() {
         Some("backup") => backup::run(&args[1..]),
         Some("failover") => failover::run(&args[1..]),
         Some("appliance") => appliance::run(&args[1..]),
+        Some("metrics") => metrics::run(&args[1..]),
         _ => usage(),
     }
 }

@@ -1,0 +1,256 @@
+//! The exportable tables, each built from the `ops` answer the console
+//! shows: hosts, VMs (with their current use), jobs, the audit trail, and
+//! the metric history of one host or VM.
+
+use lifeboat_core::model::{AuditRecord, MetricKind, Principal, SeriesSet, Timeframe};
+use lifeboat_core::ops::{AuditFilter, Ops, OpsError, VmQuery};
+
+use super::{Cell, Report};
+
+/// What an export may be narrowed by (from the query string).
+#[derive(Debug, Default)]
+pub struct ExportQuery {
+    /// The host or VM of a metric history.
+    pub id: Option<String>,
+    pub timeframe: Option<Timeframe>,
+    /// The audit trail's filters.
+    pub audit: AuditFilter,
+}
+
+/// Every table an export can name.
+pub const TABLES: [&str; 6] = [
+    "hosts",
+    "vms",
+    "jobs",
+    "audit",
+    "host-metrics",
+    "vm-metrics",
+];
+
+/// Most jobs and audit records one export holds.
+const MAX_ROWS: usize = 100_000;
+
+pub async fn build(
+    ops: &Ops,
+    who: &Principal,
+    table: &str,
+    q: &ExportQuery,
+) -> Result<Report, OpsError> {
+    match table {
+        "hosts" => hosts(ops, who),
+        "vms" => vms(ops, who),
+        "jobs" => jobs(ops, who),
+        "audit" => audit(ops, who, &q.audit),
+        "host-metrics" | "vm-metrics" => {
+            let id =
+                q.id.as_deref()
+                    .ok_or_else(|| OpsError::BadRequest("id: which host or VM".into()))?;
+            let timeframe = q.timeframe.unwrap_or(Timeframe::Day);
+            let set = if table == "host-metrics" {
+                ops.host_series(who, id, timeframe).await?
+            } else {
+                ops.vm_series(who, id, timeframe).await?
+            };
+            Ok(metrics(&format!("{table} {}", short(id)), &set))
+        }
+        other => Err(OpsError::NotFound(format!(
+            "no export named {other:?} (one of {})",
+            TABLES.join(", ")
+        ))),
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn hosts(ops: &Ops, who: &Principal) -> Result<Report, OpsError> {
+    let usage = ops.host_usage(who)?;
+    let rows = ops
+        .hosts(who)?
+        .into_iter()
+        .map(|h| {
+            let u = usage.get(&h.host.id).copied().unwrap_or_default();
+            let f = &h.host.facts;
+            vec![
+                h.host.name.into(),
+                h.host.id.into(),
+                h.status.as_str().into(),
+                f.driver.clone().into(),
+                u64::from(f.cpus).into(),
+                f.memory_total_bytes.into(),
+                u.cpu_percent.into(),
+                u.memory_used_bytes.into(),
+                (h.vm_count as u64).into(),
+                Cell::Time(h.host.last_seen),
+            ]
+        })
+        .collect();
+    Ok(Report {
+        name: "hosts".into(),
+        columns: names(&[
+            "name",
+            "id",
+            "status",
+            "driver",
+            "cpus",
+            "memory_bytes",
+            "cpu_percent",
+            "memory_used_bytes",
+            "vms",
+            "last_seen",
+        ]),
+        rows,
+    })
+}
+
+fn vms(ops: &Ops, who: &Principal) -> Result<Report, OpsError> {
+    let usage = ops.vm_usage(who)?;
+    let page = ops.vms(
+        who,
+        &VmQuery {
+            per_page: usize::MAX,
+            ..Default::default()
+        },
+    )?;
+    let rows = page
+        .items
+        .iter()
+        .map(|vm| {
+            let u = usage.get(&vm.info.uuid).copied().unwrap_or_default();
+            let disk_bytes: u64 = vm.info.disks.iter().filter_map(|d| d.capacity_bytes).sum();
+            vec![
+                vm.info.name.clone().into(),
+                vm.info.uuid.clone().into(),
+                ops.vm_host_name(vm).into(),
+                vm.info.power_state.as_str().into(),
+                u64::from(vm.info.vcpus).into(),
+                (vm.info.memory_mib << 20).into(),
+                disk_bytes.into(),
+                u.cpu_percent.into(),
+                u.memory_used_bytes.into(),
+                Cell::Time(vm.updated_at),
+            ]
+        })
+        .collect();
+    Ok(Report {
+        name: "vms".into(),
+        columns: names(&[
+            "name",
+            "uuid",
+            "host",
+            "power_state",
+            "vcpus",
+            "memory_bytes",
+            "disk_bytes",
+            "cpu_percent",
+            "memory_used_bytes",
+            "updated",
+        ]),
+        rows,
+    })
+}
+
+fn jobs(ops: &Ops, who: &Principal) -> Result<Report, OpsError> {
+    let rows = ops
+        .jobs(who, None, MAX_ROWS)?
+        .into_iter()
+        .map(|j| {
+            vec![
+                j.id.into(),
+                j.kind.into(),
+                j.description.into(),
+                j.user.into(),
+                j.state.as_str().into(),
+                u64::from(j.percent).into(),
+                j.bytes_done.into(),
+                j.bytes_total.into(),
+                Cell::Time(j.created_at),
+                j.started_at.map_or(Cell::Empty, Cell::Time),
+                j.finished_at.map_or(Cell::Empty, Cell::Time),
+                j.error.map_or(Cell::Empty, Cell::Text),
+            ]
+        })
+        .collect();
+    Ok(Report {
+        name: "jobs".into(),
+        columns: names(&[
+            "id",
+            "kind",
+            "description",
+            "user",
+            "state",
+            "percent",
+            "bytes_done",
+            "bytes_total",
+            "created",
+            "started",
+            "finished",
+            "error",
+        ]),
+        rows,
+    })
+}
+
+fn audit(ops: &Ops, who: &Principal, filter: &AuditFilter) -> Result<Report, OpsError> {
+    let filter = AuditFilter {
+        limit: filter.limit.clamp(1, MAX_ROWS),
+        ..filter.clone()
+    };
+    Ok(audit_table(&ops.audit_records(who, &filter)?))
+}
+
+pub fn audit_table(records: &[AuditRecord]) -> Report {
+    let rows = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.seq.into(),
+                Cell::Time(r.time),
+                r.user.clone().into(),
+                r.source.clone().into(),
+                r.action.clone().into(),
+                r.object.clone().into(),
+                r.result.clone().into(),
+            ]
+        })
+        .collect();
+    Report {
+        name: "audit".into(),
+        columns: names(&[
+            "seq", "time", "user", "source", "action", "object", "result",
+        ]),
+        rows,
+    }
+}
+
+/// One row per slot: the time, then average and maximum of each metric.
+fn metrics(name: &str, set: &SeriesSet) -> Report {
+    let kind: MetricKind = set.kind;
+    let archived = &kind.metrics()[..kind.archived()];
+    let mut columns = vec!["time".to_string()];
+    for m in archived {
+        columns.push(m.key.to_string());
+        columns.push(format!("{}_max", m.key));
+    }
+    let rows = (0..set.rows.len())
+        .map(|r| {
+            let mut row = vec![Cell::Time(set.start + r as u64 * set.step)];
+            for (i, _) in archived.iter().enumerate() {
+                let cell = set.rows[r].get(i).copied().flatten();
+                row.push(cell.map(|c| c.0).into());
+                row.push(cell.map(|c| c.1).into());
+            }
+            row
+        })
+        .collect();
+    Report {
+        name: name.into(),
+        columns,
+        rows,
+    }
+}
+
+fn names(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
+}
