@@ -155,6 +155,16 @@ impl Libvirt {
     /// metadata) if it exists; its disks stay. For domains a test made
     /// through the product, e.g. a restore as a new VM. Panics only if the
     /// domain is still there afterwards.
+    /// Waits until the guest agent of domain `name` answers a ping (a
+    /// booting guest starts it last).
+    pub fn wait_guest_agent(&self, name: &str, timeout: std::time::Duration) {
+        let ping = r#"{"execute":"guest-ping"}"#;
+        crate::wait_until("the guest agent to answer", timeout, || {
+            self.try_virsh(&["qemu-agent-command", name, "--timeout", "2", ping])
+                .is_ok()
+        });
+    }
+
     pub fn remove_domain(&self, name: &str) {
         if let Err(error) = self.try_remove_domain(name) {
             if self.try_virsh(&["domstate", name]).is_ok() {

@@ -310,6 +310,78 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
         401
     );
 
+    // Charge-back, grouped by a category, priced, within the scope.
+    let path = "/api/v1/exports/chargeback?period=day&group=team&rate_vcpu_hour=2&format=json";
+    poll_until(
+        "a finished minute of the shown VM",
+        Duration::from_secs(120),
+        || {
+            let (_, rows) = api.try_get(path)?;
+            let row = rows
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["uuid"] == shown.uuid()).cloned())
+                .ok_or(rows.to_string())?;
+            if row["vcpu_hours"].as_f64().unwrap_or(0.0) > 0.0 {
+                Ok(())
+            } else {
+                Err(row.to_string())
+            }
+        },
+    );
+    let (status, rows) = api.get(path);
+    assert_eq!(status, 200, "{rows}");
+    let rows = rows.as_array().unwrap();
+    let hidden_row = rows
+        .iter()
+        .find(|r| r["uuid"] == hidden.uuid())
+        .expect("admin sees it");
+    assert_eq!(
+        hidden_row["team"], "secret",
+        "grouped by the category: {hidden_row}"
+    );
+    let row = rows.iter().find(|r| r["uuid"] == shown.uuid()).unwrap();
+    let (hours, vcpu_hours) = (
+        row["running_hours"].as_f64().unwrap(),
+        row["vcpu_hours"].as_f64().unwrap(),
+    );
+    assert!((vcpu_hours - hours * 1.0).abs() < 1e-9, "one vCPU: {row}");
+    assert!(
+        (row["cost"].as_f64().unwrap() - 2.0 * vcpu_hours).abs() < 1e-9,
+        "{row}"
+    );
+    assert!(
+        (row["memory_gib_hours"].as_f64().unwrap() - hours / 16.0).abs() < 1e-9,
+        "64 MiB: {row}"
+    );
+    let (_, scoped) = reporter.get("/api/v1/exports/chargeback?format=json&period=day");
+    assert!(!scoped.to_string().contains(hidden.uuid()), "{scoped}");
+    let focus = api
+        .raw_request(
+            "GET",
+            "/api/v1/exports/chargeback?focus=1&rate_vcpu_hour=2",
+            &[],
+            b"",
+        )
+        .text();
+    assert!(
+        focus.starts_with("ChargePeriodStart,ChargePeriodEnd,ChargeCategory,"),
+        "{focus}"
+    );
+    assert_eq!(
+        focus.lines().count(),
+        1 + 2 * 5,
+        "five measures per VM: {focus}"
+    );
+    for bad in [
+        "from=yesterday",
+        "period=week",
+        "rate_vcpu_hour=-1",
+        "from=2999-01-01",
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/exports/chargeback?{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
     // No view-reports, no export (and the refusal is in the audit trail).
     let looker = controller.api_as("looker", PASSWORD);
     assert_eq!(looker.get("/api/v1/exports/vms").0, 403);

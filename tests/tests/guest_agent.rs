@@ -18,12 +18,7 @@ fn a_guest_with_an_agent_is_frozen_for_the_backup_and_thawed_after() {
     let plain = libvirt.define_tiny_vm("no-agent");
     vm.start();
     plain.start();
-    let ping = r#"{"execute":"guest-ping"}"#;
-    wait_until("the guest agent to answer", BOOT_TIMEOUT, || {
-        libvirt
-            .try_virsh(&["qemu-agent-command", vm.name(), "--timeout", "2", ping])
-            .is_ok()
-    });
+    libvirt.wait_guest_agent(vm.name(), BOOT_TIMEOUT);
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "guest-host", Some(libvirt.uri()));
     let api = controller.api();

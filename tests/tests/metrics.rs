@@ -52,12 +52,7 @@ fn a_busy_guest_shows_in_the_api_as_virsh_sees_it() {
     let hidden = libvirt.define_tiny_vm("metrics-hidden");
     vm.start();
     hidden.start();
-    let ping = r#"{"execute":"guest-ping"}"#;
-    wait_until("the guest agent to answer", BOOT_TIMEOUT, || {
-        libvirt
-            .try_virsh(&["qemu-agent-command", vm.name(), "--timeout", "2", ping])
-            .is_ok()
-    });
+    libvirt.wait_guest_agent(vm.name(), BOOT_TIMEOUT);
     let controller = Controller::start();
     let api = controller.api();
     // Bad settings are refused; 2 s is taken and reaches agents.

@@ -26,4 +26,5 @@ pub use crate::inventory::{HostView, Vm};
 pub use crate::jobs::Job;
 pub use crate::metrics::archive::{Cf, Timeframe};
 pub use crate::metrics::catalog::{Kind as MetricKind, Metric, Unit};
+pub use crate::metrics::chargeback::{Rates, Usage as ChargeUsage, VmFacts};
 pub use crate::metrics::{Current, Detail, MetricsSettings, MetricsStatus, SeriesSet};

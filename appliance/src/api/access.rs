@@ -11,7 +11,7 @@ use super::parse_body;
 use super::routes::{Call, Reply};
 use crate::http::{json, response};
 use lifeboat_core::model::{AccessPolicy, Directory, Privilege, RoleDef, SESSION_IDLE};
-use lifeboat_core::ops::{AuditFilter, OpsError};
+use lifeboat_core::ops::OpsError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,22 +224,7 @@ pub async fn delete_directory(c: Call<'_>) -> Reply {
 
 pub async fn audit(c: Call<'_>) -> Reply {
     let req = c.req;
-    let number = |name: &str| -> Result<Option<u64>, OpsError> {
-        req.query_param(name)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| OpsError::BadRequest(format!("{name} must be UNIX seconds")))
-            })
-            .transpose()
-    };
-    let filter = AuditFilter {
-        user: req.query_param("user"),
-        action: req.query_param("action"),
-        object: req.query_param("object"),
-        since: number("since")?,
-        until: number("until")?,
-        limit: number("limit")?.unwrap_or(1000) as usize,
-    };
+    let filter = crate::reports::audit_filter(req, 1000)?;
     let records = c.ops.audit_records(c.who(), &filter)?;
     match req.query_param("format").as_deref() {
         None | Some("json") => ok(json!(records)),

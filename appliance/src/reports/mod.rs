@@ -240,42 +240,6 @@ impl Report {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn report() -> Report {
-        Report {
-            name: "vms".into(),
-            columns: vec!["name".into(), "memory".into(), "since".into()],
-            rows: vec![
-                vec![
-                    "=cmd|' /C calc'!A0".into(),
-                    Cell::Number(512.0),
-                    Cell::Time(0),
-                ],
-                vec!["a, \"b\"".into(), Cell::Empty, Cell::Time(1_700_000_000)],
-            ],
-        }
-    }
-
-    #[test]
-    fn csv_quotes_what_needs_it_and_defuses_formulas() {
-        let csv = report().csv();
-        let lines: Vec<&str> = csv.split("\r\n").collect();
-        assert_eq!(lines[0], "name,memory,since");
-        assert_eq!(lines[1], "'=cmd|' /C calc'!A0,512,1970-01-01T00:00:00Z");
-        assert_eq!(lines[2], "\"a, \"\"b\"\"\",,2023-11-14T22:13:20Z");
-    }
-
-    #[test]
-    fn xlsx_is_a_zip_workbook() {
-        let bytes = report().render(ExportFormat::Xlsx).unwrap();
-        assert_eq!(&bytes[..2], b"PK");
-        assert!(bytes.len() > 1000);
-    }
-}
-
 /// `GET …/exports/TABLE?format=csv|xlsx&…` for the console and the API
 /// alike: the table as a download. Needs `view-reports`.
 pub async fn export(
@@ -293,14 +257,6 @@ pub async fn export(
         table,
     )
     .await?;
-    let number = |name: &str| -> Result<Option<u64>, OpsError> {
-        req.query_param(name)
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| OpsError::BadRequest(format!("{name} must be a number")))
-            })
-            .transpose()
-    };
     let timeframe = match req.query_param("timeframe") {
         None => None,
         Some(t) => Some(
@@ -308,17 +264,17 @@ pub async fn export(
                 .ok_or_else(|| OpsError::BadRequest(format!("unknown timeframe {t:?}")))?,
         ),
     };
+    let chargeback = (table == "chargeback")
+        .then(|| chargeback_query(req))
+        .transpose()?;
     let query = ExportQuery {
         id: req.query_param("id"),
         timeframe,
-        audit: lifeboat_core::ops::AuditFilter {
-            user: req.query_param("user"),
-            action: req.query_param("action"),
-            object: req.query_param("object"),
-            since: number("since")?,
-            until: number("until")?,
-            limit: number("limit")?.map_or(100_000, |l| l as usize),
-        },
+        chargeback,
+        focus: req
+            .query_param("focus")
+            .is_some_and(|v| v == "1" || v == "true"),
+        audit: audit_filter(req, 100_000)?,
     };
     let report = build(ops, who, table, &query).await?;
     let body = match format {
@@ -366,4 +322,130 @@ fn iqy(req: &crate::http::Req) -> String {
         "WEB\r\n1\r\nhttps://{host}{}?{query}\r\n\r\nSelection=AllTables\r\nFormatting=None\r\n",
         req.path
     )
+}
+
+/// `from`, `to` (YYYY-MM-DD, UTC; default this month so far), `period`
+/// (`day` or `month`, default month), `group` (a category key) and the
+/// rates `rate_vcpu_hour`, `rate_memory_gib_hour`, `rate_cpu_core_hour`,
+/// `rate_disk_gb_month`, `rate_backup_gb_month` (default 0).
+fn chargeback_query(
+    req: &crate::http::Req,
+) -> Result<lifeboat_core::ops::ChargebackQuery, lifeboat_core::ops::OpsError> {
+    use lifeboat_core::ops::{ChargebackPeriod, OpsError};
+    let date = |name: &str| -> Result<Option<u64>, OpsError> {
+        let Some(v) = req.query_param(name) else {
+            return Ok(None);
+        };
+        let parts: Vec<&str> = v.split('-').collect();
+        let parsed = match parts.as_slice() {
+            [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => (|| {
+                let month = time::Month::try_from(m.parse::<u8>().ok()?).ok()?;
+                time::Date::from_calendar_date(y.parse().ok()?, month, d.parse().ok()?).ok()
+            })(),
+            _ => None,
+        };
+        parsed
+            .map(|d| Some(d.midnight().assume_utc().unix_timestamp().max(0) as u64))
+            .ok_or_else(|| OpsError::BadRequest(format!("{name}: a date as YYYY-MM-DD, not {v:?}")))
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let month_start = now
+        .date()
+        .replace_day(1)
+        .map(|d| d.midnight().assume_utc().unix_timestamp() as u64)
+        .unwrap_or(0);
+    let rate = |name: &str| -> Result<f64, OpsError> {
+        match req.query_param(name) {
+            None => Ok(0.0),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .ok_or_else(|| {
+                    OpsError::BadRequest(format!("{name}: a price of 0 or more, not {v:?}"))
+                }),
+        }
+    };
+    Ok(lifeboat_core::ops::ChargebackQuery {
+        from: date("from")?.unwrap_or(month_start),
+        to: date("to")?.unwrap_or(now.unix_timestamp() as u64),
+        period: match req.query_param("period").as_deref() {
+            None | Some("month") => ChargebackPeriod::Month,
+            Some("day") => ChargebackPeriod::Day,
+            Some(p) => {
+                return Err(OpsError::BadRequest(format!(
+                    "period: day or month, not {p:?}"
+                )))
+            }
+        },
+        group_by: req.query_param("group"),
+        rates: lifeboat_core::model::Rates {
+            vcpu_hour: rate("rate_vcpu_hour")?,
+            memory_gib_hour: rate("rate_memory_gib_hour")?,
+            cpu_core_hour: rate("rate_cpu_core_hour")?,
+            disk_gb_month: rate("rate_disk_gb_month")?,
+            backup_gb_month: rate("rate_backup_gb_month")?,
+        },
+    })
+}
+
+/// The audit trail's filters from a query string: `user`, `action`,
+/// `object`, `since`, `until` (UNIX seconds) and `limit`.
+pub fn audit_filter(
+    req: &crate::http::Req,
+    default_limit: usize,
+) -> Result<lifeboat_core::ops::AuditFilter, lifeboat_core::ops::OpsError> {
+    let number = |name: &str| -> Result<Option<u64>, lifeboat_core::ops::OpsError> {
+        req.query_param(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    lifeboat_core::ops::OpsError::BadRequest(format!("{name} must be a number"))
+                })
+            })
+            .transpose()
+    };
+    Ok(lifeboat_core::ops::AuditFilter {
+        user: req.query_param("user"),
+        action: req.query_param("action"),
+        object: req.query_param("object"),
+        since: number("since")?,
+        until: number("until")?,
+        limit: number("limit")?.map_or(default_limit, |l| l as usize),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            name: "vms".into(),
+            columns: vec!["name".into(), "memory".into(), "since".into()],
+            rows: vec![
+                vec![
+                    "=cmd|' /C calc'!A0".into(),
+                    Cell::Number(512.0),
+                    Cell::Time(0),
+                ],
+                vec!["a, \"b\"".into(), Cell::Empty, Cell::Time(1_700_000_000)],
+            ],
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_defuses_formulas() {
+        let csv = report().csv();
+        let lines: Vec<&str> = csv.split("\r\n").collect();
+        assert_eq!(lines[0], "name,memory,since");
+        assert_eq!(lines[1], "'=cmd|' /C calc'!A0,512,1970-01-01T00:00:00Z");
+        assert_eq!(lines[2], "\"a, \"\"b\"\"\",,2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn xlsx_is_a_zip_workbook() {
+        let bytes = report().render(ExportFormat::Xlsx).unwrap();
+        assert_eq!(&bytes[..2], b"PK");
+        assert!(bytes.len() > 1000);
+    }
 }

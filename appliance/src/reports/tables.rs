@@ -2,8 +2,9 @@
 //! shows: hosts, VMs (with their current use), jobs, the audit trail, and
 //! the metric history of one host or VM.
 
+use lifeboat_core::model::Rates;
 use lifeboat_core::model::{AuditRecord, MetricKind, Principal, SeriesSet, Timeframe};
-use lifeboat_core::ops::{AuditFilter, Ops, OpsError, VmQuery};
+use lifeboat_core::ops::{AuditFilter, ChargebackQuery, ChargebackRow, Ops, OpsError, VmQuery};
 
 use super::{Cell, Report};
 
@@ -15,6 +16,11 @@ pub struct ExportQuery {
     pub timeframe: Option<Timeframe>,
     /// The audit trail's filters.
     pub audit: AuditFilter,
+    /// The charge-back report's range, periods, grouping and rates.
+    pub chargeback: Option<ChargebackQuery>,
+    /// Charge-back rows in FinOps FOCUS columns, one per VM, period and
+    /// measure.
+    pub focus: bool,
 }
 
 /// Every table an export can name.
@@ -41,6 +47,18 @@ pub async fn build(
         "vms" => vms(ops, who),
         "jobs" => jobs(ops, who),
         "audit" => audit(ops, who, &q.audit),
+        "chargeback" => {
+            let query = q
+                .chargeback
+                .as_ref()
+                .ok_or_else(|| OpsError::BadRequest("the charge-back range is missing".into()))?;
+            let rows = ops.chargeback(who, query).await?;
+            Ok(if q.focus {
+                chargeback_focus(&rows, &query.rates)
+            } else {
+                chargeback(&rows, query.group_by.as_deref())
+            })
+        }
         "host-metrics" | "vm-metrics" => {
             let id =
                 q.id.as_deref()
@@ -253,4 +271,128 @@ fn metrics(name: &str, set: &SeriesSet) -> Report {
 
 fn names(columns: &[&str]) -> Vec<String> {
     columns.iter().map(|c| c.to_string()).collect()
+}
+
+fn chargeback(rows: &[ChargebackRow], group_by: Option<&str>) -> Report {
+    let mut columns = names(&["period_start", "period_end"]);
+    columns.push(group_by.unwrap_or("group").to_string());
+    columns.extend(names(&[
+        "vm",
+        "uuid",
+        "vcpus",
+        "memory_gib",
+        "running_hours",
+        "vcpu_hours",
+        "memory_gib_hours",
+        "cpu_core_hours",
+        "disk_gb_months",
+        "backup_gb_months",
+        "cost",
+    ]));
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let u = &r.usage;
+            vec![
+                Cell::Time(r.period_start),
+                Cell::Time(r.period_end),
+                r.group.clone().into(),
+                r.name.clone().into(),
+                r.uuid.clone().into(),
+                u64::from(r.facts.vcpus).into(),
+                Cell::Number(r.facts.memory_bytes as f64 / f64::from(1u32 << 30)),
+                Cell::Number(u.running_hours),
+                Cell::Number(u.vcpu_hours),
+                Cell::Number(u.memory_gib_hours),
+                Cell::Number(u.cpu_core_hours),
+                Cell::Number(u.disk_gb_months),
+                Cell::Number(u.backup_gb_months),
+                Cell::Number(r.cost),
+            ]
+        })
+        .collect();
+    Report {
+        name: "chargeback".into(),
+        columns,
+        rows,
+    }
+}
+
+/// FOCUS (FinOps Open Cost and Usage Specification) columns: a row per
+/// VM, period and measure.
+fn chargeback_focus(rows: &[ChargebackRow], rates: &Rates) -> Report {
+    let mut out = Vec::new();
+    for r in rows {
+        let u = &r.usage;
+        let measures = [
+            ("vCPU", "Hours", u.vcpu_hours, rates.vcpu_hour),
+            (
+                "Memory",
+                "GiB-Hours",
+                u.memory_gib_hours,
+                rates.memory_gib_hour,
+            ),
+            (
+                "CPU used",
+                "Core-Hours",
+                u.cpu_core_hours,
+                rates.cpu_core_hour,
+            ),
+            (
+                "Disk provisioned",
+                "GB-Months",
+                u.disk_gb_months,
+                rates.disk_gb_month,
+            ),
+            (
+                "Backup storage",
+                "GB-Months",
+                u.backup_gb_months,
+                rates.backup_gb_month,
+            ),
+        ];
+        for (what, unit, quantity, price) in measures {
+            let tags = if r.group.is_empty() {
+                "{}".to_string()
+            } else {
+                serde_json::json!({ "group": r.group }).to_string()
+            };
+            out.push(vec![
+                Cell::Time(r.period_start),
+                Cell::Time(r.period_end),
+                "Usage".into(),
+                format!("{what} of {}", r.name).into(),
+                r.uuid.clone().into(),
+                r.name.clone().into(),
+                "Virtual Machine".into(),
+                "Lifeboat".into(),
+                Cell::Number(quantity),
+                unit.into(),
+                Cell::Number(price),
+                Cell::Number(quantity * price),
+                Cell::Number(quantity * price),
+                tags.into(),
+            ]);
+        }
+    }
+    Report {
+        name: "chargeback-focus".into(),
+        columns: names(&[
+            "ChargePeriodStart",
+            "ChargePeriodEnd",
+            "ChargeCategory",
+            "ChargeDescription",
+            "ResourceId",
+            "ResourceName",
+            "ResourceType",
+            "ServiceName",
+            "ConsumedQuantity",
+            "ConsumedUnit",
+            "ListUnitPrice",
+            "BilledCost",
+            "EffectiveCost",
+            "Tags",
+        ]),
+        rows: out,
+    }
 }

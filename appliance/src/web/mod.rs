@@ -182,16 +182,16 @@ fn timeframe_of(req: &Req) -> lifeboat_core::model::Timeframe {
         .unwrap_or(lifeboat_core::model::Timeframe::Hour)
 }
 
-/// The audit filter from a page's query string.
+/// The audit filter from a page's query string (a malformed number is
+/// left out, as if not given).
 fn audit_filter(req: &Req, limit: usize) -> lifeboat_core::ops::AuditFilter {
-    lifeboat_core::ops::AuditFilter {
+    crate::reports::audit_filter(req, limit).unwrap_or(lifeboat_core::ops::AuditFilter {
         user: req.query_param("user"),
         action: req.query_param("action"),
         object: req.query_param("object"),
-        since: None,
-        until: None,
         limit,
-    }
+        ..Default::default()
+    })
 }
 
 async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, OpsError> {

@@ -261,6 +261,84 @@ fn parse_nic(nic: Node) -> NicInfo {
     }
 }
 
+/// `virsh domstats --cpu-total --balloon --vcpu --block --interface`: each
+/// domain's cumulative counters, by domain name (the caller maps names to
+/// UUIDs). Unknown or unparsable lines are skipped; device counts are capped.
+pub(super) fn parse_domstats_counters(out: &str) -> Vec<(String, VmCounters)> {
+    let mut domains: Vec<(String, HashMap<&str, &str>)> = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(quoted) = line.strip_prefix("Domain: ") {
+            if let Some(name) = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
+                domains.push((name.to_string(), HashMap::new()));
+            }
+        } else if let (Some((_, fields)), Some((k, v))) = (domains.last_mut(), line.split_once('='))
+        {
+            fields.insert(k, v);
+        }
+    }
+    domains
+        .into_iter()
+        .map(|(name, f)| (name, counters_from_fields(&f)))
+        .collect()
+}
+
+fn counters_from_fields(f: &HashMap<&str, &str>) -> VmCounters {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+    let kib = |k: &str| num(k).map(|v| v.saturating_mul(1024));
+    let devices = |prefix: &str| {
+        num(&format!("{prefix}.count"))
+            .unwrap_or(0)
+            .min(MAX_DEVICES as u64)
+    };
+    let disks = (0..devices("block"))
+        .filter_map(|i| {
+            let key = |what: &str| format!("block.{i}.{what}");
+            Some(DiskCounters {
+                name: f.get(key("name").as_str())?.to_string(),
+                read_bytes: num(&key("rd.bytes")).unwrap_or(0),
+                write_bytes: num(&key("wr.bytes")).unwrap_or(0),
+                read_ops: num(&key("rd.reqs")).unwrap_or(0),
+                write_ops: num(&key("wr.reqs")).unwrap_or(0),
+            })
+        })
+        .collect();
+    let nics = (0..devices("net"))
+        .filter_map(|i| {
+            let key = |what: &str| format!("net.{i}.{what}");
+            Some(NicCounters {
+                name: f.get(key("name").as_str())?.to_string(),
+                rx_bytes: num(&key("rx.bytes")).unwrap_or(0),
+                tx_bytes: num(&key("tx.bytes")).unwrap_or(0),
+            })
+        })
+        .collect();
+    // The guest's own view when its balloon driver reports statistics,
+    // else what QEMU holds for it.
+    let guest_used = match (kib("balloon.available"), kib("balloon.unused")) {
+        (Some(a), Some(u)) if a >= u => Some(a - u),
+        _ => None,
+    };
+    let vcpus = num("vcpu.current").map_or(0, |v| v.min(MAX_DEVICES as u64) as u32);
+    // The vCPUs' own time: `cpu.time` adds QEMU's other threads, which
+    // would put a busy guest above 100 % of its vCPUs.
+    let vcpu_time = (0..vcpus)
+        .map(|i| num(&format!("vcpu.{i}.time")))
+        .sum::<Option<u64>>()
+        .filter(|_| vcpus > 0);
+    // QEMU's resident memory includes its own; never more than the guest has.
+    let rss = kib("balloon.rss").map(|r| kib("balloon.current").map_or(r, |c| r.min(c)));
+    VmCounters {
+        uuid: String::new(),
+        cpu_time_ns: vcpu_time.or_else(|| num("cpu.time")),
+        vcpus,
+        memory_used_bytes: guest_used.or(rss),
+        balloon_bytes: kib("balloon.current"),
+        disks,
+        nics,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,83 +637,5 @@ mod tests {
                 .map(String::as_str),
             Some("2")
         );
-    }
-}
-
-/// `virsh domstats --cpu-total --balloon --vcpu --block --interface`: each
-/// domain's cumulative counters, by domain name (the caller maps names to
-/// UUIDs). Unknown or unparsable lines are skipped; device counts are capped.
-pub(super) fn parse_domstats_counters(out: &str) -> Vec<(String, VmCounters)> {
-    let mut domains: Vec<(String, HashMap<&str, &str>)> = Vec::new();
-    for line in out.lines() {
-        let line = line.trim();
-        if let Some(quoted) = line.strip_prefix("Domain: ") {
-            if let Some(name) = quoted.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
-                domains.push((name.to_string(), HashMap::new()));
-            }
-        } else if let (Some((_, fields)), Some((k, v))) = (domains.last_mut(), line.split_once('='))
-        {
-            fields.insert(k, v);
-        }
-    }
-    domains
-        .into_iter()
-        .map(|(name, f)| (name, counters_from_fields(&f)))
-        .collect()
-}
-
-fn counters_from_fields(f: &HashMap<&str, &str>) -> VmCounters {
-    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
-    let kib = |k: &str| num(k).map(|v| v.saturating_mul(1024));
-    let devices = |prefix: &str| {
-        num(&format!("{prefix}.count"))
-            .unwrap_or(0)
-            .min(MAX_DEVICES as u64)
-    };
-    let disks = (0..devices("block"))
-        .filter_map(|i| {
-            let key = |what: &str| format!("block.{i}.{what}");
-            Some(DiskCounters {
-                name: f.get(key("name").as_str())?.to_string(),
-                read_bytes: num(&key("rd.bytes")).unwrap_or(0),
-                write_bytes: num(&key("wr.bytes")).unwrap_or(0),
-                read_ops: num(&key("rd.reqs")).unwrap_or(0),
-                write_ops: num(&key("wr.reqs")).unwrap_or(0),
-            })
-        })
-        .collect();
-    let nics = (0..devices("net"))
-        .filter_map(|i| {
-            let key = |what: &str| format!("net.{i}.{what}");
-            Some(NicCounters {
-                name: f.get(key("name").as_str())?.to_string(),
-                rx_bytes: num(&key("rx.bytes")).unwrap_or(0),
-                tx_bytes: num(&key("tx.bytes")).unwrap_or(0),
-            })
-        })
-        .collect();
-    // The guest's own view when its balloon driver reports statistics,
-    // else what QEMU holds for it.
-    let guest_used = match (kib("balloon.available"), kib("balloon.unused")) {
-        (Some(a), Some(u)) if a >= u => Some(a - u),
-        _ => None,
-    };
-    let vcpus = num("vcpu.current").map_or(0, |v| v.min(MAX_DEVICES as u64) as u32);
-    // The vCPUs' own time: `cpu.time` adds QEMU's other threads, which
-    // would put a busy guest above 100 % of its vCPUs.
-    let vcpu_time = (0..vcpus)
-        .map(|i| num(&format!("vcpu.{i}.time")))
-        .sum::<Option<u64>>()
-        .filter(|_| vcpus > 0);
-    // QEMU's resident memory includes its own; never more than the guest has.
-    let rss = kib("balloon.rss").map(|r| kib("balloon.current").map_or(r, |c| r.min(c)));
-    VmCounters {
-        uuid: String::new(),
-        cpu_time_ns: vcpu_time.or_else(|| num("cpu.time")),
-        vcpus,
-        memory_used_bytes: guest_used.or(rss),
-        balloon_bytes: kib("balloon.current"),
-        disks,
-        nics,
     }
 }

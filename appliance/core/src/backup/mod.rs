@@ -22,6 +22,7 @@ pub mod prune;
 pub mod receive;
 pub mod restore;
 pub mod serve;
+pub mod usage;
 pub mod verify;
 
 pub use lifeboat_proto::chunk;

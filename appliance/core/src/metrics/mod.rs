@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod chargeback;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -548,6 +549,24 @@ impl Metrics {
                 .remove(&object);
         }
         Ok(())
+    }
+
+    /// The stored rows of archive `a` covering `[start, end)`. Blocking.
+    pub fn rows_between(
+        &self,
+        object: &ObjectKey,
+        a: usize,
+        start: u64,
+        end: u64,
+    ) -> Result<SeriesSet, StoreError> {
+        let step = ARCHIVES[a].step;
+        let (first, last) = (start / step, end.saturating_sub(1) / step);
+        Ok(SeriesSet {
+            kind: object.kind,
+            step,
+            start: first * step,
+            rows: read_rows(&self.store, object, a, first, last)?,
+        })
     }
 
     /// The rows of `timeframe` ending now, the current minute included.

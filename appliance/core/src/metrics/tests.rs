@@ -12,8 +12,8 @@ fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
 }
 
 const UUID: &str = "6f1c2a9e-0000-4000-8000-000000000001";
-/// A minute boundary, far from any coarser one's edge cases.
-const T0: u64 = 1_800_000_000 - 1_800_000_000 % 1800;
+/// A half-hour boundary (and so a minute's), in 2027.
+const T0: u64 = 1_800_000_000;
 
 fn batch(cpu: f64, read_bps: f64) -> MetricBatch {
     MetricBatch {
@@ -112,6 +112,9 @@ async fn a_host_reports_only_its_own_vms_and_hostile_figures_are_tamed() {
         "a negative rate is no rate"
     );
     assert!(m.current(&ObjectKey::vm("someone-elses"), T0).is_none());
+    let h = m.current(&ObjectKey::host("h1"), T0).unwrap();
+    assert_eq!(h.values[host::CPU], None);
+    assert_eq!(h.values[host::MEMORY_TOTAL], Some((16u64 << 30) as f64));
     let mut jitter = batch(100.5, 0.0);
     jitter.vms[0].cpu_percent = Some(100.5);
     m.ingest("h1", &jitter, all, T0 + 1);
@@ -121,9 +124,6 @@ async fn a_host_reports_only_its_own_vms_and_hostile_figures_are_tamed() {
         Some(100.0),
         "a little over is the ceiling"
     );
-    let h = m.current(&ObjectKey::host("h1"), T0).unwrap();
-    assert_eq!(h.values[host::CPU], None);
-    assert_eq!(h.values[host::MEMORY_TOTAL], Some((16u64 << 30) as f64));
 }
 
 #[tokio::test]
@@ -252,4 +252,43 @@ async fn the_store_for_25000_vms_and_2000_hosts_stays_under_4_gb() {
         full / 1e9
     );
     assert!(full <= 4e9, "{full}");
+}
+
+#[tokio::test]
+async fn a_scripted_hour_charges_back_what_was_used() {
+    use super::chargeback::{archive_for, usage, VmFacts};
+    let (store, _) = temp_store("chargeback");
+    let m = Metrics::load(store, T0).unwrap();
+    // A VM runs 40 minutes of the hour: 25 % for 20 minutes, then 75 %;
+    // samples every 10 s. Then it stops.
+    for second in (0..40 * 60).step_by(10) {
+        let cpu = if second < 20 * 60 { 25.0 } else { 75.0 };
+        m.ingest("h1", &batch(cpu, 0.0), all, T0 + second + 5);
+        if second % 60 == 55 {
+            m.flush(T0 + second + 6).await.unwrap();
+        }
+    }
+    m.flush(T0 + 3600).await.unwrap();
+    let now = T0 + 3600;
+    let a = archive_for(T0, now);
+    assert_eq!(a, 0, "an hour ago is in the minute archive");
+    let set = m
+        .rows_between(&ObjectKey::vm(UUID), a, T0, T0 + 3600)
+        .unwrap();
+    let facts = VmFacts {
+        vcpus: 4,
+        memory_bytes: 8 << 30,
+        disk_bytes: 73_000_000_000,
+        backup_bytes: 0.0,
+    };
+    let u = usage(&set, T0, T0 + 3600, &facts);
+    // By hand: 40 min running = 2/3 h; 4 vCPUs → 8/3 vCPU-hours; 8 GiB →
+    // 16/3 GiB-hours; CPU (20 min × 25 % + 20 min × 75 %) × 4 = 4/3
+    // core-hours; 73 GB for 1 of 730 hours = 0.1 GB-months.
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+    assert!(close(u.running_hours, 2.0 / 3.0), "{u:?}");
+    assert!(close(u.vcpu_hours, 8.0 / 3.0), "{u:?}");
+    assert!(close(u.memory_gib_hours, 16.0 / 3.0), "{u:?}");
+    assert!(close(u.cpu_core_hours, 4.0 / 3.0), "{u:?}");
+    assert!(close(u.disk_gb_months, 0.1), "{u:?}");
 }

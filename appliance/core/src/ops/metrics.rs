@@ -10,6 +10,7 @@ use crate::access::{require, Principal, Privilege};
 use crate::clock::unix_now;
 use crate::metrics::archive::Timeframe;
 use crate::metrics::catalog::{host, vm, Kind};
+use crate::metrics::chargeback::{self, Rates, Usage as ChargeUsage, VmFacts};
 use crate::metrics::{Current, MetricsSettings, MetricsStatus, ObjectKey, SeriesSet};
 
 /// Live CPU and memory of one host or VM, for lists and gauges.
@@ -282,5 +283,195 @@ impl Ops {
         }));
         out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         Ok(out)
+    }
+}
+
+/// How a charge-back report cuts its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargebackPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChargebackQuery {
+    /// UNIX seconds, inclusive; the report's first period starts here.
+    pub from: u64,
+    /// UNIX seconds, exclusive.
+    pub to: u64,
+    pub period: ChargebackPeriod,
+    /// A category key (e.g. `cost-center`) whose value each row carries.
+    pub group_by: Option<String>,
+    pub rates: Rates,
+}
+
+/// One VM over one period.
+#[derive(Debug, Clone)]
+pub struct ChargebackRow {
+    pub period_start: u64,
+    pub period_end: u64,
+    pub uuid: String,
+    pub name: String,
+    /// The VM's value of the grouping key ("" without one).
+    pub group: String,
+    pub facts: VmFacts,
+    pub usage: ChargeUsage,
+    pub cost: f64,
+}
+
+/// Most periods one report may have (VMs × periods is the work).
+const MAX_PERIODS: usize = 400;
+
+/// The period starts in `[from, to)`: UTC days, or UTC calendar months
+/// (the first period starts at `from` itself).
+fn periods(from: u64, to: u64, period: ChargebackPeriod) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut start = from;
+    while start < to && out.len() < MAX_PERIODS {
+        let next = match period {
+            ChargebackPeriod::Day => (start / 86_400 + 1) * 86_400,
+            ChargebackPeriod::Month => {
+                let Ok(t) = time::OffsetDateTime::from_unix_timestamp(start as i64) else {
+                    break;
+                };
+                let (y, m) = match t.month() {
+                    time::Month::December => (t.year() + 1, time::Month::January),
+                    m => (t.year(), m.next()),
+                };
+                match time::Date::from_calendar_date(y, m, 1) {
+                    Ok(d) => d.midnight().assume_utc().unix_timestamp() as u64,
+                    Err(_) => break,
+                }
+            }
+        };
+        out.push((start, next.min(to)));
+        start = next;
+    }
+    out
+}
+
+impl Ops {
+    /// Charge-back: for every VM `who` may see, its use in each period of
+    /// the range, and the cost at the given rates. Needs *view-reports*.
+    pub async fn chargeback(
+        &self,
+        who: &Principal,
+        q: &ChargebackQuery,
+    ) -> Result<Vec<ChargebackRow>, OpsError> {
+        require(who, Privilege::ViewReports, "charge-back reports")?;
+        let now = unix_now();
+        let to = q.to.min(now);
+        if q.from >= to {
+            return Err(OpsError::BadRequest(
+                "from: the range must start before it ends, and before now".into(),
+            ));
+        }
+        let spans = periods(q.from, to, q.period);
+        if spans.last().is_some_and(|(_, end)| *end < to) {
+            return Err(OpsError::BadRequest(format!(
+                "the range holds more than {MAX_PERIODS} periods; choose a longer period or a shorter range"
+            )));
+        }
+        let visible = self.visibility(who);
+        let categorize = self.categorizer();
+        let vms: Vec<(String, String, String, VmFacts)> = self.inventory.with_vms(|vms| {
+            vms.filter(|v| visible(v))
+                .map(|v| {
+                    let group = q
+                        .group_by
+                        .as_ref()
+                        .and_then(|k| categorize(v).get(k).cloned())
+                        .unwrap_or_default();
+                    let facts = VmFacts {
+                        vcpus: v.info.vcpus,
+                        memory_bytes: v.info.memory_mib << 20,
+                        disk_bytes: v
+                            .info
+                            .disks
+                            .iter()
+                            .filter(|d| d.device == "disk")
+                            .filter_map(|d| d.capacity_bytes)
+                            .sum(),
+                        backup_bytes: 0.0,
+                    };
+                    (v.info.uuid.clone(), v.info.name.clone(), group, facts)
+                })
+                .collect()
+        });
+        let datastores: Vec<_> = self
+            .datastores
+            .entries()
+            .into_iter()
+            .filter_map(|e| match e.health {
+                crate::backup::datastores::Health::Ready(ds) => Some(ds),
+                _ => None,
+            })
+            .collect();
+        let metrics = self.metrics.clone();
+        let rates = q.rates;
+        tokio::task::spawn_blocking(move || -> Result<Vec<ChargebackRow>, OpsError> {
+            let mut shares: HashMap<String, f64> = HashMap::new();
+            for ds in &datastores {
+                let found = crate::backup::usage::vm_shares(ds)
+                    .map_err(|e| OpsError::Internal(format!("backup storage use: {e}")))?;
+                for (vm, bytes) in found {
+                    *shares.entry(vm.as_str().to_string()).or_default() += bytes;
+                }
+            }
+            let mut rows = Vec::with_capacity(vms.len() * spans.len());
+            for (uuid, name, group, mut facts) in vms {
+                facts.backup_bytes = shares.get(&uuid).copied().unwrap_or(0.0);
+                let object = ObjectKey::vm(&uuid);
+                for &(start, end) in &spans {
+                    let a = chargeback::archive_for(start, now);
+                    let set = metrics.rows_between(&object, a, start, end)?;
+                    let usage = chargeback::usage(&set, start, end, &facts);
+                    rows.push(ChargebackRow {
+                        period_start: start,
+                        period_end: end,
+                        uuid: uuid.clone(),
+                        name: name.clone(),
+                        group: group.clone(),
+                        facts,
+                        cost: usage.cost(&rates),
+                        usage,
+                    });
+                }
+            }
+            rows.sort_by(|a, b| {
+                (&a.group, &a.name, a.period_start).cmp(&(&b.group, &b.name, b.period_start))
+            });
+            Ok(rows)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(format!("charge-back task: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_utc_days_and_calendar_months() {
+        // 2026-01-30 12:00 to 2026-03-02 00:00.
+        let (from, to) = (1_769_774_400, 1_772_409_600);
+        let days = periods(from, to, ChargebackPeriod::Day);
+        assert_eq!(
+            days[0],
+            (from, 1_769_817_600),
+            "the first day ends at midnight"
+        );
+        assert_eq!(days.len(), 31);
+        let months = periods(from, to, ChargebackPeriod::Month);
+        // Rest of January, February, and one day of March.
+        assert_eq!(
+            months,
+            vec![
+                (from, 1_769_904_000),
+                (1_769_904_000, 1_772_323_200),
+                (1_772_323_200, to)
+            ]
+        );
     }
 }

@@ -12,7 +12,10 @@ mod ha_physical;
 mod host_storage;
 mod metrics;
 pub mod offline;
-pub use metrics::{EstateUsage, LabelledCurrent, Usage, INTERVAL_SECS};
+pub use metrics::{
+    ChargebackPeriod, ChargebackQuery, ChargebackRow, EstateUsage, LabelledCurrent, Usage,
+    INTERVAL_SECS,
+};
 mod open;
 mod policies;
 mod retention;

@@ -222,7 +222,7 @@ mod tests {
         // Every third VM has no recent figure; the rest use i × 10 % CPU.
         let usage = |uuid: &str| {
             let i: u64 = uuid.rsplit('-').next().unwrap().parse().unwrap();
-            let cpu = (i % 3 != 0).then(|| i as f64 * 10.0);
+            let cpu = (!i.is_multiple_of(3)).then_some(i as f64 * 10.0);
             (cpu, cpu.map(|c| c * 1e6))
         };
         for descending in [false, true] {

@@ -3,7 +3,7 @@
 //! lists, each compared with a static asset served by the same stack in the
 //! same run, and the controller's resident memory.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lifeboat_e2e::*;
 
@@ -58,35 +58,8 @@ pub fn run(flags: &[String]) {
     let args = parse_args(flags);
     let controller = Controller::start();
     let api = controller.api();
-    let per_agent = args.vms.div_ceil(args.agents);
     let started = Instant::now();
-    let _agents: Vec<Agent> = (0..args.agents)
-        .map(|i| {
-            Agent::options(&format!("simhost{i:02}"))
-                .arg("--driver")
-                .arg("sim")
-                .arg("--sim-vms")
-                .arg(&per_agent.to_string())
-                .start(&controller)
-        })
-        .collect();
-    let total = per_agent * args.agents;
-    poll_until(
-        &format!("{total} VMs in the inventory"),
-        Duration::from_secs(300),
-        || {
-            let r = api.raw_request("GET", "/api/v1/vms?per_page=1", &[], b"");
-            let n: usize = r
-                .header("x-total-count")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if n == total {
-                Ok(())
-            } else {
-                Err(format!("{n} so far"))
-            }
-        },
-    );
+    let (_agents, total) = super::sim_fleet(&controller, args.agents, args.vms);
     let ingest = started.elapsed();
     let (status, session) = api.anonymous().post(
         "/api/v1/session",
@@ -103,7 +76,7 @@ pub fn run(flags: &[String]) {
     for (path, body) in [
         (
             "/api/v1/category-rules",
-            json!({"key": "department", "value": "Finance", "name_pattern": "sim-simhost00-*"}),
+            json!({"key": "department", "value": "Finance", "name_pattern": "sim-simhost0000-*"}),
         ),
         (
             "/api/v1/policies",
@@ -149,7 +122,7 @@ pub fn run(flags: &[String]) {
         (
             "console: VM list filtered by name",
             measure(&api, &cookie, n, |i| {
-                format!("/vms?name=sim-simhost0{}-00{}", i % 10, i % 100)
+                format!("/vms?name=sim-simhost000{}-00{}", i % 10, i % 100)
             }),
         ),
         (

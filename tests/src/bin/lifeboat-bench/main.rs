@@ -55,6 +55,45 @@ fn poll_fast<T>(
     }
 }
 
+/// `agents` simulated hosts (the `sim` driver: load generation only) with
+/// `vms` VMs between them, once all are in the inventory; and their count.
+fn sim_fleet(
+    controller: &lifeboat_e2e::Controller,
+    agents: usize,
+    vms: usize,
+) -> (Vec<lifeboat_e2e::Agent>, usize) {
+    let api = controller.api();
+    let per_agent = vms.div_ceil(agents);
+    let fleet: Vec<lifeboat_e2e::Agent> = (0..agents)
+        .map(|i| {
+            lifeboat_e2e::Agent::options(&format!("simhost{i:04}"))
+                .arg("--driver")
+                .arg("sim")
+                .arg("--sim-vms")
+                .arg(&per_agent.to_string())
+                .start(controller)
+        })
+        .collect();
+    let total = per_agent * agents;
+    lifeboat_e2e::poll_until(
+        &format!("{total} VMs in the inventory"),
+        std::time::Duration::from_secs(600),
+        || {
+            let r = api.raw_request("GET", "/api/v1/vms?per_page=1", &[], b"");
+            let n: usize = r
+                .header("x-total-count")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n == total {
+                Ok(())
+            } else {
+                Err(format!("{n} so far"))
+            }
+        },
+    );
+    (fleet, total)
+}
+
 /// The middle value (the upper one of an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -85,34 +85,7 @@ pub fn run(flags: &[String]) {
         &json!({"interval_secs": args.interval}),
     );
     assert_eq!(status, 200, "{body}");
-    let per_agent = args.vms.div_ceil(args.agents);
-    let _agents: Vec<Agent> = (0..args.agents)
-        .map(|i| {
-            Agent::options(&format!("simhost{i:04}"))
-                .arg("--driver")
-                .arg("sim")
-                .arg("--sim-vms")
-                .arg(&per_agent.to_string())
-                .start(&controller)
-        })
-        .collect();
-    let total = per_agent * args.agents;
-    poll_until(
-        &format!("{total} VMs in the inventory"),
-        Duration::from_secs(600),
-        || {
-            let r = api.raw_request("GET", "/api/v1/vms?per_page=1", &[], b"");
-            let n: usize = r
-                .header("x-total-count")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if n == total {
-                Ok(())
-            } else {
-                Err(format!("{n} so far"))
-            }
-        },
-    );
+    let (_agents, total) = super::sim_fleet(&controller, args.agents, args.vms);
     // Two intervals so every agent is sampling with rates.
     std::thread::sleep(Duration::from_secs(2 * args.interval as u64 + 2));
     let pid = controller.pid().expect("controller pid");
