@@ -317,9 +317,10 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
         Duration::from_secs(120),
         || {
             let (_, rows) = api.try_get(path)?;
+            // The newest day: the VM has run only today.
             let row = rows
                 .as_array()
-                .and_then(|r| r.iter().find(|r| r["uuid"] == shown.uuid()).cloned())
+                .and_then(|r| r.iter().rfind(|r| r["uuid"] == shown.uuid()).cloned())
                 .ok_or(rows.to_string())?;
             if row["vcpu_hours"].as_f64().unwrap_or(0.0) > 0.0 {
                 Ok(())
@@ -339,7 +340,7 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
         hidden_row["team"], "secret",
         "grouped by the category: {hidden_row}"
     );
-    let row = rows.iter().find(|r| r["uuid"] == shown.uuid()).unwrap();
+    let row = rows.iter().rfind(|r| r["uuid"] == shown.uuid()).unwrap();
     let (hours, vcpu_hours) = (
         row["running_hours"].as_f64().unwrap(),
         row["vcpu_hours"].as_f64().unwrap(),
