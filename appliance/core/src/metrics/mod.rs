@@ -490,7 +490,8 @@ impl Metrics {
             state
                 .index
                 .iter()
-                .filter(|(_, r)| r.last_seen >= start && r.first_seen < end)
+                // `last_seen` lags by up to the refresh interval.
+                .filter(|(_, r)| r.last_seen + INDEX_REFRESH_SECS >= start && r.first_seen < end)
                 .map(|(k, _)| k.clone())
                 .collect()
         };
