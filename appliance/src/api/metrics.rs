@@ -233,7 +233,7 @@ pub async fn prometheus(c: Call<'_>) -> Reply {
                 kind.as_str()
             ));
             for o in all.iter().filter(|o| o.kind == kind) {
-                let Some(v) = o.current.values.get(i).copied().flatten() else {
+                let Some(v) = o.values.get(i).copied().flatten() else {
                     continue;
                 };
                 let labels = match kind {

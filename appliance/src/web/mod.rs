@@ -203,7 +203,6 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
             &ops.summary(who)?,
             &ops.hosts(who)?,
             &ops.estate_usage(who)?,
-            &ops.host_usage(who)?,
         ),
         ["hosts"] => pages::hosts(
             ctx,

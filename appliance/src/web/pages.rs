@@ -67,7 +67,6 @@ pub fn dashboard(
     s: &Summary,
     hosts: &[HostView],
     estate: &EstateUsage,
-    usage: &HashMap<String, Usage>,
 ) -> Result<Markup, lifeboat_core::ops::OpsError> {
     let total_vms: usize = s.vm_states.iter().map(|(_, n)| n).sum();
     let reporting = match estate.hosts_reporting {
@@ -99,7 +98,7 @@ pub fn dashboard(
                 }
             }
             h2 { "Hosts" }
-            (hosts_table(hosts, usage))
+            (hosts_table(hosts, &estate.hosts))
             h2 { "Recent jobs" }
             (jobs_table(&s.recent_jobs))
         },
@@ -181,6 +180,16 @@ pub struct Performance<'a> {
     pub path: &'a str,
 }
 
+/// Used of total memory, in percent: the one formula the lists use too.
+fn memory_share(used: Option<f64>, total: Option<f64>) -> Option<f64> {
+    Usage {
+        cpu_percent: None,
+        memory_used_bytes: used,
+        memory_total_bytes: total,
+    }
+    .memory_percent()
+}
+
 fn current_value(c: Option<&Current>, kind: MetricKind, key: &str) -> Option<f64> {
     let (i, _) = kind.metric(key)?;
     c?.values.get(i).copied().flatten()
@@ -208,10 +217,7 @@ fn host_performance(p: &Performance, cpus: u32) -> Markup {
     let kind = MetricKind::Host;
     let used = current_value(c, kind, "memory_used");
     let total = current_value(c, kind, "memory_total");
-    let memory = match (used, total) {
-        (Some(u), Some(t)) if t > 0.0 => Some(u / t * 100.0),
-        _ => None,
-    };
+    let memory = memory_share(used, total);
     let load = current_value(c, kind, "load").map_or(String::new(), |l| format!("load {l:.2}"));
     let gauges = html! {
         (gauge("CPU", current_value(c, kind, "cpu"), &format!("{cpus} CPUs, {load}")))
@@ -238,7 +244,7 @@ fn vm_performance(p: &Performance, memory_mib: u64) -> Markup {
     let total = (memory_mib << 20) as f64;
     let gauges = html! {
         (gauge("CPU", current_value(c, kind, "cpu"), "of its vCPUs"))
-        (gauge("Memory", used.map(|u| (u / total * 100.0).min(100.0)), &memory_detail(used, Some(total))))
+        (gauge("Memory", memory_share(used, Some(total)), &memory_detail(used, Some(total))))
     };
     let rate = |v: Option<f64>, unit| v.map_or("–".to_string(), |v| format_value(v, unit));
     let devices = match c.map(|c| &c.detail) {

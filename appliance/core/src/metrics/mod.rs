@@ -161,19 +161,14 @@ struct Live {
 }
 
 impl Live {
+    /// The minute's row, and the sums cleared for the next one; `None` if
+    /// nothing was measured.
     fn finished_row(&mut self) -> Option<Row> {
-        if self.sums.iter().all(|a| a.count == 0) {
-            return None;
-        }
-        let row = self
-            .sums
-            .iter()
-            .map(|a| (a.count > 0).then(|| (a.sum / f64::from(a.count), a.max)))
-            .collect();
+        let row = self.partial_row();
         self.sums
             .iter_mut()
             .for_each(|a| *a = Accumulator::default());
-        Some(row)
+        row.iter().any(Option::is_some).then_some(row)
     }
 
     fn partial_row(&self) -> Row {

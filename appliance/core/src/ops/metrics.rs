@@ -41,12 +41,18 @@ pub struct EstateUsage {
     pub hosts_reporting: usize,
     /// (host id, name, usage), busiest CPU first.
     pub top_hosts: Vec<(String, String, Usage)>,
+    /// Every reporting host's usage, by host id (for the hosts table).
+    pub hosts: HashMap<String, Usage>,
 }
 
 impl EstateUsage {
     pub fn memory_percent(&self) -> Option<f64> {
-        (self.memory_total_bytes > 0.0)
-            .then(|| self.memory_used_bytes / self.memory_total_bytes * 100.0)
+        Usage {
+            cpu_percent: None,
+            memory_used_bytes: Some(self.memory_used_bytes),
+            memory_total_bytes: Some(self.memory_total_bytes),
+        }
+        .memory_percent()
     }
 }
 
@@ -186,6 +192,7 @@ impl Ops {
                 .total_cmp(&a.2.cpu_percent.unwrap_or(-1.0))
         });
         estate.top_hosts.truncate(5);
+        estate.hosts = usage;
         Ok(estate)
     }
 
@@ -240,7 +247,8 @@ pub struct LabelledCurrent {
     pub name: String,
     /// For a VM, the name of its host.
     pub host: Option<String>,
-    pub current: Current,
+    /// By [`Kind::metrics`] index.
+    pub values: Vec<Option<f64>>,
 }
 
 impl Ops {
@@ -248,6 +256,15 @@ impl Ops {
     pub fn current_all(&self, who: &Principal) -> Result<Vec<LabelledCurrent>, OpsError> {
         require(who, Privilege::View, "reading metrics")?;
         let now = unix_now();
+        // One pass over the live figures per kind, under one lock each.
+        let latest = |kind| -> HashMap<String, Vec<Option<f64>>> {
+            self.metrics.with_current(kind, now, |objects| {
+                objects
+                    .map(|(id, v)| (id.to_string(), v.to_vec()))
+                    .collect()
+            })
+        };
+        let (mut host_values, mut vm_values) = (latest(Kind::Host), latest(Kind::Vm));
         let hosts: HashMap<String, String> = self
             .inventory
             .hosts()
@@ -259,28 +276,27 @@ impl Ops {
             .filter_map(|(id, name)| {
                 Some(LabelledCurrent {
                     kind: Kind::Host,
+                    values: host_values.remove(id)?,
                     id: id.clone(),
                     name: name.clone(),
                     host: None,
-                    current: self.metrics.current(&ObjectKey::host(id), now)?,
                 })
             })
             .collect();
         let visible = self.visibility(who);
-        let vms: Vec<(String, String, String)> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| visible(v))
-                .map(|v| (v.info.uuid.clone(), v.info.name.clone(), v.host_id.clone()))
-                .collect()
+        self.inventory.with_vms(|vms| {
+            for v in vms.filter(|v| visible(v)) {
+                if let Some(values) = vm_values.remove(&v.info.uuid) {
+                    out.push(LabelledCurrent {
+                        kind: Kind::Vm,
+                        id: v.info.uuid.clone(),
+                        name: v.info.name.clone(),
+                        host: hosts.get(&v.host_id).cloned(),
+                        values,
+                    });
+                }
+            }
         });
-        out.extend(vms.into_iter().filter_map(|(uuid, name, host_id)| {
-            Some(LabelledCurrent {
-                kind: Kind::Vm,
-                current: self.metrics.current(&ObjectKey::vm(&uuid), now)?,
-                id: uuid,
-                name,
-                host: hosts.get(&host_id).cloned(),
-            })
-        }));
         out.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         Ok(out)
     }
