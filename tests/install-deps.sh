@@ -34,6 +34,9 @@ APT_PACKAGES=(
     nfs-ganesha nfs-ganesha-vfs samba smbclient
     # Exports (tests/tests/exports.rs): the .xlsx files opened by openpyxl.
     python3-openpyxl
+    # The SQL export (tests/src/postgres.rs): a throwaway PostgreSQL server
+    # (initdb, postgres, psql); setpriv (util-linux) runs it as postgres.
+    postgresql
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

@@ -6,7 +6,10 @@
 //        --out DIR (--ca CA.pem | --ca-ignore) [--page PATH]...
 //
 // Writes DIR/dashboard.png and, for every --page, DIR/<PATH with / as ->.png
-// (e.g. --page /vms/ID writes vms-ID.png). Exits non-zero if
+// (e.g. --page /vms/ID writes vms-ID.png). A page PATH#FIELD=VALUE is a
+// refusal: the form holding FIELD on PATH is submitted with VALUE typed in,
+// and the answer must be 400 with the value kept and a reason next to the
+// field (vms-ID-enabled-x.png). Exits non-zero if
 // the login fails (still on /login afterwards), a page answers other than
 // 200 or shows no text, or anything takes too long.
 //
@@ -107,6 +110,31 @@ async function screenshot(page, options, urlPath, file) {
   console.log(`screenshot ${urlPath} -> ${out}`);
 }
 
+async function refuse(page, options, spec) {
+  const [urlPath, assignment] = spec.split('#');
+  const equals = assignment.indexOf('=');
+  const [field, value] = [assignment.slice(0, equals), assignment.slice(equals + 1)];
+  const response = await page.goto(`${options.url}${urlPath}`);
+  if (!response || response.status() !== 200) throw new Error(`GET ${urlPath} answered ${response ? response.status() : 'nothing'}`);
+  const form = page.locator(`form.stack:has([name="${field}"])`).first();
+  if ((await form.count()) === 0) throw new Error(`${urlPath} has no form with a field ${field}`);
+  await form.locator(`[name="${field}"]`).fill(value);
+  const [answer] = await Promise.all([
+    page.waitForNavigation(),
+    form.locator('button[type="submit"]').first().click(),
+  ]);
+  if (!answer || answer.status() !== 400) throw new Error(`submitting ${field}=${value} on ${urlPath} answered ${answer ? answer.status() : 'nothing'}, not 400`);
+  const invalid = page.locator(`.field.invalid:has([name="${field}"])`);
+  if ((await invalid.count()) === 0) throw new Error(`${urlPath}: no reason shown next to ${field}`);
+  const kept = await invalid.locator(`[name="${field}"]`).inputValue();
+  if (kept !== value) throw new Error(`${urlPath}: ${field} shows ${JSON.stringify(kept)}, not what was entered`);
+  const reason = (await invalid.locator('.error').innerText()).trim();
+  if (!reason) throw new Error(`${urlPath}: the reason next to ${field} is empty`);
+  const out = path.join(options.out, pngName(spec));
+  await page.screenshot({ path: out, fullPage: true });
+  console.log(`refused ${field}=${value} on ${urlPath}: ${reason} -> ${out}`);
+}
+
 async function main() {
   const options = parseArgs(process.argv.slice(2));
   setTimeout(() => fail(`gave up after ${TOTAL_TIMEOUT_MS} ms`), TOTAL_TIMEOUT_MS).unref();
@@ -129,7 +157,8 @@ async function main() {
     await login(page, options);
     await screenshot(page, options, '/', 'dashboard.png');
     for (const urlPath of options.pages) {
-      await screenshot(page, options, urlPath, pngName(urlPath));
+      if (urlPath.includes('#')) await refuse(page, options, urlPath);
+      else await screenshot(page, options, urlPath, pngName(urlPath));
     }
   } finally {
     await browser.close();

@@ -15,8 +15,10 @@ const MIN_SCREENSHOT_BYTES: u64 = 2048;
 
 /// Logs in to `controller` as admin in Chromium, screenshots the dashboard
 /// `/` and every page in `pages` (paths such as `/vms/ID`); returns the PNG
-/// paths. Panics with the script's output if login fails or a page does not
-/// answer 200 or shows no text.
+/// paths. A page `PATH#FIELD=VALUE` submits the form holding FIELD with
+/// VALUE and expects it refused (400) with the value kept and the reason
+/// next to the field. Panics with the script's output if login fails, a
+/// page does not answer 200 or shows no text, or a refusal is not shown so.
 pub fn browser_screenshots(controller: &Controller, pages: &[&str]) -> Vec<PathBuf> {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
     install_node_modules(&browser_dir);

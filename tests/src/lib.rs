@@ -61,6 +61,7 @@ mod hostile_agent;
 mod image;
 mod libvirt;
 mod ports;
+mod postgres;
 mod process;
 mod scratch;
 mod shares;
@@ -86,6 +87,7 @@ pub use hostile_agent::{json_frame, reported_vm, stranger_tls, web_tls, HostileA
 pub use image::{assert_image_pattern, sha256_file, write_image_pattern};
 pub use libvirt::{virt_type, Libvirt};
 pub use ports::free_port;
+pub use postgres::{Postgres, PG_DATABASE, PG_PASSWORD, PG_USER};
 pub use process::status_kib;
 pub use scratch::ScratchDir;
 pub use serde_json::{json, Value};

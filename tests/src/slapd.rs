@@ -215,7 +215,7 @@ fn config(dir: &Path) -> String {
 }
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it.
-fn make_ca_and_server_certificate(dir: &Path) {
+pub(crate) fn make_ca_and_server_certificate(dir: &Path) {
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     run(
         "openssl",

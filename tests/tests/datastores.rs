@@ -268,12 +268,12 @@ fn local_datastores_stay_under_the_roots_and_bad_requests_are_refused() {
         (
             json!({"name": "x", "kind": "nfs", "server": "nas", "share": "s", "export": "/e"}),
             400,
-            "share does not apply to kind nfs",
+            "share: does not apply to kind nfs",
         ),
         (
             json!({"name": "x", "kind": "nfs", "server": "nas"}),
             400,
-            "needs export",
+            "export: kind nfs needs it",
         ),
         (local("local", &extra.join("l")), 409, "already exists"),
     ];

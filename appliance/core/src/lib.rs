@@ -22,4 +22,5 @@ pub mod model;
 pub mod ops;
 mod pki;
 mod secrets;
+mod sql_export;
 mod store;

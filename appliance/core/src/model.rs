@@ -28,3 +28,4 @@ pub use crate::metrics::archive::{Cf, Timeframe};
 pub use crate::metrics::catalog::{Kind as MetricKind, Metric, Unit};
 pub use crate::metrics::chargeback::{Rates, Usage as ChargeUsage, VmFacts};
 pub use crate::metrics::{Current, Detail, MetricsSettings, MetricsStatus, SeriesSet};
+pub use crate::sql_export::{SqlExportStatus, SqlState, SqlTargetInput, SqlTls};

@@ -7,8 +7,8 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::parse_body;
 use super::routes::{Call, Reply};
+use super::{deleted, parse_body};
 use crate::http::{json, response};
 use lifeboat_core::model::{AccessPolicy, Directory, Privilege, RoleDef, SESSION_IDLE};
 use lifeboat_core::ops::OpsError;
@@ -26,10 +26,6 @@ fn ok(v: Value) -> Reply {
 
 fn created(v: Value) -> Reply {
     Ok(json(StatusCode::CREATED, &v))
-}
-
-fn deleted() -> Reply {
-    ok(json!({"deleted": true}))
 }
 
 /// The one unauthenticated route: trading a password for a token.

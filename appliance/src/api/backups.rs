@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::routes::{Call, Reply};
 use super::views::{backup_json, datastore_json};
-use super::{bad_request, parse_body, parse_optional_body};
+use super::{bad_request, deleted, parse_body, parse_optional_body};
 use crate::http::json;
 use lifeboat_core::model::DatastoreInput;
 use lifeboat_core::ops::{PolicyInput, RestoreOptions};
@@ -25,10 +25,6 @@ struct BackupBody {
 #[serde(deny_unknown_fields)]
 struct BackupPatch {
     protected: bool,
-}
-
-fn deleted() -> Reply {
-    Ok(json(StatusCode::OK, &json!({"deleted": true})))
 }
 
 fn job_accepted(id: u64) -> Reply {

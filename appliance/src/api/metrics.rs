@@ -11,7 +11,7 @@ use super::{bad_request, parse_body};
 use crate::http::{json, response, Req};
 use crate::reports::ExportFormat;
 use lifeboat_core::model::{
-    rfc3339, Cf, Current, Detail, MetricKind, MetricsSettings, SeriesSet, Timeframe,
+    rfc3339, Cf, Current, Detail, MetricKind, MetricsSettings, SeriesSet, SqlTargetInput, Timeframe,
 };
 use lifeboat_core::ops::{OpsError, Usage};
 
@@ -197,6 +197,26 @@ pub async fn set_settings(c: Call<'_>) -> Reply {
         StatusCode::OK,
         &json!({"interval_secs": settings.interval_secs}),
     ))
+}
+
+/// The SQL export's target (no password) and status.
+pub async fn sql_export(c: Call<'_>) -> Reply {
+    let (target, status) = c.ops.sql_export(c.who())?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"target": target, "status": status}),
+    ))
+}
+
+pub async fn set_sql_export(c: Call<'_>) -> Reply {
+    let input: SqlTargetInput = parse_body(c.req)?;
+    c.ops.set_sql_export(c.who(), input).await?;
+    sql_export(c).await
+}
+
+pub async fn delete_sql_export(c: Call<'_>) -> Reply {
+    c.ops.delete_sql_export(c.who()).await?;
+    super::deleted()
 }
 
 /// A label value in the exposition format: backslash, quote and newline

@@ -45,6 +45,14 @@ fn bad_request(msg: impl Into<String>) -> OpsError {
     OpsError::BadRequest(msg.into())
 }
 
+/// What a successful DELETE answers.
+fn deleted() -> Reply {
+    Ok(crate::http::json(
+        StatusCode::OK,
+        &serde_json::json!({"deleted": true}),
+    ))
+}
+
 fn parse_body<T: for<'de> Deserialize<'de>>(req: &Req) -> Result<T, OpsError> {
     if req.body.is_empty() {
         return Err(bad_request("a JSON request body is required"));

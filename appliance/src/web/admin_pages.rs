@@ -2,6 +2,7 @@
 
 use maud::{html, Markup};
 
+use super::fields::{Field, Form};
 use super::layout::{page, state_badge, PageCtx};
 use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::AccessPolicy;
@@ -59,11 +60,19 @@ pub fn users(ctx: &PageCtx, users: &[UserView], roles: &[RoleDef]) -> Markup {
                 }
             }
             h2 { "Add a local user" }
-            form.stack method="post" action="/users" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Name " input name="name" required; }
-                label { "Password (at least 10 characters) " input type="password" name="password" required minlength="10"; }
-                label { "Role " (role_select("auditor")) }
+            @let f = Form::new(ctx, "/users");
+            @let role_options: Vec<(&str, &str)> = roles.iter().map(|r| (r.name.as_str(), r.name.as_str())).collect();
+            form.stack method="post" action=(f.action()) {
+                (f.head())
+                fieldset {
+                    legend { "User" }
+                    (f.row(Field::text("name", "Name", "").required()
+                        .help("Lower-case letters, digits, '.', '-' and '_'.")))
+                    (f.row(Field::password("password", "Password").required()
+                        .help("At least 10 characters.")))
+                    (f.row(Field::select("role", "Role", &role_options, "auditor")
+                        .help("What the user may do; access policies can narrow which VMs.")))
+                }
                 button type="submit" { "Add user" }
             }
         },
@@ -95,14 +104,19 @@ pub fn roles(ctx: &PageCtx, roles: &[RoleDef]) -> Markup {
                 }
             }
             h2 { "Add a custom role" }
-            form.stack method="post" action="/roles" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Name (lower-case letters, digits, '-') " input name="name" required; }
-                label { "Description " input name="description"; }
+            @let f = Form::new(ctx, "/roles");
+            form.stack method="post" action=(f.action()) {
+                (f.head())
                 fieldset {
+                    legend { "Role" }
+                    (f.row(Field::text("name", "Name", "").required()
+                        .help("Lower-case letters, digits and '-'.")))
+                    (f.row(Field::text("description", "Description", "")))
+                }
+                fieldset.choices {
                     legend { "Privileges" }
                     @for p in Privilege::ALL {
-                        label { input type="checkbox" name="privilege" value=(p.as_str()); " " (p.as_str()) } " "
+                        label { input type="checkbox" name="privilege" value=(p.as_str()) checked[f.ticked("privilege", p.as_str(), false)]; " " (p.as_str()) } " "
                     }
                 }
                 button type="submit" { "Add role" }
@@ -168,11 +182,16 @@ pub fn access_policies(ctx: &PageCtx, policies: &[AccessPolicy], rules: &[Catego
                 }
             }
             h2 { "Add an access policy" }
-            form.stack method="post" action="/access-policies" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Name " input name="name" required; }
-                label { "Rules, one per line: allow|deny KEY=VALUE (* for any) "
-                    textarea name="rules" rows="3" required {} }
+            @let f = Form::new(ctx, "/access-policies");
+            form.stack method="post" action=(f.action()) {
+                (f.head())
+                fieldset {
+                    legend { "Policy" }
+                    (f.row(Field::text("name", "Name", "").required()))
+                    (f.row(Field::textarea("rules", "Rules", 3, "").required()
+                        .placeholder("allow department=Finance")
+                        .help("One per line: allow|deny KEY=VALUE (* for any value); deny wins.")))
+                }
                 button type="submit" { "Add policy" }
             }
             h2 { "Category rules" }
@@ -189,11 +208,18 @@ pub fn access_policies(ctx: &PageCtx, policies: &[AccessPolicy], rules: &[Catego
                     }
                 }
             }
-            form.stack method="post" action="/category-rules" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Category " input name="key" placeholder="department" required; "=" input name="value" placeholder="Finance" required; }
-                label { "for VMs named (glob) " input name="name_pattern" placeholder="fin-*"; }
-                label { "or on host " input name="host"; }
+            @let f = Form::new(ctx, "/category-rules");
+            form.stack method="post" action=(f.action()) {
+                (f.head())
+                fieldset {
+                    legend { "Category rule" }
+                    (f.row(Field::text("key", "Category", "").required().placeholder("department")))
+                    (f.row(Field::text("value", "Value", "").required().placeholder("Finance")))
+                    (f.row(Field::text("name_pattern", "For VMs named", "").placeholder("fin-*")
+                        .help("A glob over VM names.")))
+                    (f.row(Field::text("host", "Or on host", "")
+                        .help("A host name: every VM on it. A rule needs a name pattern, a host or both.")))
+                }
                 button type="submit" { "Add rule" }
             }
         },
@@ -222,27 +248,39 @@ pub fn directories(ctx: &PageCtx, directories: &[Directory]) -> Markup {
                 }
             }
             h2 { "Add a directory" }
-            form.stack method="post" action="/directories" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Name " input name="name" required; }
-                label { "URL (ldaps://host:636 or ldap://host:389) " input name="url" required; }
-                label { input type="checkbox" name="starttls"; " StartTLS" }
-                label { input type="checkbox" name="allow_plain"; " allow plain LDAP (passwords in clear)" }
-                label { "CA certificate (PEM; empty: system store) " textarea name="ca_pem" rows="3" {} }
-                label { "Bind DN " input name="bind_dn" required; }
-                label { "Bind password " input type="password" name="bind_password" required; }
-                label { "User base " input name="user_base" required; }
-                label { "User attribute "
-                    select name="user_attribute" {
-                        option value="uid" { "uid" }
-                        option value="sAMAccountName" { "sAMAccountName" }
-                        option value="userPrincipalName" { "userPrincipalName" }
-                    }
+            @let f = Form::new(ctx, "/directories");
+            form.stack method="post" action=(f.action()) {
+                (f.head())
+                fieldset {
+                    legend { "Server" }
+                    (f.row(Field::text("name", "Name", "").required()))
+                    (f.row(Field::text("url", "URL", "").required().placeholder("ldaps://dc1.example.org:636")
+                        .help("ldaps://host:636, or ldap://host:389 with StartTLS.")))
+                    (f.row(Field::checkbox("starttls", "StartTLS", false).help("Upgrade an ldap:// connection to TLS.")))
+                    (f.row(Field::checkbox("allow_plain", "Allow plain LDAP", false)
+                        .help("Passwords cross the network in clear: test setups only.")))
+                    (f.row(Field::textarea("ca_pem", "CA certificate", 3, "")
+                        .help("PEM of the CA that signed the server's certificate; empty: the system's trust store.")))
                 }
-                label { "Group base " input name="group_base" required; }
-                label { input type="checkbox" name="nested_groups"; " nested groups (Active Directory)" }
-                label { "Mappings, one per line: GROUP=ROLE or GROUP=ROLE:POLICY,POLICY "
-                    textarea name="mappings" rows="3" required {} }
+                fieldset {
+                    legend { "Lookup" }
+                    (f.row(Field::text("bind_dn", "Bind DN", "").required()
+                        .placeholder("cn=lifeboat,ou=services,dc=example,dc=org")))
+                    (f.row(Field::password("bind_password", "Bind password").required()
+                        .help("Stored encrypted and never shown again.")))
+                    (f.row(Field::text("user_base", "User base", "").required().placeholder("ou=people,dc=example,dc=org")))
+                    (f.row(Field::select("user_attribute", "User attribute", &[
+                        ("uid", "uid"), ("sAMAccountName", "sAMAccountName"), ("userPrincipalName", "userPrincipalName"),
+                    ], "uid")))
+                    (f.row(Field::text("group_base", "Group base", "").required().placeholder("ou=groups,dc=example,dc=org")))
+                    (f.row(Field::checkbox("nested_groups", "Nested groups", false).help("Follow groups in groups (Active Directory).")))
+                }
+                fieldset {
+                    legend { "Roles" }
+                    (f.row(Field::textarea("mappings", "Group mappings", 3, "").required()
+                        .placeholder("lifeboat-admins=administrator")
+                        .help("One per line: GROUP=ROLE or GROUP=ROLE:POLICY,POLICY; the first match decides the role.")))
+                }
                 button type="submit" { "Add directory" }
             }
         },
@@ -274,14 +312,18 @@ pub fn tokens(ctx: &PageCtx, tokens: &[ApiToken], new_token: Option<&str>) -> Ma
                 }
             }
             h2 { "Make a token for yourself" }
-            form.stack method="post" action="/tokens" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Name " input name="name" required; }
-                label { "Valid for (days) " input type="number" name="expires_in_days" value="30" min="1" max="366"; }
+            @let f = Form::new(ctx, "/tokens");
+            form.stack method="post" action=(f.action()) {
+                (f.head())
                 fieldset {
+                    legend { "Token" }
+                    (f.row(Field::text("name", "Name", "").required()))
+                    (f.row(Field::number("expires_in_days", "Valid for", 30).unit("days").range(1, 366)))
+                }
+                fieldset.choices {
                     legend { "Privileges (none ticked: all of yours)" }
                     @for p in ctx.who.privileges() {
-                        label { input type="checkbox" name="privilege" value=(p.as_str()); " " (p.as_str()) } " "
+                        label { input type="checkbox" name="privilege" value=(p.as_str()) checked[f.ticked("privilege", p.as_str(), false)]; " " (p.as_str()) } " "
                     }
                 }
                 button type="submit" { "Make token" }
@@ -300,10 +342,12 @@ pub fn vm_categories(
     html! {
         h2 { "Categories" }
         p { @for (k, v) in effective { code { (k) "=" (v) } " " } @if effective.is_empty() { span.muted { "none" } } }
-        form.stack method="post" action={"/vms/" (vm_id) "/categories"} {
-            input type="hidden" name="csrf" value=(ctx.csrf);
-            label { "Own categories, one KEY=VALUE per line (rules add more) "
-                textarea name="categories" rows="2" { (lines.join("\n")) } }
+        @let f = Form::new(ctx, format!("/vms/{vm_id}/categories"));
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            (f.row(Field::textarea("categories", "Own categories", 2, lines.join("\n"))
+                .placeholder("cost-center=cc-42")
+                .help("One KEY=VALUE per line; category rules add more.")))
             @if ctx.who.can(Privilege::ManageUsers) { button type="submit" { "Save categories" } }
         }
     }

@@ -3,6 +3,7 @@
 
 use maud::{html, Markup};
 
+use super::fields::{Field, Form};
 use super::layout::{bytes, PageCtx};
 use lifeboat_core::model::BackupPolicy;
 use lifeboat_core::model::HostView;
@@ -151,19 +152,35 @@ pub fn datastores(ctx: &PageCtx, list: &[DatastoreView]) -> Markup {
         }
         h2 { "Add a datastore" }
         p.muted { "A directory of the controller (under its allowed roots), or an NFS export or SMB share the controller mounts. Share passwords are stored encrypted and never shown again." }
-        form.inline method="post" action="/datastores" {
-            input type="hidden" name="csrf" value=(ctx.csrf);
-            input type="text" name="name" placeholder="name" required size="10";
-            select name="kind" { option value="local" { "local directory" } option value="nfs" { "NFS" } option value="smb" { "SMB / Windows share" } }
-            input type="text" name="path" placeholder="/srv/lifeboat/… (local)" size="18";
-            input type="text" name="server" placeholder="server (NFS/SMB)" size="12";
-            input type="text" name="export" placeholder="/export (NFS)" size="10";
-            input type="text" name="share" placeholder="share (SMB)" size="8";
-            input type="text" name="username" placeholder="user (SMB)" size="8";
-            input type="password" name="password" placeholder="password (SMB)" size="10" autocomplete="new-password";
-            input type="text" name="domain" placeholder="domain (SMB)" size="8";
-            input type="text" name="options" placeholder="mount options" size="10";
-            button type="submit" { "Add" }
+        @let f = Form::new(ctx, "/datastores");
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            fieldset {
+                legend { "Datastore" }
+                (f.row(Field::text("name", "Name", "").required()
+                    .help("Letters, digits and '-'; how backups and policies name it.")))
+                (f.row(Field::select("kind", "Kind", &[
+                    ("local", "local directory"), ("nfs", "NFS export"), ("smb", "SMB / Windows share"),
+                ], "local")))
+                (f.row(Field::text("path", "Directory", "").placeholder("/srv/lifeboat/store")
+                    .help("Local only: an absolute path under the controller's allowed roots.")))
+            }
+            fieldset {
+                legend { "Share (NFS or SMB)" }
+                (f.row(Field::text("server", "Server", "").placeholder("nas.example.org")
+                    .help("Host name or address of the file server.")))
+                (f.row(Field::text("export", "NFS export", "").placeholder("/export/backups")
+                    .help("NFS only: the exported path.")))
+                (f.row(Field::text("share", "SMB share", "").placeholder("backups")
+                    .help("SMB only: the share name.")))
+                (f.row(Field::text("username", "SMB user", "")))
+                (f.row(Field::password("password", "SMB password")
+                    .help("Stored encrypted and never shown again.")))
+                (f.row(Field::text("domain", "SMB domain", "").help("Optional: the user's domain or workgroup.")))
+                (f.row(Field::text("options", "Mount options", "").placeholder("vers=4.2")
+                    .help("Optional, comma-separated; nosuid, nodev and noexec are always set.")))
+            }
+            button type="submit" { "Add datastore" }
         }
     }
 }
@@ -218,18 +235,33 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
             }
         }
         h2 { "New policy" }
-        form.inline method="post" action="/policies" {
-            input type="hidden" name="csrf" value=(ctx.csrf);
-            input type="text" name="name" placeholder="name" required size="12";
-            input type="text" name="schedule" placeholder="daily 02:00" required size="14";
-            input type="text" name="name_pattern" placeholder="VM names, e.g. fin-*" size="16";
-            input type="text" name="category" placeholder="or category, e.g. department=Finance" size="22";
-            label { "keep last " input type="number" name="keep_last" min="0" size="3"; }
-            label { "daily " input type="number" name="keep_daily" min="0" size="3"; }
-            label { "weekly " input type="number" name="keep_weekly" min="0" size="3"; }
-            label { "monthly " input type="number" name="keep_monthly" min="0" size="3"; }
-            input type="text" name="verify_schedule" placeholder="verify: sun 03:00" size="14";
-            button type="submit" { "Create" }
+        @let f = Form::new(ctx, "/policies");
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            fieldset {
+                legend { "Policy" }
+                (f.row(Field::text("name", "Name", "").required()))
+                (f.row(Field::text("schedule", "Schedule", "").required().placeholder("daily 02:00")
+                    .help("When it runs, in UTC: daily HH:MM, hourly, mon,thu 22:30, …")))
+            }
+            fieldset {
+                legend { "Which VMs" }
+                (f.row(Field::text("name_pattern", "VM names", "").placeholder("fin-*")
+                    .help("A glob over VM names.")))
+                (f.row(Field::text("category", "or category", "").placeholder("department=Finance")
+                    .help("KEY=VALUE: every VM in that category.")))
+            }
+            fieldset {
+                legend { "Retention" }
+                (f.row(Field::number("keep_last", "Keep last", "").unit("backups").range(0, 10_000)))
+                (f.row(Field::number("keep_daily", "Keep daily", "").unit("days").range(0, 10_000)))
+                (f.row(Field::number("keep_weekly", "Keep weekly", "").unit("weeks").range(0, 10_000)))
+                (f.row(Field::number("keep_monthly", "Keep monthly", "").unit("months").range(0, 10_000)
+                    .help("Empty everywhere: keep every backup.")))
+                (f.row(Field::text("verify_schedule", "Verify", "").placeholder("sun 03:00")
+                    .help("Optional: when to re-read and check this policy's backups.")))
+            }
+            button type="submit" { "Create policy" }
         }
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 use lifeboat_core::model::{
-    AsNew, ClusterHa, DatastoreInput, HostHa, HostProbe, PhysicalMachine, PhysicalState, Principal,
-    Privilege, PruneOptions, VmHa,
+    AsNew, ClusterHa, DatastoreInput, HostHa, HostProbe, MetricsSettings, PhysicalMachine,
+    PhysicalState, Principal, Privilege, PruneOptions, SqlTargetInput, SqlTls, VmHa,
 };
 use lifeboat_core::ops::{Ops, OpsError, PolicyInput, RestoreOptions};
 use lifeboat_proto::{BackupMode, PowerAction};
@@ -68,6 +68,26 @@ pub struct FormEntry {
     pub path: &'static str,
     pub guard: Guard,
     pub handler: FormHandler,
+    /// The page the form is on (a pattern with the form's arguments): a
+    /// refused submission shows it again, entries kept, reason at the field.
+    pub page: Option<&'static str>,
+}
+
+impl FormEntry {
+    /// The page to show a refusal on, its arguments filled in.
+    pub fn page_path(&self, segments: &[&str]) -> Option<String> {
+        let page = self.page?;
+        let filled: Vec<&str> = routing::segments(page)
+            .into_iter()
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => routing::arg(self.path, segments, name),
+                    None => s,
+                },
+            )
+            .collect();
+        Some(format!("/{}", filled.join("/")))
+    }
 }
 
 impl Entry for FormEntry {
@@ -79,53 +99,60 @@ impl Entry for FormEntry {
     }
 }
 
-/// `form!("/path", guard => handler)`, where guard is `anyone` or a privilege.
+/// `form!("/path", guard => handler)`, where guard is `anyone` or a
+/// privilege, optionally `on "/page"`: where a refusal is shown.
 macro_rules! form {
-    ($path:literal, anyone => $handler:path) => {
-        form!(@ $path, Guard::Anyone, $handler)
+    ($path:literal, anyone => $handler:path $(, on $page:literal)?) => {
+        form!(@ $path, Guard::Anyone, $handler, [$($page)?])
     };
-    ($path:literal, $privilege:ident => $handler:path) => {
-        form!(@ $path, Guard::Requires($privilege), $handler)
+    ($path:literal, $privilege:ident => $handler:path $(, on $page:literal)?) => {
+        form!(@ $path, Guard::Requires($privilege), $handler, [$($page)?])
     };
-    (@ $path:literal, $guard:expr, $handler:path) => {
+    (@ $path:literal, $guard:expr, $handler:path, [$($page:literal)?]) => {
         FormEntry {
             path: $path,
             guard: $guard,
             handler: |submission| Box::pin($handler(submission)),
+            page: form!(@page $($page)?),
         }
     };
+    (@page $page:literal) => { Some($page) };
+    (@page) => { None };
 }
 
 pub static FORMS: &[FormEntry] = &[
     form!("/logout", anyone => logout),
     form!("/vms/{id}/power", Power => power),
     form!("/vms/{id}/backups", Backup => backup),
-    form!("/policies", Backup => create_policy),
+    form!("/policies", Backup => create_policy, on "/policies"),
     form!("/policies/{id}/run", Backup => run_policy),
     form!("/policies/{id}/delete", Backup => delete_policy),
     form!("/backups/{ref}/verify", Backup => verify),
     form!("/backups/{ref}/restore", Restore => restore),
     form!("/backups/{ref}/delete", DeleteBackup => delete_backup),
-    form!("/datastores", ManageDatastores => add_datastore),
-    form!("/vms/{id}/ha", ManageHa => set_vm_ha),
-    form!("/hosts/{id}/ha", ManageHa => set_host_ha),
-    form!("/cluster/settings", ManageHa => set_cluster_ha),
-    form!("/physical", ManageHa => add_physical_machine),
+    form!("/datastores", ManageDatastores => add_datastore, on "/datastores"),
+    form!("/vms/{id}/ha", ManageHa => set_vm_ha, on "/vms/{id}"),
+    form!("/hosts/{id}/ha", ManageHa => set_host_ha, on "/hosts/{id}"),
+    form!("/cluster/settings", ManageHa => set_cluster_ha, on "/cluster"),
+    form!("/physical", ManageHa => add_physical_machine, on "/physical"),
     form!("/physical/{id}/failback", ManageHa => failback),
     form!("/agents/tokens", ManageHosts => issue_enrollment_token),
-    form!("/users", ManageUsers => admin_forms::create_user),
+    form!("/monitoring/sampling", ManageHosts => set_sampling, on "/monitoring"),
+    form!("/monitoring/sql-export", Administer => set_sql_export, on "/monitoring"),
+    form!("/monitoring/sql-export/delete", Administer => delete_sql_export),
+    form!("/users", ManageUsers => admin_forms::create_user, on "/users"),
     form!("/users/{name}", ManageUsers => admin_forms::update_user),
     form!("/users/{name}/delete", ManageUsers => admin_forms::delete_user),
-    form!("/roles", ManageUsers => admin_forms::create_role),
+    form!("/roles", ManageUsers => admin_forms::create_role, on "/roles"),
     form!("/roles/{name}/delete", ManageUsers => admin_forms::delete_role),
-    form!("/access-policies", ManageUsers => admin_forms::create_access_policy),
+    form!("/access-policies", ManageUsers => admin_forms::create_access_policy, on "/access-policies"),
     form!("/access-policies/{name}/delete", ManageUsers => admin_forms::delete_access_policy),
-    form!("/category-rules", ManageUsers => admin_forms::add_category_rule),
+    form!("/category-rules", ManageUsers => admin_forms::add_category_rule, on "/access-policies"),
     form!("/category-rules/{id}/delete", ManageUsers => admin_forms::delete_category_rule),
-    form!("/vms/{id}/categories", ManageUsers => admin_forms::set_vm_categories),
-    form!("/directories", ManageUsers => admin_forms::create_directory),
+    form!("/vms/{id}/categories", ManageUsers => admin_forms::set_vm_categories, on "/vms/{id}"),
+    form!("/directories", ManageUsers => admin_forms::create_directory, on "/directories"),
     form!("/directories/{name}/delete", ManageUsers => admin_forms::delete_directory),
-    form!("/tokens", anyone => admin_forms::create_token),
+    form!("/tokens", anyone => admin_forms::create_token, on "/tokens"),
     form!("/tokens/{id}/delete", anyone => admin_forms::revoke_token),
 ];
 
@@ -246,10 +273,10 @@ async fn set_vm_ha(s: Submission<'_>) -> FormReply {
     let settings = VmHa {
         enabled: s.checked("enabled"),
         priority: serde_json::from_value(serde_json::json!(s.text("priority")))
-            .map_err(|_| bad("unknown priority"))?,
+            .map_err(|_| bad("priority: unknown priority"))?,
         anti_affinity_group: s.text("anti_affinity_group"),
         method: serde_json::from_value(serde_json::json!(s.text("method")))
-            .map_err(|_| bad("unknown failover method"))?,
+            .map_err(|_| bad("method: unknown failover method"))?,
         probe_address: s.text("probe_address"),
     };
     s.ops.set_vm_ha(s.who, id, settings).await?;
@@ -263,7 +290,7 @@ async fn set_host_ha(s: Submission<'_>) -> FormReply {
             port: s
                 .text("port")
                 .parse()
-                .map_err(|_| bad("a TCP probe needs a port"))?,
+                .map_err(|_| bad("port: a TCP probe needs a port"))?,
         },
         _ => HostProbe::Icmp,
     };
@@ -340,6 +367,38 @@ async fn issue_enrollment_token(s: Submission<'_>) -> FormReply {
     ))
 }
 
+async fn set_sampling(s: Submission<'_>) -> FormReply {
+    let interval_secs = s
+        .text("interval_secs")
+        .parse()
+        .map_err(|_| bad("interval_secs must be a whole number of seconds"))?;
+    s.ops
+        .set_metrics_settings(s.who, MetricsSettings { interval_secs })
+        .await?;
+    Ok(redirect("/monitoring"))
+}
+
+async fn set_sql_export(s: Submission<'_>) -> FormReply {
+    let tls = match s.text("tls").as_str() {
+        "disable" => SqlTls::Disable,
+        _ => SqlTls::VerifyFull,
+    };
+    let input = SqlTargetInput {
+        url: s.text("url"),
+        password: s.field("password").unwrap_or_default(),
+        tls,
+        ca_pem: s.text("ca_pem"),
+        enabled: s.checked("enabled"),
+    };
+    s.ops.set_sql_export(s.who, input).await?;
+    Ok(redirect("/monitoring"))
+}
+
+async fn delete_sql_export(s: Submission<'_>) -> FormReply {
+    s.ops.delete_sql_export(s.who).await?;
+    Ok(redirect("/monitoring"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,5 +406,14 @@ mod tests {
     #[test]
     fn each_form_is_listed_once() {
         routing::check_table(FORMS);
+    }
+
+    #[test]
+    fn a_refusal_is_shown_on_the_page_the_form_is_on() {
+        let entry = FORMS.iter().find(|e| e.path == "/vms/{id}/ha").unwrap();
+        let segments = routing::segments("/vms/abc/ha");
+        assert_eq!(entry.page_path(&segments).as_deref(), Some("/vms/abc"));
+        let logout = FORMS.iter().find(|e| e.path == "/logout").unwrap();
+        assert_eq!(logout.page_path(&["logout"]), None);
     }
 }

@@ -4,12 +4,13 @@
 
 use maud::{html, Markup};
 
+use super::fields::{Field, Form};
 use super::layout::{bytes, page, state_badge, PageCtx};
 use lifeboat_core::model::rfc3339;
 use lifeboat_core::model::Failover;
 use lifeboat_core::model::HostEvent;
 use lifeboat_core::model::Privilege;
-use lifeboat_core::model::{FailoverMethod, HostHaView, HostProbe, Priority, VmHa};
+use lifeboat_core::model::{ClusterHa, FailoverMethod, HostHaView, HostProbe, VmHa};
 use lifeboat_core::model::{HealthCheck, PhysicalMachine, PhysicalState};
 use lifeboat_core::ops::ClusterView;
 
@@ -57,21 +58,49 @@ pub fn cluster(
             h2 { "Recent events" }
             (event_table(events))
             h2 { "Settings" }
-            form.stack method="post" action="/cluster/settings" {
-                input type="hidden" name="csrf" value=(ctx.csrf);
-                label { "Heartbeat interval (ms) " input type="number" name="heartbeat_interval_ms" value=(s.heartbeat_interval_ms); }
-                label { "Misses before suspect " input type="number" name="misses" value=(s.misses); }
-                label { "Fence timeout (ms) " input type="number" name="fence_timeout_ms" value=(s.fence_timeout_ms); }
-                label { "Fence margin (ms) " input type="number" name="fence_margin_ms" value=(s.fence_margin_ms); }
-                label { "Host failures to tolerate " input type="number" name="tolerated_host_failures" value=(s.tolerated_host_failures); }
-                label { "Shared storages (NAME=CONTROLLER PATH, one per line) "
-                    textarea name="shared_storages" rows="3" { (pairs(&s.shared_storages)) } }
-                label { "Isolation addresses (IP:PORT, one per line; empty: each host's gateway) "
-                    textarea name="isolation_addresses" rows="2" { (s.isolation_addresses.join("\n")) } }
-                @if can_manage(ctx) { button type="submit" { "Save" } }
-            }
+            (cluster_form(ctx, s))
         },
     )
+}
+
+fn cluster_form(ctx: &PageCtx, s: &ClusterHa) -> Markup {
+    let f = Form::new(ctx, "/cluster/settings");
+    html! {
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            fieldset {
+                legend { "Failure detection" }
+                (f.row(Field::number("heartbeat_interval_ms", "Heartbeat interval", s.heartbeat_interval_ms)
+                    .unit("ms").range(200, 3000).required()
+                    .help("How often each agent reports; 200 to 3000.")))
+                (f.row(Field::number("misses", "Misses before suspect", s.misses)
+                    .unit("heartbeats").range(1, 100).required()
+                    .help("Heartbeats missed in a row before a host is suspect; 1 to 100.")))
+            }
+            fieldset {
+                legend { "Fencing" }
+                (f.row(Field::number("fence_timeout_ms", "Fence timeout", s.fence_timeout_ms)
+                    .unit("ms").range(200, 600_000).required()
+                    .help("A host cut off this long stops its own VMs; at least interval × misses.")))
+                (f.row(Field::number("fence_margin_ms", "Fence margin", s.fence_margin_ms)
+                    .unit("ms").range(500, 600_000).required()
+                    .help("Waited on top of the timeout before VMs start elsewhere; 500 to 600000.")))
+                (f.row(Field::number("tolerated_host_failures", "Host failures to tolerate", s.tolerated_host_failures)
+                    .unit("hosts").range(0, 1000)
+                    .help("Admission control keeps room to restart every protected VM after this many failures.")))
+            }
+            fieldset {
+                legend { "Storage and isolation" }
+                (f.row(Field::textarea("shared_storages", "Shared storages", 3, pairs(&s.shared_storages))
+                    .placeholder("vmstore=/srv/vmstore")
+                    .help("NAME=PATH on the controller, one per line: where the storage heartbeats are read.")))
+                (f.row(Field::textarea("isolation_addresses", "Isolation addresses", 2, s.isolation_addresses.join("\n"))
+                    .placeholder("10.0.0.1:53")
+                    .help("IP:PORT a host must reach to know it is not isolated, one per line; empty: its gateway.")))
+            }
+            @if can_manage(ctx) { button type="submit" { "Save cluster settings" } }
+        }
+    }
 }
 
 fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
@@ -172,24 +201,30 @@ pub fn host_section(ctx: &PageCtx, host_id: &str, ha: &HostHaView, events: &[Hos
     };
     html! {
         h2 { "High availability" }
-        form.stack method="post" action={"/hosts/" (host_id) "/ha"} {
-            input type="hidden" name="csrf" value=(ctx.csrf);
-            label { "Network probe "
-                select name="probe" {
-                    option value="icmp" selected[probe == "icmp"] { "ICMP echo" }
-                    option value="tcp" selected[probe == "tcp"] { "TCP connect" }
+        @let f = Form::new(ctx, format!("/hosts/{host_id}/ha"));
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            fieldset {
+                legend { "Probing" }
+                (f.row(Field::select("probe", "Network probe", &[("icmp", "ICMP echo"), ("tcp", "TCP connect")], probe)
+                    .help("How the controller checks a silent host is really down.")))
+                (f.row(Field::number("port", "TCP port", port).range(1, 65535)
+                    .help("For a TCP probe: a port the host always listens on (22 for SSH).")))
+                (f.row(Field::text("address", "Probe address", &ha.address).placeholder("where the agent connects from")
+                    .help("The host's IP address to probe; empty: the one its agent connects from.")))
+            }
+            fieldset {
+                legend { "Fencing" }
+                (f.row(Field::password("fence_command", "Out-of-band fence command")
+                    .placeholder(if ha.fence_command_set { "set — leave empty to keep it" } else { "none" })
+                    .help("Run with sh -c to power the host off (IPMI, PDU); exit 0 means off. Administrators only.")))
+                @if ha.fence_command_set {
+                    (f.row(Field::checkbox("clear_fence_command", "Remove the fence command", false)))
                 }
-                " port " input type="number" name="port" value=(port);
+                (f.row(Field::textarea("storage_mounts", "Shared storage mounts", 3, pairs(&ha.storage_mounts))
+                    .placeholder("vmstore=/var/lib/libvirt/shared")
+                    .help("NAME=PATH on this host, one per line: where the cluster's shared storages are mounted.")))
             }
-            label { "Probe address (empty: where the agent connects from) " input name="address" value=(ha.address); }
-            label { "Out-of-band fence command (sh -c; exit 0 = powered off; administrators only) "
-                input type="password" name="fence_command" autocomplete="off"
-                    placeholder=(if ha.fence_command_set { "set — leave empty to keep it" } else { "none" }); }
-            @if ha.fence_command_set {
-                label { input type="checkbox" name="clear_fence_command"; " Remove the fence command" }
-            }
-            label { "Shared storage mounts (NAME=PATH ON THIS HOST, one per line) "
-                textarea name="storage_mounts" rows="3" { (pairs(&ha.storage_mounts)) } }
             @if can_manage(ctx) { button type="submit" { "Save HA settings" } }
         }
         h2 { "History" }
@@ -200,24 +235,30 @@ pub fn host_section(ctx: &PageCtx, host_id: &str, ha: &HostHaView, events: &[Hos
 pub fn vm_section(ctx: &PageCtx, vm_id: &str, ha: &VmHa) -> Markup {
     html! {
         h2 { "High availability" }
-        form.stack method="post" action={"/vms/" (vm_id) "/ha"} {
-            input type="hidden" name="csrf" value=(ctx.csrf);
-            label { input type="checkbox" name="enabled" checked[ha.enabled]; " Restart elsewhere when its host fails" }
-            label { "Restart priority "
-                select name="priority" {
-                    @for p in [Priority::High, Priority::Medium, Priority::Low] {
-                        option value=(p.as_str()) selected[ha.priority == p] { (p.as_str()) }
-                    }
-                }
+        @let f = Form::new(ctx, format!("/vms/{vm_id}/ha"));
+        form.stack method="post" action=(f.action()) {
+            (f.head())
+            fieldset {
+                legend { "Failover" }
+                (f.row(Field::checkbox("enabled", "Protected", ha.enabled)
+                    .help("Restart this VM on another host when its host fails.")))
+                (f.row(Field::select("priority", "Restart priority",
+                    &[("high", "high"), ("medium", "medium"), ("low", "low")], ha.priority.as_str())
+                    .help("Higher priorities start first and keep their room under admission control.")))
+                (f.row(Field::select("method", "Fail over by", &[
+                    ("restart", "restart from shared storage"),
+                    ("restore", "restore from the latest backup"),
+                ], if ha.method == FailoverMethod::Restore { "restore" } else { "restart" })
+                    .help("Restore needs no shared storage but loses what changed since the backup.")))
             }
-            label { "Anti-affinity group " input name="anti_affinity_group" value=(ha.anti_affinity_group); }
-            label { "Fail over by "
-                select name="method" {
-                    option value="restart" selected[ha.method == FailoverMethod::Restart] { "restart from shared storage" }
-                    option value="restore" selected[ha.method == FailoverMethod::Restore] { "restore from the latest backup" }
-                }
+            fieldset {
+                legend { "Placement and checks" }
+                (f.row(Field::text("anti_affinity_group", "Anti-affinity group", &ha.anti_affinity_group)
+                    .help("VMs of one group are never placed on the same host; at most 64 characters.")))
+                (f.row(Field::text("probe_address", "Guest address to ping", &ha.probe_address)
+                    .placeholder("10.0.0.20")
+                    .help("An IP address of the guest: a VM that stops answering is restarted; empty: none.")))
             }
-            label { "Guest address to ping " input name="probe_address" value=(ha.probe_address); }
             @if can_manage(ctx) { button type="submit" { "Save HA settings" } }
         }
     }
@@ -256,14 +297,26 @@ pub fn physical_machines(ctx: &PageCtx, machines: &[PhysicalMachine]) -> Markup 
             }
             @if can_manage(ctx) {
                 h2 { "Watch a physical machine" }
-                form.stack method="post" action="/physical" {
-                    input type="hidden" name="csrf" value=(ctx.csrf);
-                    label { "Name " input name="name" required; }
-                    label { "Checks, one per line: icmp ADDRESS | tcp ADDRESS PORT | http URL STATUS "
-                        textarea name="checks" rows="3" required {} }
-                    label { "Failed rounds before failover " input type="number" name="failed_rounds" value="3"; }
-                    label { "Standby VM (UUID or name) " input name="standby_vm" required; }
-                    label { "Start it on host (empty: where it is defined) " input name="standby_host"; }
+                @let f = Form::new(ctx, "/physical");
+                form.stack method="post" action=(f.action()) {
+                    (f.head())
+                    fieldset {
+                        legend { "Machine" }
+                        (f.row(Field::text("name", "Name", "").required()))
+                        (f.row(Field::textarea("checks", "Health checks", 3, "").required()
+                            .placeholder("icmp 10.0.0.7")
+                            .help("One per line: icmp ADDRESS, tcp ADDRESS PORT, or http URL STATUS.")))
+                        (f.row(Field::number("failed_rounds", "Failed rounds before failover", 3)
+                            .unit("rounds").range(1, 100)
+                            .help("Rounds (one a second) in which every check fails before the standby starts.")))
+                    }
+                    fieldset {
+                        legend { "Standby" }
+                        (f.row(Field::text("standby_vm", "Standby VM", "").required()
+                            .help("UUID or name of the VM that takes over.")))
+                        (f.row(Field::text("standby_host", "Start it on host", "")
+                            .help("A host name; empty: where the VM is defined.")))
+                    }
                     button type="submit" { "Watch" }
                 }
             }

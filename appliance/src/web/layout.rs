@@ -10,9 +10,11 @@ use lifeboat_core::model::Principal;
 pub struct PageCtx<'a> {
     pub who: &'a Principal,
     pub csrf: &'a str,
+    /// The form just refused, shown again with what was entered.
+    pub refused: Option<&'a super::fields::Refused>,
 }
 
-const NAV: [(&str, &str); 11] = [
+const NAV: [(&str, &str); 12] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
@@ -21,6 +23,7 @@ const NAV: [(&str, &str); 11] = [
     ("/jobs", "Jobs"),
     ("/policies", "Policies"),
     ("/datastores", "Datastores"),
+    ("/monitoring", "Monitoring"),
     ("/agents", "Add host"),
     ("/users", "Users"),
     ("/audit", "Audit"),
@@ -39,7 +42,8 @@ pub fn page(
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                @if let Some(s) = refresh_secs { meta http-equiv="refresh" content=(s); }
+                // A refused form's entries must not be reloaded away.
+                @if let Some(s) = refresh_secs.filter(|_| ctx.refused.is_none()) { meta http-equiv="refresh" content=(s); }
                 title { (title) " · Lifeboat" }
                 link rel="stylesheet" href="/assets/style.css";
                 link rel="icon" href="/assets/lifeboat.svg";

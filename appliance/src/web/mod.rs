@@ -8,9 +8,11 @@ pub mod assets;
 mod backup_pages;
 mod charts;
 pub mod downloads;
+mod fields;
 mod forms;
 mod ha_pages;
 mod layout;
+mod monitoring_pages;
 mod pages;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use maud::Markup;
 use crate::http::routing::{self, Lookup};
 use crate::http::{redirect, response, Body, Req};
 use crate::reports::ExportFormat;
+use fields::Refused;
 use layout::PageCtx;
 use lifeboat_core::model::random_token;
 use lifeboat_core::ops::{Ops, OpsError};
@@ -97,6 +100,7 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     let ctx = PageCtx {
         who: &who,
         csrf: &csrf,
+        refused: None,
     };
     if req.method == Method::POST {
         let form = form(&req);
@@ -142,6 +146,10 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
         };
         return match (entry.handler)(submission).await {
             Ok(r) => r,
+            Err(OpsError::BadRequest(reason)) if entry.page.is_some() => {
+                let refused = Refused::new(&req.path, &form, reason);
+                refused_page(ops, &req, &ctx, entry, &segments, &refused).await
+            }
             Err(e) => error_page(&ctx, &e),
         };
     }
@@ -171,6 +179,35 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     }
     match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
+        Err(e) => error_page(&ctx, &e),
+    }
+}
+
+/// The page a refused form is on, again (400): the entries back in their
+/// fields and the reason next to the field it names.
+async fn refused_page(
+    ops: &Arc<Ops>,
+    req: &Req,
+    ctx: &PageCtx<'_>,
+    entry: &forms::FormEntry,
+    segments: &[&str],
+    refused: &Refused,
+) -> Response<Body> {
+    let path = entry.page_path(segments).unwrap_or_else(|| "/".into());
+    let page = Req {
+        method: Method::GET,
+        path,
+        query: String::new(),
+        headers: req.headers.clone(),
+        body: Default::default(),
+        peer: req.peer,
+    };
+    let ctx = PageCtx {
+        refused: Some(refused),
+        ..*ctx
+    };
+    match get(ops, &page, &ctx).await {
+        Ok(m) => html(StatusCode::BAD_REQUEST, m),
         Err(e) => error_page(&ctx, &e),
     }
 }
@@ -325,6 +362,14 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 None,
                 backup_pages::backup_detail(&b),
             ))
+        }
+        ["monitoring"] => {
+            let (settings, status) = ops.metrics_settings(who)?;
+            let sql = who
+                .can(lifeboat_core::model::Privilege::Administer)
+                .then(|| ops.sql_export(who))
+                .transpose()?;
+            Ok(monitoring_pages::monitoring(ctx, &settings, &status, sql))
         }
         ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),
         ["jobs", id] => {

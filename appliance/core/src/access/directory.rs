@@ -190,25 +190,7 @@ impl Directory {
     }
 
     fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        if self.ca_pem.trim().is_empty() {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        } else {
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-                roots
-                    .add(cert.map_err(|e| format!("ca_pem: {e}"))?)
-                    .map_err(|e| format!("ca_pem: {e}"))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Ok(rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth())
+        crate::pki::client_tls(&self.ca_pem)
     }
 
     /// The role and policies the groups map to: the first mapping that

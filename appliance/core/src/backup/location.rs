@@ -131,11 +131,11 @@ impl Datastores {
             .iter()
             .find(|(f, v)| v.is_some() && !applies.contains(f))
         {
-            return Err(bad(format!("{field} does not apply to kind {kind}")));
+            return Err(bad(format!("{field}: does not apply to kind {kind}")));
         }
         let need = |field: &str, v: &Option<String>| {
             v.clone()
-                .ok_or_else(|| bad(format!("kind {kind} needs {field}")))
+                .ok_or_else(|| bad(format!("{field}: kind {kind} needs it")))
         };
         let options = input.options.clone().unwrap_or_default();
         Ok(match kind {

@@ -63,13 +63,14 @@ impl ClusterHa {
             return Err("fence_margin_ms must be between 500 and 600000".into());
         }
         for (name, path) in &self.shared_storages {
-            check_storage_name(name)?;
-            check_absolute(path, "shared storage path")?;
+            check_storage_name(name)
+                .and_then(|()| check_absolute(path, "shared storage path"))
+                .map_err(|e| format!("shared_storages: {e}"))?;
         }
         for address in &self.isolation_addresses {
             address
                 .parse::<std::net::SocketAddr>()
-                .map_err(|_| format!("isolation address {address:?} must be IP:PORT"))?;
+                .map_err(|_| format!("isolation_addresses: {address:?} must be IP:PORT"))?;
         }
         Ok(())
     }
@@ -146,8 +147,9 @@ impl HostHa {
             return Err("fence_command is too long or holds a NUL byte".into());
         }
         for (name, path) in &self.storage_mounts {
-            check_storage_name(name)?;
-            check_absolute(path, "storage mount")?;
+            check_storage_name(name)
+                .and_then(|()| check_absolute(path, "storage mount"))
+                .map_err(|e| format!("storage_mounts: {e}"))?;
         }
         Ok(())
     }

@@ -196,6 +196,12 @@ pub struct Metrics {
     settings: Mutex<MetricsSettings>,
     /// Samples taken in, for the benchmark and the status page.
     samples_in: AtomicU64,
+    /// Every minute before this one (an absolute minute) that will ever be
+    /// written is in the store.
+    written_before: AtomicU64,
+    /// One flush at a time, so `written_before` never runs ahead of a
+    /// commit still under way.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// A stretch of one archive: `rows[i]` covers `start + i * step`.
@@ -328,6 +334,9 @@ impl Metrics {
             state: Mutex::new(state),
             settings: Mutex::new(settings),
             samples_in: AtomicU64::new(0),
+            // What a stop left unwritten is lost: earlier minutes are final.
+            written_before: AtomicU64::new(now / 60),
+            flushing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -421,6 +430,7 @@ impl Metrics {
     /// Writes finished rows, consolidates coarse slots that ended, and
     /// deletes the archives of objects gone for longer than the retention.
     pub async fn flush(&self, now: u64) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flushing.lock().await;
         let (rows, index, cursor_before) = {
             let mut state = self.state.lock().expect("metrics lock");
             state.close_minutes(now / 60);
@@ -441,6 +451,7 @@ impl Metrics {
             .collect();
         writes.extend(index);
         self.commit_chunked(writes).await?;
+        self.written_before.fetch_max(now / 60, Ordering::AcqRel);
 
         let mut cursor = cursor_before;
         for a in 1..ARCHIVES.len() {
@@ -480,16 +491,7 @@ impl Metrics {
     /// every object that reported during it.
     async fn consolidate(&self, a: usize, slot: u64) -> Result<(), StoreError> {
         let (start, end) = (slot * ARCHIVES[a].step, (slot + 1) * ARCHIVES[a].step);
-        let objects: Vec<ObjectKey> = {
-            let state = self.state.lock().expect("metrics lock");
-            state
-                .index
-                .iter()
-                // `last_seen` lags by up to the refresh interval.
-                .filter(|(_, r)| r.last_seen + INDEX_REFRESH_SECS >= start && r.first_seen < end)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
+        let objects = self.objects_between(start, end);
         let finer_step = ARCHIVES[a - 1].step;
         let (first, last) = (start / finer_step, end / finer_step - 1);
         for chunk in objects.chunks(OBJECTS_PER_COMMIT) {
@@ -545,6 +547,24 @@ impl Metrics {
                 .remove(&object);
         }
         Ok(())
+    }
+
+    /// The first minute (absolute) that may still change: every row of
+    /// the minute archive before it is final.
+    pub fn written_before(&self) -> u64 {
+        self.written_before.load(Ordering::Acquire)
+    }
+
+    /// Objects that may have rows in `[start, end)` (UNIX seconds).
+    pub fn objects_between(&self, start: u64, end: u64) -> Vec<ObjectKey> {
+        let state = self.state.lock().expect("metrics lock");
+        state
+            .index
+            .iter()
+            // `last_seen` lags by up to the refresh interval.
+            .filter(|(_, r)| r.last_seen + INDEX_REFRESH_SECS >= start && r.first_seen < end)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// The stored rows of archive `a` covering `[start, end)`. Blocking.

@@ -20,6 +20,7 @@ mod open;
 mod policies;
 mod retention;
 mod scope;
+mod sql_export;
 mod users;
 mod vm_query;
 
@@ -41,6 +42,7 @@ pub use downloads::AgentDownload;
 pub use ha::ClusterView;
 pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
+pub use sql_export::SqlTargetView;
 pub use users::{AuditFilter, UserView};
 pub use vm_query::{VmPage, VmQuery, VmSort};
 
@@ -107,6 +109,8 @@ pub struct Ops {
     directories: crate::store::book::Book<crate::access::directory::Directory>,
     /// Seals directory bind passwords.
     secrets: Arc<crate::secrets::Secrets>,
+    /// The PostgreSQL export's target and status.
+    sql: crate::sql_export::SqlExport,
     /// Where the controller keeps its files (the initial admin password).
     data_dir: std::path::PathBuf,
     /// The agent served for download.

@@ -114,6 +114,8 @@ impl Ops {
                 .map_err(context("store"))?,
             directories: Book::load(store.clone(), Table::Directories).map_err(context("store"))?,
             secrets: Arc::new(Secrets::load_or_create(&data_dir).map_err(context("secret key"))?),
+            sql: crate::sql_export::SqlExport::load(store.clone())
+                .map_err(context("SQL export"))?,
             access,
             inventory,
             hub,
@@ -151,6 +153,7 @@ impl Ops {
             }
         });
         tokio::spawn(self.clone().ha_loop());
+        tokio::spawn(self.clone().sql_export_loop());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let period = std::time::Duration::from_secs(crate::metrics::FLUSH_INTERVAL_SECS);

@@ -103,15 +103,15 @@ impl Ops {
             return bad("a policy needs a name of 1 to 64 characters".into());
         }
         let schedule = CalendarEvent::parse(&input.schedule)
-            .map_err(|e| OpsError::BadRequest(format!("schedule {:?}: {e}", input.schedule)))?;
+            .map_err(|e| OpsError::BadRequest(format!("schedule: {:?}: {e}", input.schedule)))?;
         let datastore = input.datastore.unwrap_or_else(|| DEFAULT_DATASTORE.into());
         if !self.datastores.contains(&datastore) {
             return bad(format!("no datastore named {datastore:?}"));
         }
         if let Some(c) = &input.category {
-            let (k, v) = c
-                .split_once('=')
-                .ok_or_else(|| OpsError::BadRequest(format!("category {c:?} must be key=value")))?;
+            let (k, v) = c.split_once('=').ok_or_else(|| {
+                OpsError::BadRequest(format!("category: {c:?} must be key=value"))
+            })?;
             crate::inventory::categories::check_key(k).map_err(OpsError::BadRequest)?;
             crate::inventory::categories::check_value(v).map_err(OpsError::BadRequest)?;
         }
@@ -126,7 +126,7 @@ impl Ops {
             .as_deref()
             .map(|text| {
                 CalendarEvent::parse(text)
-                    .map_err(|e| OpsError::BadRequest(format!("verify_schedule {text:?}: {e}")))
+                    .map_err(|e| OpsError::BadRequest(format!("verify_schedule: {text:?}: {e}")))
             })
             .transpose()?;
         Ok(BackupPolicy {

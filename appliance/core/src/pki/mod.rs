@@ -225,6 +225,33 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
 }
 
+/// A TLS client configuration trusting `ca_pem` (the CA that signed a
+/// server's certificate) or, when it is empty, the system's trust store.
+/// Errors name the field: `ca_pem: …`.
+pub fn client_tls(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if ca_pem.trim().is_empty() {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| format!("ca_pem: {e}"))?)
+                .map_err(|e| format!("ca_pem: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("ca_pem: no certificate in it".into());
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,10 +56,12 @@ pub enum Table {
     Metrics,
     /// Every object with metric archives, and when it last reported.
     MetricObjects,
+    /// Export targets (the SQL database).
+    Exports,
 }
 
 impl Table {
-    const ALL: [Table; 25] = [
+    const ALL: [Table; 26] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -85,6 +87,7 @@ impl Table {
         Table::HaEpochs,
         Table::Metrics,
         Table::MetricObjects,
+        Table::Exports,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -114,6 +117,7 @@ impl Table {
             Table::HaEpochs => "ha_epochs",
             Table::Metrics => "metrics",
             Table::MetricObjects => "metric_objects",
+            Table::Exports => "exports",
         })
     }
 }
