@@ -127,12 +127,24 @@ fn settings_forms_show_a_refusal_at_its_field_and_keep_what_was_entered() {
     assert!(row(&html, "enabled").contains("checked"));
     assert!(html.contains(vm.name()), "the VM's own page");
 
-    // A datastore that lacks what its kind needs.
+    // A datastore that lacks what its kind needs (a browser sends the
+    // empty fields too).
     let r = submit(
         &mut b,
         "/datastores",
         "/datastores",
-        &[("name", "nas1"), ("kind", "nfs"), ("export", "/backups")],
+        &[
+            ("name", "nas1"),
+            ("kind", "nfs"),
+            ("path", ""),
+            ("server", ""),
+            ("export", "/backups"),
+            ("share", ""),
+            ("username", ""),
+            ("password", ""),
+            ("domain", ""),
+            ("options", ""),
+        ],
     );
     assert_eq!(r.status, 400);
     let html = r.text();

@@ -236,7 +236,11 @@ impl<'a> Form<'a> {
             div.field.invalid[error.is_some()] {
                 label for=(id) { (f.label) }
                 div.control {
-                    div.input { (input) @if let Some(u) = f.unit { span.unit { (u) } } }
+                    // The unit column is kept when empty, so fields line up.
+                    div.input {
+                        (input)
+                        @if !matches!(f.kind, Kind::Checkbox) { span.unit { (f.unit.unwrap_or_default()) } }
+                    }
                     @if let Some(h) = f.help { p.help id=(help_id) { (h) } }
                     @if let Some(e) = error { p.error role="alert" { (e) } }
                 }

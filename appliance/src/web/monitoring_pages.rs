@@ -22,8 +22,8 @@ pub fn monitoring(
         Some(30),
         html! {
             p.muted {
-                (status.objects) " hosts and VMs have performance archives; "
-                (status.samples_in) " values taken in since the controller started."
+                "Performance archives: " (status.objects) " (hosts and VMs). Values taken in since the controller started: "
+                (status.samples_in) "."
             }
             form.stack method="post" action=(sampling.action()) {
                 (sampling.head())
