@@ -81,6 +81,7 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
     let shown = libvirt.define_tiny_vm("export-shown");
     let hidden = libvirt.define_tiny_vm("export-hidden");
     shown.start();
+    hidden.start();
     let controller = Controller::start();
     let _agent = Agent::start(&controller, "export-host", Some(libvirt.uri()));
     let api = controller.api();
@@ -178,11 +179,63 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
         "the current minute has a figure: {sheet}"
     );
 
+    // A set: the history of every VM on the host, named per row.
+    let host_id = api.wait_host_status("export-host", "online", READY_TIMEOUT)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = download(
+        &api,
+        &format!("/api/v1/exports/vm-metrics?host={host_id}&timeframe=hour&format=xlsx"),
+        dir.path(),
+        "set.xlsx",
+    );
+    let sheet = python(&file, DESCRIBE);
+    assert_eq!(
+        sheet["header"].as_array().unwrap()[..4],
+        ["name", "id", "time", "cpu"]
+    );
+    let set_rows = sheet["rows"].as_array().unwrap();
+    assert_eq!(set_rows.len(), 120, "two VMs, an hour of minutes each");
+    for vm in [&shown, &hidden] {
+        let of_vm = set_rows.iter().filter(|r| r[1] == vm.uuid()).count();
+        assert_eq!(of_vm, 60, "{}", vm.name());
+    }
+
+    // Every backup, as Excel with typed cells.
+    api.full_backup(shown.uuid());
+    api.full_backup(hidden.uuid());
+    let file = download(
+        &api,
+        "/api/v1/exports/backups?format=xlsx",
+        dir.path(),
+        "backups.xlsx",
+    );
+    let sheet = python(&file, DESCRIBE);
+    assert_eq!(sheet["title"], "backups");
+    let header: Vec<&str> = sheet["header"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    assert_eq!(sheet["rows"].as_array().unwrap().len(), 2, "{sheet}");
+    let r = sheet["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r[col("vm_uuid")] == shown.uuid())
+        .unwrap();
+    assert_eq!(sheet["rows"][r][col("mode")], "full");
+    assert_eq!(sheet["rows"][r][col("datastore")], "local");
+    assert_eq!(sheet["types"][r][col("started")], "datetime", "{sheet}");
+    assert_eq!(sheet["types"][r][col("size_bytes")], "int", "{sheet}");
+
     // Bad requests.
     for (path, status) in [
         ("/api/v1/exports/passwords", 404),
         ("/api/v1/exports/vms?format=pdf", 400),
-        ("/api/v1/exports/vm-metrics?format=csv", 400),
         (
             "/api/v1/exports/vm-metrics?id=00000000-0000-4000-8000-000000000000",
             404,
@@ -240,6 +293,18 @@ fn tables_export_as_csv_and_typed_xlsx_within_the_callers_scope() {
     assert_eq!(sheet["rows"].as_array().unwrap().len(), 1, "{sheet}");
     let history = format!("/api/v1/exports/vm-metrics?id={}", hidden.uuid());
     assert_eq!(reporter.get(&history).0, 404);
+    for set in [
+        "/api/v1/exports/vm-metrics?timeframe=hour".to_string(),
+        format!("/api/v1/exports/vm-metrics?host={host_id}&timeframe=hour"),
+        "/api/v1/exports/backups".to_string(),
+    ] {
+        let csv = reporter.raw_request("GET", &set, &[], b"").text();
+        assert!(csv.contains(shown.uuid()), "{set}: {csv}");
+        assert!(
+            !csv.contains(hidden.uuid()) && !csv.contains(hidden.name()),
+            "{set}: {csv}"
+        );
+    }
 
     // An Excel web query: a token of the reporter's, made for reports
     // only, in the .iqy's URL; fetched with no header at all, an HTML

@@ -269,6 +269,7 @@ pub async fn export(
         .transpose()?;
     let query = ExportQuery {
         id: req.query_param("id"),
+        host: req.query_param("host"),
         timeframe,
         chargeback,
         focus: req

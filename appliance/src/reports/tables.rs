@@ -11,8 +11,10 @@ use super::{Cell, Report};
 /// What an export may be narrowed by (from the query string).
 #[derive(Debug, Default)]
 pub struct ExportQuery {
-    /// The host or VM of a metric history.
+    /// The host or VM of a metric history; none: a set of them.
     pub id: Option<String>,
+    /// A VM metric set: the VMs on this host (id or name).
+    pub host: Option<String>,
     pub timeframe: Option<Timeframe>,
     /// The audit trail's filters.
     pub audit: AuditFilter,
@@ -24,9 +26,10 @@ pub struct ExportQuery {
 }
 
 /// Every table an export can name.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "hosts",
     "vms",
+    "backups",
     "jobs",
     "audit",
     "host-metrics",
@@ -35,6 +38,8 @@ pub const TABLES: [&str; 6] = [
 
 /// Most jobs and audit records one export holds.
 const MAX_ROWS: usize = 100_000;
+/// Most hosts or VMs in one metric-history export.
+const MAX_SET: usize = 1000;
 
 pub async fn build(
     ops: &Ops,
@@ -45,6 +50,7 @@ pub async fn build(
     match table {
         "hosts" => hosts(ops, who),
         "vms" => vms(ops, who),
+        "backups" => backups(ops, who).await,
         "jobs" => jobs(ops, who),
         "audit" => audit(ops, who, &q.audit),
         "chargeback" => {
@@ -59,23 +65,135 @@ pub async fn build(
                 chargeback(&rows, query.group_by.as_deref())
             })
         }
-        "host-metrics" | "vm-metrics" => {
-            let id =
-                q.id.as_deref()
-                    .ok_or_else(|| OpsError::BadRequest("id: which host or VM".into()))?;
-            let timeframe = q.timeframe.unwrap_or(Timeframe::Day);
-            let set = if table == "host-metrics" {
-                ops.host_series(who, id, timeframe).await?
-            } else {
-                ops.vm_series(who, id, timeframe).await?
-            };
-            Ok(metrics(&format!("{table} {}", short(id)), &set))
-        }
+        "host-metrics" | "vm-metrics" => metric_history(ops, who, table, q).await,
         other => Err(OpsError::NotFound(format!(
             "no export named {other:?} (one of {})",
             TABLES.join(", ")
         ))),
     }
+}
+
+/// The history of one host or VM, or of a set: every host, or the VMs on
+/// `host=` (every VM the caller sees when neither is given), one block of
+/// rows per object, named in the first columns.
+async fn metric_history(
+    ops: &Ops,
+    who: &Principal,
+    table: &str,
+    q: &ExportQuery,
+) -> Result<Report, OpsError> {
+    let timeframe = q.timeframe.unwrap_or(Timeframe::Day);
+    let hosts = table == "host-metrics";
+    if let Some(id) = q.id.as_deref() {
+        let set = if hosts {
+            ops.host_series(who, id, timeframe).await?
+        } else {
+            ops.vm_series(who, id, timeframe).await?
+        };
+        return Ok(metrics(&format!("{table} {}", short(id)), &set));
+    }
+    let objects: Vec<(String, String)> = if hosts {
+        let hosts = ops.hosts(who)?.into_iter();
+        hosts.map(|h| (h.host.name, h.host.id)).collect()
+    } else {
+        let query = VmQuery {
+            host: q.host.clone(),
+            per_page: usize::MAX,
+            ..Default::default()
+        };
+        let vms = ops.vms(who, &query)?.items.into_iter();
+        vms.map(|vm| (vm.info.name, vm.info.uuid)).collect()
+    };
+    if objects.len() > MAX_SET {
+        return Err(OpsError::BadRequest(format!(
+            "{} objects: a metric export holds at most {MAX_SET}; name one with id= (or host= for VMs)",
+            objects.len()
+        )));
+    }
+    let mut report: Option<Report> = None;
+    for (name, id) in objects {
+        let set = if hosts {
+            ops.host_series(who, &id, timeframe).await?
+        } else {
+            ops.vm_series(who, &id, timeframe).await?
+        };
+        let part = metrics(table, &set);
+        let all = report.get_or_insert_with(|| Report {
+            name: table.into(),
+            columns: ["name", "id"]
+                .iter()
+                .map(|c| c.to_string())
+                .chain(part.columns.iter().cloned())
+                .collect(),
+            rows: Vec::new(),
+        });
+        all.rows.extend(part.rows.into_iter().map(|row| {
+            let mut named = vec![name.clone().into(), id.clone().into()];
+            named.extend(row);
+            named
+        }));
+    }
+    Ok(report.unwrap_or_else(|| Report {
+        name: table.into(),
+        columns: names(&["name", "id", "time"]),
+        rows: Vec::new(),
+    }))
+}
+
+async fn backups(ops: &Ops, who: &Principal) -> Result<Report, OpsError> {
+    let rows = ops
+        .all_backups(who)
+        .await?
+        .into_iter()
+        .map(|b| {
+            let m = &b.manifest;
+            let size: u64 = m.disks.iter().map(|d| d.size_bytes).sum();
+            let verified = match &b.verify {
+                None => "never",
+                Some(v) if v.ok => "ok",
+                Some(_) => "damaged",
+            };
+            vec![
+                m.vm.name.clone().into(),
+                m.vm.uuid.as_str().into(),
+                b.reference.datastore.clone().into(),
+                b.reference.to_string().into(),
+                Cell::Time(m.backup.started_at),
+                Cell::Time(m.backup.finished_at),
+                m.backup.mode.as_str().into(),
+                (m.disks.len() as u64).into(),
+                size.into(),
+                m.backup.bytes_read.into(),
+                m.backup.bytes_new.into(),
+                verified.into(),
+                b.verify
+                    .as_ref()
+                    .map(|v| v.time)
+                    .map_or(Cell::Empty, Cell::Time),
+                if b.protected { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    Ok(Report {
+        name: "backups".into(),
+        columns: names(&[
+            "vm",
+            "vm_uuid",
+            "datastore",
+            "reference",
+            "started",
+            "finished",
+            "mode",
+            "disks",
+            "size_bytes",
+            "bytes_read",
+            "bytes_new",
+            "verified",
+            "verified_at",
+            "protected",
+        ]),
+        rows,
+    })
 }
 
 fn short(id: &str) -> &str {

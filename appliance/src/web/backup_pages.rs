@@ -150,6 +150,10 @@ pub fn datastores(ctx: &PageCtx, list: &[DatastoreView]) -> Markup {
                 }
             } } }
         }
+        p.downloads {
+            "Every backup: "
+            a href="/exports/backups.csv" { "CSV" } " · " a href="/exports/backups.xlsx" { "Excel" }
+        }
         h2 { "Add a datastore" }
         p.muted { "A directory of the controller (under its allowed roots), or an NFS export or SMB share the controller mounts. Share passwords are stored encrypted and never shown again." }
         @let f = Form::new(ctx, "/datastores");

@@ -167,6 +167,10 @@ pub fn hosts(
             p { "Sort by: " a href="/hosts" { "name" } " · " a href="/hosts?sort=cpu" { "CPU use" } " · " a href="/hosts?sort=memory" { "memory use" } }
             (hosts_table(&sorted, usage))
             (downloads("hosts", ""))
+            p.downloads {
+                "Every host's history (a day): "
+                a href="/exports/host-metrics.csv" { "CSV" } " · " a href="/exports/host-metrics.xlsx" { "Excel" }
+            }
         },
     ))
 }
@@ -292,6 +296,11 @@ pub fn host(ctx: &PageCtx, h: &HostView, vms: &[Vm], ha: Markup, perf: &Performa
             (host_performance(perf, f.cpus))
             h2 { "VMs on this host (" (vms.len()) ")" }
             (vm_table(vms, None, None))
+            p.downloads {
+                "These VMs' history (a day): "
+                a href={"/exports/vm-metrics.csv?host=" (h.host.id)} { "CSV" } " · "
+                a href={"/exports/vm-metrics.xlsx?host=" (h.host.id)} { "Excel" }
+            }
             (ha)
         },
     )

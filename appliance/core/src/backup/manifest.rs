@@ -54,6 +54,15 @@ pub enum BackupMode {
     Incremental,
 }
 
+impl BackupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// Also the backup directory's name.

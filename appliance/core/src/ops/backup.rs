@@ -554,29 +554,46 @@ impl Ops {
             .ok_or_else(|| OpsError::NotFound(format!("no VM with id {vm_id}")))?;
         let stores = self.datastores.ready();
         tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            for (name, store) in stores {
-                for id in store.list_backups(&vm).unwrap_or_default() {
-                    if let Ok(manifest) = Manifest::read(&store.backup_dir(&vm, &id)) {
-                        let verify = last_verify(&store, &vm, &id);
-                        let protected = store.is_protected(&vm, &id);
-                        out.push(BackupSummary {
-                            reference: BackupRef {
-                                datastore: name.clone(),
-                                vm: vm.clone(),
-                                id,
-                            },
-                            manifest,
-                            verify,
-                            protected,
-                        });
-                    }
-                }
-            }
-            out
+            let wanted = stores
+                .iter()
+                .flat_map(|(name, store)| {
+                    let ids = store.list_backups(&vm).unwrap_or_default();
+                    ids.into_iter().map(|id| (name.clone(), vm.clone(), id))
+                })
+                .collect();
+            summarize(&stores, wanted)
         })
         .await
         .map_err(|e| OpsError::Internal(e.to_string()))
+    }
+
+    /// Every backup in every ready datastore of a VM the caller may see
+    /// (one no longer in the inventory only for unrestricted callers), by
+    /// datastore, VM and time.
+    pub async fn all_backups(&self, who: &Principal) -> Result<Vec<BackupSummary>, OpsError> {
+        require(who, Privilege::View, "listing backups")?;
+        let stores = self.datastores.ready();
+        let listed = {
+            let stores = stores.clone();
+            tokio::task::spawn_blocking(move || {
+                stores
+                    .iter()
+                    .flat_map(|(name, store)| {
+                        let all = store.list_all().unwrap_or_default();
+                        all.into_iter().map(|(vm, id)| (name.clone(), vm, id))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?
+        };
+        let wanted: Vec<_> = listed
+            .into_iter()
+            .filter(|(_, vm, _)| self.visible_uuid(who, vm.as_str()))
+            .collect();
+        tokio::task::spawn_blocking(move || summarize(&stores, wanted))
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))
     }
 
     /// One backup's manifest, validated against its indexes.
@@ -631,6 +648,28 @@ impl Ops {
             indexes,
         })
     }
+}
+
+/// The summaries (manifest, last verification, protection) of `wanted`
+/// (datastore, VM, backup); one whose manifest cannot be read is left out.
+/// Blocking.
+fn summarize(
+    stores: &[(String, std::sync::Arc<crate::backup::datastore::Datastore>)],
+    wanted: Vec<(String, VmUuid, BackupId)>,
+) -> Vec<BackupSummary> {
+    wanted
+        .into_iter()
+        .filter_map(|(datastore, vm, id)| {
+            let store = &stores.iter().find(|(n, _)| *n == datastore)?.1;
+            let manifest = Manifest::read(&store.backup_dir(&vm, &id)).ok()?;
+            Some(BackupSummary {
+                verify: last_verify(store, &vm, &id),
+                protected: store.is_protected(&vm, &id),
+                reference: BackupRef { datastore, vm, id },
+                manifest,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
