@@ -132,6 +132,18 @@ pub struct VmInfo {
     pub config: String,
 }
 
+impl VmInfo {
+    /// The provisioned size of its disks (CD-ROMs and the like left out),
+    /// as far as the hypervisor could tell.
+    pub fn provisioned_disk_bytes(&self) -> u64 {
+        self.disks
+            .iter()
+            .filter(|d| d.device == "disk")
+            .filter_map(|d| d.capacity_bytes)
+            .sum()
+    }
+}
+
 /// Facts about the host that change slowly or feed placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFacts {

@@ -45,13 +45,9 @@ pub fn monitoring(
 }
 
 fn sql_status(s: &SqlExportStatus) -> Markup {
-    let state = serde_json::to_value(s.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     html! {
         dl.facts {
-            dt { "State" } dd { (super::layout::state_badge(&state)) }
+            dt { "State" } dd { (super::layout::state_badge(s.state.as_str())) }
             @if let Some(e) = &s.error {
                 dt { "Last error" } dd.error { (e) @if let Some(at) = s.error_at { " (" (rfc3339(at)) ")" } }
             }

@@ -401,13 +401,7 @@ impl Ops {
                     let facts = VmFacts {
                         vcpus: v.info.vcpus,
                         memory_bytes: v.info.memory_mib << 20,
-                        disk_bytes: v
-                            .info
-                            .disks
-                            .iter()
-                            .filter(|d| d.device == "disk")
-                            .filter_map(|d| d.capacity_bytes)
-                            .sum(),
+                        disk_bytes: v.info.provisioned_disk_bytes(),
                         backup_bytes: 0.0,
                     };
                     (v.info.uuid.clone(), v.info.name.clone(), group, facts)

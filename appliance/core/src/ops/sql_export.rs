@@ -272,13 +272,6 @@ impl Ops {
         let categories = self.categorizer();
         self.inventory.with_vms(|vms| {
             for vm in vms {
-                let disk_bytes: u64 = vm
-                    .info
-                    .disks
-                    .iter()
-                    .filter(|d| d.device == "disk")
-                    .filter_map(|d| d.capacity_bytes)
-                    .sum();
                 let row = VmRow {
                     vm_uuid: vm.info.uuid.clone(),
                     name: vm.info.name.clone(),
@@ -287,7 +280,7 @@ impl Ops {
                     vcpus: i32::try_from(vm.info.vcpus).unwrap_or(i32::MAX),
                     memory_bytes: i64::try_from(vm.info.memory_mib.saturating_mul(1 << 20))
                         .unwrap_or(i64::MAX),
-                    disk_bytes: i64::try_from(disk_bytes).unwrap_or(i64::MAX),
+                    disk_bytes: i64::try_from(vm.info.provisioned_disk_bytes()).unwrap_or(i64::MAX),
                     categories: categories(vm),
                 };
                 inventory.vms.insert(row.vm_uuid.clone(), row);

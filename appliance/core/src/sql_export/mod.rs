@@ -104,6 +104,18 @@ pub enum SqlState {
     Waiting,
 }
 
+impl SqlState {
+    /// As in the API (`off`, `connecting`, `exporting`, `waiting`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlState::Off => "off",
+            SqlState::Connecting => "connecting",
+            SqlState::Exporting => "exporting",
+            SqlState::Waiting => "waiting",
+        }
+    }
+}
+
 /// What the export has done; shown by the console and the API.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SqlExportStatus {
@@ -192,6 +204,18 @@ mod tests {
         SqlTargetInput {
             url: url.into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_state_reads_as_the_api_shows_it() {
+        for state in [
+            SqlState::Off,
+            SqlState::Connecting,
+            SqlState::Exporting,
+            SqlState::Waiting,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
     }
 

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, Transaction};
+use tokio_postgres::{Client, Config, Socket, Transaction};
 
 use super::schema::{self, Changes, HostRow, VmRow};
 use super::{SqlTarget, SqlTls};
@@ -117,23 +118,15 @@ impl Session {
         let client = match target.tls {
             SqlTls::VerifyFull => {
                 config.ssl_mode(SslMode::Require);
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(crate::pki::client_tls(
-                    &target.ca_pem,
-                )?);
-                let (client, connection) = config.connect(tls).await.map_err(cannot)?;
-                tokio::spawn(drive(connection));
-                client
+                let tls = crate::pki::client_tls(&target.ca_pem)?;
+                connect(&config, tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await
             }
             SqlTls::Disable => {
                 config.ssl_mode(SslMode::Disable);
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(cannot)?;
-                tokio::spawn(drive(connection));
-                client
+                connect(&config, tokio_postgres::NoTls).await
             }
-        };
+        }
+        .map_err(cannot)?;
         let mut session = Session { client };
         session.create_schema().await?;
         Ok(session)
@@ -388,6 +381,17 @@ async fn copy_in(
     )
     .await?;
     Ok(BinaryCopyInWriter::new(sink, types))
+}
+
+/// Connects and drives the connection in its own task.
+async fn connect<T>(config: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(drive(connection));
+    Ok(client)
 }
 
 async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
