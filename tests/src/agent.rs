@@ -97,20 +97,52 @@ impl AgentOptions {
     /// Starts the agent against the controller at `controller_addr` with a
     /// token minted elsewhere (e.g. shown by an appliance's console).
     pub fn enroll(self, controller_addr: &str, token: &str, ca_fingerprint: &str) -> Agent {
+        let mut agent = self.prepare(controller_addr);
+        agent.launch(Some((token, ca_fingerprint)));
+        agent
+    }
+
+    /// Starts one agent process that plays `hosts` simulated hosts
+    /// (`--driver sim --sim-hosts`, named NAME-0000, NAME-0001, ...), each
+    /// enrolled with its own token from a token file. Load tests only.
+    pub fn start_sim_fleet(mut self, controller: &Controller, hosts: usize) -> Agent {
+        let api = controller.api();
+        let (tokens, fingerprints): (Vec<String>, Vec<String>) =
+            (0..hosts).map(|_| api.enrollment_token()).unzip();
+        let addr = self
+            .controller_addr
+            .clone()
+            .unwrap_or_else(|| controller.agent_addr());
+        self.args.extend(["--driver".into(), "sim".into()]);
+        self.args.extend(["--sim-hosts".into(), hosts.to_string()]);
+        let mut agent = self.prepare(&addr);
+        let token_file = agent.state_dir.with_file_name("tokens");
+        std::fs::write(&token_file, tokens.join("\n"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", token_file.display()));
+        let fingerprint = fingerprints.first().expect("a fleet of at least one host");
+        agent.options.args.extend([
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--ca-fingerprint".into(),
+            fingerprint.clone(),
+        ]);
+        agent.launch(None);
+        agent
+    }
+
+    fn prepare(self, controller_addr: &str) -> Agent {
         let scratch = ScratchDir::new(&format!("agent-{}", self.name));
         let state_dir = scratch.path().join("state");
         std::fs::create_dir_all(&state_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
-        let mut agent = Agent {
+        Agent {
             process: None,
             controller_addr: controller_addr.to_string(),
             state_dir,
             log_path: scratch.path().join("agent.log"),
             options: self,
             _scratch: scratch,
-        };
-        agent.launch(Some((token, ca_fingerprint)));
-        agent
+        }
     }
 }
 

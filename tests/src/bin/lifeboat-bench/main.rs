@@ -55,6 +55,9 @@ fn poll_fast<T>(
     }
 }
 
+/// How many simulated hosts one agent process plays (`--sim-hosts`).
+const SIM_HOSTS_PER_PROCESS: usize = 500;
+
 /// `agents` simulated hosts (the `sim` driver: load generation only) with
 /// `vms` VMs between them, once all are in the inventory; and their count.
 fn sim_fleet(
@@ -64,14 +67,16 @@ fn sim_fleet(
 ) -> (Vec<lifeboat_e2e::Agent>, usize) {
     let api = controller.api();
     let per_agent = vms.div_ceil(agents);
+    // A process per host would leave the machine's cores to thousands of
+    // agent runtimes rather than to the controller being measured.
     let fleet: Vec<lifeboat_e2e::Agent> = (0..agents)
-        .map(|i| {
-            lifeboat_e2e::Agent::options(&format!("simhost{i:04}"))
-                .arg("--driver")
-                .arg("sim")
+        .step_by(SIM_HOSTS_PER_PROCESS)
+        .map(|first| {
+            let hosts = SIM_HOSTS_PER_PROCESS.min(agents - first);
+            lifeboat_e2e::Agent::options(&format!("sim{first:04}"))
                 .arg("--sim-vms")
                 .arg(&per_agent.to_string())
-                .start(controller)
+                .start_sim_fleet(controller, hosts)
         })
         .collect();
     let total = per_agent * agents;
