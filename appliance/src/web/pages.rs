@@ -97,12 +97,40 @@ pub fn dashboard(
                     a class={"card state-" (state)} href={"/vms?state=" (state)} { span.big { (n) } " " (state) }
                 }
             }
-            h2 { "Hosts" }
-            (hosts_table(hosts, &estate.hosts))
+            @if hosts.len() > DASHBOARD_HOSTS {
+                h2 { "Hosts: " (DASHBOARD_HOSTS) " of " (hosts.len()) ", offline first, then the busiest" }
+                (hosts_table(&dashboard_hosts(hosts, &estate.hosts), &estate.hosts))
+                p { a href="/hosts" { "All " (hosts.len()) " hosts" } }
+            } @else {
+                h2 { "Hosts" }
+                (hosts_table(hosts, &estate.hosts))
+            }
             h2 { "Recent jobs" }
             (jobs_table(&s.recent_jobs))
         },
     ))
+}
+
+/// Most hosts the dashboard lists; a larger estate links to the host list.
+const DASHBOARD_HOSTS: usize = 20;
+
+/// The hosts a large estate's dashboard lists: offline ones first, then
+/// the highest CPU use.
+fn dashboard_hosts(hosts: &[HostView], usage: &HashMap<String, Usage>) -> Vec<HostView> {
+    let cpu = |h: &HostView| {
+        usage
+            .get(&h.host.id)
+            .and_then(|u| u.cpu_percent)
+            .unwrap_or(-1.0)
+    };
+    let mut ranked: Vec<&HostView> = hosts.iter().collect();
+    ranked.sort_by(|a, b| {
+        let offline = |h: &HostView| h.status.as_str() != "online";
+        offline(b)
+            .cmp(&offline(a))
+            .then_with(|| cpu(b).total_cmp(&cpu(a)))
+    });
+    ranked.into_iter().take(DASHBOARD_HOSTS).cloned().collect()
 }
 
 fn percent_cell(p: Option<f64>) -> Markup {
