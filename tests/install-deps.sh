@@ -37,6 +37,11 @@ APT_PACKAGES=(
     # The SQL export (tests/src/postgres.rs): a throwaway PostgreSQL server
     # (initdb, postgres, psql); setpriv (util-linux) runs it as postgres.
     postgresql
+    # SNMP (tests/tests/snmp.rs): net-snmp's clients and libsmi's smilint.
+    # Debian ships the IETF base MIBs they load only in non-free (a
+    # downloader): the tests take the copies in the npm package net-snmp
+    # (tests/browser).
+    snmp smitools
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod http;
 pub mod reports;
+pub mod snmp;
 pub mod web;
 
 /// Entry points for the fuzz targets only.

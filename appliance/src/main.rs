@@ -178,6 +178,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", file.display()))?;
         }
         ops.start_background_work();
+        tokio::spawn(lifeboat::snmp::run(ops.clone()));
         tokio::select! {
             r = http::serve(ops.clone(), web) => r,
             r = ops.serve_agents(agents) => r.map_err(Into::into),

@@ -22,5 +22,6 @@ pub mod model;
 pub mod ops;
 mod pki;
 mod secrets;
+mod snmp;
 mod sql_export;
 mod store;

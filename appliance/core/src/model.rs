@@ -28,4 +28,7 @@ pub use crate::metrics::archive::{Cf, Timeframe};
 pub use crate::metrics::catalog::{Kind as MetricKind, Metric, Unit};
 pub use crate::metrics::chargeback::{Rates, Usage as ChargeUsage, VmFacts};
 pub use crate::metrics::{Current, Detail, MetricsSettings, MetricsStatus, SeriesSet};
+pub use crate::snmp::{
+    AuthProtocol, CommunityInput, EngineState, PrivProtocol, SnmpInput, UsmUserInput, ENTERPRISE,
+};
 pub use crate::sql_export::{SqlExportStatus, SqlState, SqlTargetInput, SqlTls};

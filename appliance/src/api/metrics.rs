@@ -11,7 +11,8 @@ use super::{bad_request, parse_body};
 use crate::http::{json, response, Req};
 use crate::reports::ExportFormat;
 use lifeboat_core::model::{
-    rfc3339, Cf, Current, Detail, MetricKind, MetricsSettings, SeriesSet, SqlTargetInput, Timeframe,
+    rfc3339, Cf, Current, Detail, MetricKind, MetricsSettings, SeriesSet, SnmpInput,
+    SqlTargetInput, Timeframe,
 };
 use lifeboat_core::ops::{OpsError, Usage};
 
@@ -217,6 +218,16 @@ pub async fn set_sql_export(c: Call<'_>) -> Reply {
 pub async fn delete_sql_export(c: Call<'_>) -> Reply {
     c.ops.delete_sql_export(c.who()).await?;
     super::deleted()
+}
+
+pub async fn snmp_settings(c: Call<'_>) -> Reply {
+    Ok(json(StatusCode::OK, &json!(c.ops.snmp_settings(c.who())?)))
+}
+
+pub async fn set_snmp_settings(c: Call<'_>) -> Reply {
+    let input: SnmpInput = parse_body(c.req)?;
+    c.ops.set_snmp_settings(c.who(), input).await?;
+    snmp_settings(c).await
 }
 
 /// A label value in the exposition format: backslash, quote and newline

@@ -460,7 +460,7 @@ impl Access {
 
     /// The user's current rights: the role is looked up at every request,
     /// so a changed role or a disabled user takes effect at once.
-    fn principal_for(&self, user: &str, source: &str) -> Option<Principal> {
+    pub(crate) fn principal_for(&self, user: &str, source: &str) -> Option<Principal> {
         let user = &normalize_login(user);
         let users = self.users.read().expect("users lock");
         let u = users.get(user).filter(|u| !u.disabled)?;

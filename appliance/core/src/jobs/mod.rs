@@ -204,6 +204,18 @@ impl Jobs {
         self.jobs.read().expect("jobs lock").get(&id).cloned()
     }
 
+    /// The newest job of `kind` for each VM, by VM UUID.
+    pub fn latest_by_vm(&self, kind: &str) -> std::collections::HashMap<String, Job> {
+        let jobs = self.jobs.read().expect("jobs lock");
+        let mut latest = std::collections::HashMap::new();
+        for j in jobs.values().filter(|j| j.kind == kind) {
+            if let Some(vm) = &j.vm {
+                latest.insert(vm.clone(), j.clone());
+            }
+        }
+        latest
+    }
+
     /// Newest first, those `keep` accepts, at most `limit`.
     pub fn recent(&self, limit: usize, keep: impl Fn(&Job) -> bool) -> Vec<Job> {
         self.jobs

@@ -20,6 +20,7 @@ mod open;
 mod policies;
 mod retention;
 mod scope;
+mod snmp;
 mod sql_export;
 mod users;
 mod vm_query;
@@ -42,6 +43,10 @@ pub use downloads::AgentDownload;
 pub use ha::ClusterView;
 pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
+pub use snmp::{
+    AgentCommunity, AgentUsmUser, SnmpAgentConfig, SnmpDatastore, SnmpHost, SnmpSettingsView,
+    SnmpView, SnmpVm,
+};
 pub use sql_export::SqlTargetView;
 pub use users::{AuditFilter, UserView};
 pub use vm_query::{VmPage, VmQuery, VmSort};
@@ -111,6 +116,8 @@ pub struct Ops {
     secrets: Arc<crate::secrets::Secrets>,
     /// The PostgreSQL export's target and status.
     sql: crate::sql_export::SqlExport,
+    /// The SNMP agent's settings, engine and table indices.
+    snmp: crate::snmp::Snmp,
     /// Where the controller keeps its files (the initial admin password).
     data_dir: std::path::PathBuf,
     /// The agent served for download.

@@ -116,6 +116,7 @@ impl Ops {
             secrets: Arc::new(Secrets::load_or_create(&data_dir).map_err(context("secret key"))?),
             sql: crate::sql_export::SqlExport::load(store.clone())
                 .map_err(context("SQL export"))?,
+            snmp: crate::snmp::Snmp::load(store.clone()).map_err(context("SNMP settings"))?,
             access,
             inventory,
             hub,

@@ -58,10 +58,12 @@ pub enum Table {
     MetricObjects,
     /// Export targets (the SQL database).
     Exports,
+    /// SNMP agent settings, engine state and table indices.
+    Snmp,
 }
 
 impl Table {
-    const ALL: [Table; 26] = [
+    const ALL: [Table; 27] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -88,6 +90,7 @@ impl Table {
         Table::Metrics,
         Table::MetricObjects,
         Table::Exports,
+        Table::Snmp,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -118,6 +121,7 @@ impl Table {
             Table::Metrics => "metrics",
             Table::MetricObjects => "metric_objects",
             Table::Exports => "exports",
+            Table::Snmp => "snmp",
         })
     }
 }

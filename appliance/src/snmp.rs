@@ -1,0 +1,449 @@
+//! SNMP adapter: an agent (async-snmp) on UDP that serves MIB-II `system`
+//! and LIFEBOAT-MIB (`assets/LIFEBOAT-MIB.txt`) through `ops`, restarted
+//! whenever its settings change.
+//!
+//! Who may ask: a v2c community only from its source networks, a v3 user
+//! only with authPriv (VACM); v1 is refused. Each acts as a Lifeboat user,
+//! so a VM hidden from that user is absent from every table and count. A
+//! GETBULK walk asks for many OIDs in a row: each user's view is computed
+//! once and kept for [`VIEW_TTL`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_snmp::agent::{Agent, SecurityModel};
+use async_snmp::handler::{
+    BoxFuture, GetNextResult, GetResult, HandlerError, HandlerResult, MibHandler, RequestContext,
+    SecurityName,
+};
+use async_snmp::{
+    AuthoritativeEngine, Oid, PersistedAuthoritativeEngine, SecurityLevel, Value, VarBind,
+};
+use lifeboat_core::model::{AuthProtocol, EngineState, ENTERPRISE};
+use lifeboat_core::ops::{Ops, SnmpAgentConfig, SnmpView};
+
+/// How long one user's view of the MIB is reused.
+const VIEW_TTL: Duration = Duration::from_secs(2);
+/// Wait before starting again after the agent stopped on an error.
+const RESTART_DELAY: Duration = Duration::from_secs(5);
+
+const SYSTEM: [u32; 7] = [1, 3, 6, 1, 2, 1, 1];
+/// LIFEBOAT-MIB's module, and its `lbObjects`.
+const LIFEBOAT: [u32; 8] = [1, 3, 6, 1, 4, 1, ENTERPRISE, 1];
+const OBJECTS: [u32; 9] = [1, 3, 6, 1, 4, 1, ENTERPRISE, 1, 1];
+
+fn oid(prefix: &[u32], rest: &[u32]) -> Oid {
+    Oid::new(prefix.iter().chain(rest).copied())
+}
+
+/// Runs the agent for as long as the controller runs.
+pub async fn run(ops: Arc<Ops>) {
+    loop {
+        let changed = ops.snmp_settings_changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let config = match ops.snmp_agent_config() {
+            Ok(Some(config)) => config,
+            Ok(None) => {
+                changed.await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("SNMP agent not started: {e}");
+                changed.await;
+                continue;
+            }
+        };
+        let listen = config.listen.clone();
+        let agent = match build(&ops, config).await {
+            Ok(agent) => agent,
+            Err(e) => {
+                tracing::error!("SNMP agent not started on {listen}: {e}");
+                tokio::select! {
+                    _ = changed => {}
+                    _ = tokio::time::sleep(RESTART_DELAY) => {}
+                }
+                continue;
+            }
+        };
+        tracing::info!("SNMP agent listening on {}", agent.local_addr());
+        tokio::select! {
+            ended = agent.run() => {
+                if let Err(e) = ended {
+                    tracing::error!("SNMP agent stopped: {e}");
+                }
+                tokio::time::sleep(RESTART_DELAY).await;
+            }
+            _ = changed => {
+                tracing::info!("SNMP settings changed; restarting the agent");
+                agent.cancel();
+            }
+        }
+    }
+}
+
+/// The engine, its boot count one higher than the stored one and stored
+/// before use (and again whenever it moves), so no USM message from an
+/// earlier run can be replayed.
+fn engine(ops: &Arc<Ops>) -> Result<AuthoritativeEngine, String> {
+    let stored = ops.snmp_engine().map_err(|e| e.to_string())?;
+    let id = hex::decode(&stored.engine_id).map_err(|e| format!("engine ID: {e}"))?;
+    let saver = ops.clone();
+    // Called on this runtime's threads (the controller's runtime has
+    // several, as block_in_place needs).
+    let persist = move |p: &PersistedAuthoritativeEngine| {
+        let state = EngineState {
+            engine_id: hex::encode(p.engine_id()),
+            boots: p.engine_boots(),
+        };
+        tokio::task::block_in_place(|| saver.snmp_save_engine(&state))
+    };
+    let engine = if stored.boots == 0 {
+        AuthoritativeEngine::install(id, persist)
+    } else {
+        let previous =
+            PersistedAuthoritativeEngine::new(id, stored.boots).map_err(|e| e.to_string())?;
+        AuthoritativeEngine::restart(previous, persist)
+    };
+    engine.map_err(|e| e.to_string())
+}
+
+async fn build(ops: &Arc<Ops>, config: SnmpAgentConfig) -> Result<Agent, String> {
+    let mib = Arc::new(Mib {
+        ops: ops.clone(),
+        communities: config
+            .communities
+            .iter()
+            .map(|c| (c.community.clone(), (c.networks.clone(), c.user.clone())))
+            .collect(),
+        usm: config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.user.clone()))
+            .collect(),
+        views: Mutex::default(),
+        started: Instant::now(),
+    });
+    let mut builder = Agent::builder()
+        .bind(config.listen.clone())
+        .authoritative_engine(engine(ops)?)
+        .communities(
+            config
+                .communities
+                .iter()
+                .map(|c| c.community.as_bytes().to_vec()),
+        );
+    for u in &config.users {
+        let auth = match u.auth {
+            AuthProtocol::Sha1 => async_snmp::AuthProtocol::Sha1,
+            AuthProtocol::Sha256 => async_snmp::AuthProtocol::Sha256,
+        };
+        builder = builder
+            .usm_user(u.name.clone().into_bytes(), |user| {
+                user.auth_priv(
+                    auth,
+                    &u.auth_password,
+                    async_snmp::PrivProtocol::Aes128,
+                    &u.priv_password,
+                )
+            })
+            .map_err(|e| format!("user {}: {e}", u.name))?;
+    }
+    let communities: Vec<Vec<u8>> = config
+        .communities
+        .iter()
+        .map(|c| c.community.as_bytes().to_vec())
+        .collect();
+    let users: Vec<Vec<u8>> = config
+        .users
+        .iter()
+        .map(|u| u.name.as_bytes().to_vec())
+        .collect();
+    builder
+        .handler(
+            Oid::from_slice(&SYSTEM),
+            Arc::new(Subtree(mib.clone(), Oid::from_slice(&SYSTEM))),
+        )
+        .handler(
+            Oid::from_slice(&LIFEBOAT),
+            Arc::new(Subtree(mib, Oid::from_slice(&LIFEBOAT))),
+        )
+        .vacm(|mut v| {
+            // v2c communities and authPriv v3 users read the two subtrees;
+            // no group for v1, nothing below authPriv for v3, no writes.
+            for c in communities {
+                v = v.group(c, SecurityModel::V2c, "communities");
+            }
+            for u in users {
+                v = v.group(u, SecurityModel::Usm, "users");
+            }
+            v.access(
+                "communities",
+                SecurityModel::V2c,
+                SecurityLevel::NoAuthNoPriv,
+                |a| a.read_view("lifeboat"),
+            )
+            .access("users", SecurityModel::Usm, SecurityLevel::AuthPriv, |a| {
+                a.read_view("lifeboat")
+            })
+            .view("lifeboat", |view| {
+                view.include(Oid::from_slice(&SYSTEM))
+                    .include(Oid::from_slice(&LIFEBOAT))
+            })
+        })
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Every instance one user sees, in OID order.
+type Instances = BTreeMap<Oid, Value>;
+
+/// What every request shares: who each community or user acts as, and the
+/// views computed recently.
+struct Mib {
+    ops: Arc<Ops>,
+    /// Community → (source networks, Lifeboat user).
+    communities: HashMap<String, (Vec<ipnet::IpNet>, String)>,
+    /// USM user name → Lifeboat user.
+    usm: HashMap<String, String>,
+    /// Lifeboat user → (when computed, its instances).
+    views: Mutex<HashMap<String, (Instant, Arc<Instances>)>>,
+    started: Instant,
+}
+
+impl Mib {
+    /// The Lifeboat user a request acts as; an error (answered as genErr)
+    /// for a community used from outside its networks.
+    fn user_of(&self, ctx: &RequestContext) -> HandlerResult<String> {
+        match ctx.security_name() {
+            SecurityName::Community(c) => {
+                let name = String::from_utf8_lossy(c.as_bytes());
+                let (networks, user) = self
+                    .communities
+                    .get(name.as_ref())
+                    .ok_or_else(|| HandlerError::new("unknown community"))?;
+                let source: SocketAddr = ctx.source();
+                let ip = source.ip().to_canonical();
+                if !networks.iter().any(|n| n.contains(&ip)) {
+                    tracing::warn!("SNMP: community used from {ip}, outside its networks; refused");
+                    return Err(HandlerError::new("source outside the community's networks"));
+                }
+                Ok(user.clone())
+            }
+            SecurityName::Usm(name) => self
+                .usm
+                .get(String::from_utf8_lossy(name).as_ref())
+                .cloned()
+                .ok_or_else(|| HandlerError::new("unknown user")),
+        }
+    }
+
+    async fn view(&self, ctx: &RequestContext) -> HandlerResult<Arc<Instances>> {
+        let user = self.user_of(ctx)?;
+        if let Some((at, view)) = self.views.lock().expect("snmp views").get(&user) {
+            if at.elapsed() < VIEW_TTL {
+                return Ok(view.clone());
+            }
+        }
+        let source = format!("snmp {}", ctx.source().ip());
+        let who = self
+            .ops
+            .snmp_principal(&user, &source)
+            .ok_or_else(|| HandlerError::new("the community's Lifeboat user is gone"))?;
+        let view = self
+            .ops
+            .snmp_view(&who)
+            .await
+            .map_err(|e| HandlerError::new(e.to_string()))?;
+        let objects = Arc::new(objects(&view, self.started.elapsed()));
+        self.views
+            .lock()
+            .expect("snmp views")
+            .insert(user, (Instant::now(), objects.clone()));
+        Ok(objects)
+    }
+}
+
+/// Text as an OCTET STRING, cut to `max` bytes at a character boundary.
+fn text(s: &str, max: usize) -> Value {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::OctetString(s.as_bytes()[..end].to_vec().into())
+}
+
+/// SNMPv2-TC DateAndTime, UTC, 11 octets.
+fn date_and_time(unix: Option<u64>) -> Value {
+    let t = unix
+        .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u as i64).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let year = (t.year() as u16).to_be_bytes();
+    let octets = vec![
+        year[0],
+        year[1],
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        0,
+        b'+',
+        0,
+        0,
+    ];
+    Value::OctetString(octets.into())
+}
+
+/// Every instance `view` shows, in OID order.
+fn objects(view: &SnmpView, uptime: Duration) -> Instances {
+    let mut m = BTreeMap::new();
+    let mut sys = |arc: u32, v: Value| m.insert(oid(&SYSTEM, &[arc, 0]), v);
+    sys(
+        1,
+        text(&format!("Lifeboat controller {}", view.version), 255),
+    );
+    sys(2, Value::ObjectIdentifier(Oid::from_slice(&LIFEBOAT)));
+    sys(3, Value::TimeTicks((uptime.as_millis() / 10) as u32));
+    sys(4, text("", 255));
+    sys(5, text(&lifeboat_os::host::hostname(), 255));
+    sys(6, text("", 255));
+    // Applications (layer 7).
+    sys(7, Value::Integer(72));
+    let mut ctl = |arc: u32, v: Value| m.insert(oid(&OBJECTS, &[1, arc, 0]), v);
+    ctl(1, text(view.version, 64));
+    ctl(2, Value::Integer(if view.degraded { 2 } else { 1 }));
+    ctl(3, Value::Gauge32(view.hosts_total));
+    ctl(4, Value::Gauge32(view.hosts_online));
+    ctl(5, Value::Gauge32(view.vms_total));
+    ctl(6, Value::Gauge32(view.vms_running));
+    ctl(7, Value::Gauge32(view.jobs_running));
+    for h in &view.hosts {
+        let mut col = |c: u32, v: Value| m.insert(oid(&OBJECTS, &[2, 1, c, h.index]), v);
+        col(2, text(&h.name, 255));
+        col(3, text(&h.address, 255));
+        col(4, Value::Integer(h.state));
+        col(5, Value::Gauge32(h.vm_count));
+        col(6, Value::Gauge32(h.cpu));
+        col(7, Value::Gauge32(h.memory));
+        col(8, text(&h.id, 64));
+    }
+    for v in &view.vms {
+        let mut col = |c: u32, val: Value| m.insert(oid(&OBJECTS, &[3, 1, c, v.index]), val);
+        col(2, text(&v.name, 255));
+        col(3, text(&v.uuid, 36));
+        col(4, text(&v.host, 255));
+        col(5, Value::Integer(v.power));
+        col(6, Value::Integer(if v.protected { 2 } else { 1 }));
+        col(7, Value::Gauge32(v.cpu));
+        col(8, Value::Gauge32(v.memory));
+        col(9, date_and_time(v.last_backup_at));
+        col(10, Value::Integer(v.last_backup_result));
+    }
+    for d in &view.datastores {
+        let mut col = |c: u32, v: Value| m.insert(oid(&OBJECTS, &[4, 1, c, d.index]), v);
+        col(2, text(&d.name, 255));
+        col(3, Value::Gauge32(d.capacity_mib));
+        col(4, Value::Gauge32(d.used_mib));
+        col(5, Value::Gauge32(d.used));
+    }
+    m
+}
+
+/// Whether `o` names an instance of an object the MIB defines (a scalar
+/// or a table column), as opposed to something this agent has no object
+/// for: the difference between noSuchInstance and noSuchObject.
+fn is_defined_object(o: &Oid) -> bool {
+    let arcs = o.arcs();
+    let under = |prefix: &[u32]| arcs.strip_prefix(prefix);
+    if let Some(rest) = under(&SYSTEM) {
+        return matches!(rest.first(), Some(1..=7));
+    }
+    let Some(rest) = under(&OBJECTS) else {
+        return false;
+    };
+    match rest {
+        [1, arc, ..] => (1..=7).contains(arc),
+        [2, 1, col, ..] => (2..=8).contains(col),
+        [3, 1, col, ..] => (2..=10).contains(col),
+        [4, 1, col, ..] => (2..=5).contains(col),
+        _ => false,
+    }
+}
+
+/// One registered subtree of the shared MIB.
+struct Subtree(Arc<Mib>, Oid);
+
+impl MibHandler for Subtree {
+    fn get<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        oid: &'a Oid,
+    ) -> BoxFuture<'a, HandlerResult<GetResult>> {
+        Box::pin(async move {
+            let view = self.0.view(ctx).await?;
+            Ok(match view.get(oid) {
+                Some(v) => GetResult::Value(v.clone()),
+                None if is_defined_object(oid) => GetResult::NoSuchInstance,
+                None => GetResult::NoSuchObject,
+            })
+        })
+    }
+
+    fn get_next<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        oid: &'a Oid,
+    ) -> BoxFuture<'a, HandlerResult<GetNextResult>> {
+        Box::pin(async move {
+            let view = self.0.view(ctx).await?;
+            let next = view
+                .range((std::ops::Bound::Excluded(oid), std::ops::Bound::Unbounded))
+                .find(|_| true)
+                .filter(|(o, _)| o.starts_with(&self.1));
+            Ok(match next {
+                Some((o, v)) => GetNextResult::Value(VarBind::new(o.clone(), v.clone())),
+                None => GetNextResult::EndOfMibView,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defined_objects_are_told_from_unknown_ones() {
+        assert!(is_defined_object(&oid(&SYSTEM, &[5, 0])));
+        assert!(is_defined_object(&oid(&OBJECTS, &[3, 1, 2, 99])));
+        assert!(!is_defined_object(&oid(&OBJECTS, &[3, 1, 11, 1])));
+        assert!(!is_defined_object(&oid(&OBJECTS, &[9])));
+        assert!(!is_defined_object(&oid(&LIFEBOAT, &[2, 1])));
+        assert!(!is_defined_object(&oid(&[1, 3, 6, 1, 2, 1, 2], &[1, 0])));
+    }
+
+    #[test]
+    fn date_and_time_is_eleven_octets_in_utc() {
+        // 2026-12-02 10:20:30 UTC
+        let Value::OctetString(b) = date_and_time(Some(1_796_206_830)) else {
+            panic!("not an octet string");
+        };
+        assert_eq!(&b[..], &[0x07, 0xea, 12, 2, 10, 20, 30, 0, b'+', 0, 0]);
+        let Value::OctetString(epoch) = date_and_time(None) else {
+            panic!("not an octet string");
+        };
+        assert_eq!(&epoch[..2], &[0x07, 0xb2]);
+    }
+
+    #[test]
+    fn text_is_cut_at_a_character_boundary() {
+        let Value::OctetString(b) = text("ééé", 5) else {
+            panic!("not an octet string");
+        };
+        assert_eq!(&b[..], "éé".as_bytes());
+    }
+}
