@@ -285,9 +285,8 @@ impl Ops {
             .filter(|(name, _)| host_ha.storage_mounts.contains_key(*name))
             .map(|(_, path)| format!("{}/{HEARTBEAT_DIR}", path.trim_end_matches('/')))
             .collect();
-        let vm_addresses: Vec<IpAddr> = self.inventory.with_vms(|vms| {
-            vms.filter(|v| v.host_id == id)
-                .filter_map(|v| self.ha.vm(&v.info.uuid).probe_address.parse().ok())
+        let vm_addresses: Vec<IpAddr> = self.inventory.with_host_vms(&id, |vms| {
+            vms.filter_map(|v| self.ha.vm(&v.info.uuid).probe_address.parse().ok())
                 .collect()
         });
         let (ops, prober, state) = (self.clone(), prober.clone(), state.clone());
