@@ -94,7 +94,7 @@ async fn metric_history(
     }
     let objects: Vec<(String, String)> = if hosts {
         let hosts = ops.hosts(who)?.into_iter();
-        hosts.map(|h| (h.host.name, h.host.id)).collect()
+        hosts.map(|h| (h.host.name.clone(), h.host.id.clone())).collect()
     } else {
         let query = VmQuery {
             host: q.host.clone(),
@@ -209,8 +209,8 @@ fn hosts(ops: &Ops, who: &Principal) -> Result<Report, OpsError> {
             let u = usage.get(&h.host.id).copied().unwrap_or_default();
             let f = &h.host.facts;
             vec![
-                h.host.name.into(),
-                h.host.id.into(),
+                h.host.name.as_str().into(),
+                h.host.id.as_str().into(),
                 h.status.as_str().into(),
                 f.driver.clone().into(),
                 u64::from(f.cpus).into(),

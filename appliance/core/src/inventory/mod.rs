@@ -11,7 +11,7 @@ pub mod claims;
 pub mod definition;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use lifeboat_proto::{HostFacts, PowerState, VmInfo};
@@ -64,7 +64,8 @@ impl HostStatus {
 /// A host as shown to callers: the record plus its live status.
 #[derive(Debug, Clone)]
 pub struct HostView {
-    pub host: Host,
+    /// Shared with the inventory: listing hosts copies no record.
+    pub host: Arc<Host>,
     pub status: HostStatus,
     pub vm_count: usize,
 }
@@ -76,7 +77,7 @@ struct Liveness {
 
 #[derive(Default)]
 struct Data {
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, Arc<Host>>,
     /// Changed only through `put_vm` and `remove_vm`, which keep `by_host`.
     vms: HashMap<String, Vm>,
     /// Each host's VM UUIDs: counts and a host's report without a pass
@@ -155,7 +156,11 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn load(store: Store) -> Result<Inventory, StoreError> {
-        let hosts = store.load::<Host>(Table::Hosts)?.into_iter().collect();
+        let hosts = store
+            .load::<Host>(Table::Hosts)?
+            .into_iter()
+            .map(|(id, h)| (id, Arc::new(h)))
+            .collect();
         let mut data = Data {
             hosts,
             ..Data::default()
@@ -183,7 +188,7 @@ impl Inventory {
             let ack = self
                 .store
                 .enqueue(vec![Write::put(Table::Hosts, host.id.clone(), &host)])?;
-            d.hosts.insert(host.id.clone(), host);
+            d.hosts.insert(host.id.clone(), Arc::new(host));
             ack
         };
         ack.await
@@ -196,7 +201,7 @@ impl Inventory {
             .hosts
             .values()
             .find(|h| h.cert_fingerprint == fingerprint)
-            .cloned()
+            .map(|h| Host::clone(h))
     }
 
     fn status(d: &Data, id: &str) -> HostStatus {
@@ -220,6 +225,17 @@ impl Inventory {
                 vm_count: d.vm_count(&h.id),
             })
             .collect()
+    }
+
+    /// (online, all) hosts, without listing them.
+    pub fn host_counts(&self) -> (usize, usize) {
+        let d = self.read();
+        let online = d
+            .hosts
+            .keys()
+            .filter(|id| Self::status(&d, id) == HostStatus::Online)
+            .count();
+        (online, d.hosts.len())
     }
 
     pub fn host(&self, id: &str) -> Option<HostView> {
@@ -260,7 +276,7 @@ impl Inventory {
                     last_heartbeat: Instant::now(),
                 },
             );
-            let Some(host) = d.hosts.get_mut(id) else {
+            let Some(host) = d.hosts.get_mut(id).map(Arc::make_mut) else {
                 return Ok(());
             };
             host.agent_version = agent_version;
@@ -285,7 +301,7 @@ impl Inventory {
                 d.last_heard.insert(id.to_string(), now);
             }
         }
-        if let Some(h) = d.hosts.get_mut(id) {
+        if let Some(h) = d.hosts.get_mut(id).map(Arc::make_mut) {
             h.facts.memory_free_bytes = memory_free_bytes;
         }
     }
@@ -295,7 +311,7 @@ impl Inventory {
         let mut d = self.write();
         if d.live.get(id).is_some_and(|l| l.connection == connection) {
             d.live.remove(id);
-            if let Some(h) = d.hosts.get_mut(id) {
+            if let Some(h) = d.hosts.get_mut(id).map(Arc::make_mut) {
                 h.last_seen = unix_now();
                 let w = Write::put(Table::Hosts, id, &*h);
                 let _ = self.store.enqueue(vec![w]);
@@ -525,7 +541,7 @@ mod tests {
             .into_iter()
             .map(|h| {
                 let listed = inv.with_host_vms(&h.host.id, |vms| vms.count());
-                (h.host.id, h.vm_count, listed)
+                (h.host.id.clone(), h.vm_count, listed)
             })
             .collect()
     }

@@ -132,7 +132,7 @@ impl Ops {
             .filter(|h| self.ha.watch(&h.host.id).state == HostState::Ok)
             .map(|h| Candidate {
                 groups: groups.remove(&h.host.id).unwrap_or_default(),
-                host_id: h.host.id,
+                host_id: h.host.id.clone(),
                 free_bytes: h.host.facts.memory_free_bytes,
             })
             .collect()

@@ -98,7 +98,7 @@ impl Ops {
                 .hosts()
                 .into_iter()
                 .find(|h| h.host.id == pm.standby_host || h.host.name == pm.standby_host)
-                .map_or(vm.host_id.clone(), |h| h.host.id)
+                .map_or(vm.host_id.clone(), |h| h.host.id.clone())
         };
         pm.state = PhysicalState::FailedOver;
         if let Err(e) = self.ha.physical.put(&pm.id, pm.clone()).await {

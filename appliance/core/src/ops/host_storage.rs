@@ -17,7 +17,7 @@ impl Ops {
         let mut dirs = self
             .inventory
             .host(host_id)
-            .map(|h| h.host.facts.image_dirs)
+            .map(|h| h.host.facts.image_dirs.clone())
             .unwrap_or_default();
         if dirs.is_empty() {
             dirs.push(DEFAULT_IMAGE_DIR.to_string());

@@ -56,6 +56,9 @@ impl EstateUsage {
     }
 }
 
+/// Hosts the dashboard shows a gauge of.
+const TOP_HOSTS: usize = 5;
+
 /// Bounds of the sampling interval an operator may set, in seconds.
 pub const INTERVAL_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
 
@@ -169,11 +172,12 @@ impl Ops {
         let usage = self.host_usage(who)?;
         let mut estate = EstateUsage::default();
         let (mut weighted, mut cpus) = (0.0, 0.0);
-        for h in self.inventory.hosts() {
+        let hosts = self.inventory.hosts();
+        let mut reporting = Vec::with_capacity(usage.len());
+        for h in &hosts {
             let Some(u) = usage.get(&h.host.id) else {
                 continue;
             };
-            estate.hosts_reporting += 1;
             if let Some(c) = u.cpu_percent {
                 let n = f64::from(h.host.facts.cpus.max(1));
                 weighted += c * n;
@@ -181,17 +185,20 @@ impl Ops {
             }
             estate.memory_used_bytes += u.memory_used_bytes.unwrap_or(0.0);
             estate.memory_total_bytes += u.memory_total_bytes.unwrap_or(0.0);
-            estate
-                .top_hosts
-                .push((h.host.id.clone(), h.host.name.clone(), *u));
+            reporting.push((u.cpu_percent.unwrap_or(-1.0), h, *u));
         }
+        estate.hosts_reporting = reporting.len();
         estate.cpu_percent = (cpus > 0.0).then(|| weighted / cpus);
-        estate.top_hosts.sort_by(|a, b| {
-            b.2.cpu_percent
-                .unwrap_or(-1.0)
-                .total_cmp(&a.2.cpu_percent.unwrap_or(-1.0))
-        });
-        estate.top_hosts.truncate(5);
+        let busiest = |a: &(f64, _, _), b: &(f64, _, _)| b.0.total_cmp(&a.0);
+        if reporting.len() > TOP_HOSTS {
+            reporting.select_nth_unstable_by(TOP_HOSTS - 1, busiest);
+            reporting.truncate(TOP_HOSTS);
+        }
+        reporting.sort_by(busiest);
+        estate.top_hosts = reporting
+            .into_iter()
+            .map(|(_, h, u)| (h.host.id.clone(), h.host.name.clone(), u))
+            .collect();
         estate.hosts = usage;
         Ok(estate)
     }
@@ -269,7 +276,7 @@ impl Ops {
             .inventory
             .hosts()
             .into_iter()
-            .map(|h| (h.host.id, h.host.name))
+            .map(|h| (h.host.id.clone(), h.host.name.clone()))
             .collect();
         let mut out: Vec<LabelledCurrent> = hosts
             .iter()

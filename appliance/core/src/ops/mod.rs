@@ -277,14 +277,10 @@ impl Ops {
 
     pub fn summary(&self, who: &Principal) -> Result<Summary, OpsError> {
         require(who, Privilege::View, "viewing the dashboard")?;
-        let hosts = self.inventory.hosts();
-        let online = hosts
-            .iter()
-            .filter(|h| h.status == HostStatus::Online)
-            .count();
+        let (online, all) = self.inventory.host_counts();
         Ok(Summary {
             hosts_online: online,
-            hosts_offline: hosts.len() - online,
+            hosts_offline: all - online,
             vm_states: self.power_state_counts(who),
             recent_jobs: self.jobs.recent(10, |j| self.job_visible(who, j)),
         })

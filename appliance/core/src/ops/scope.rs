@@ -39,7 +39,7 @@ impl Ops {
             .inventory
             .hosts()
             .into_iter()
-            .map(|h| (h.host.id, h.host.name))
+            .map(|h| (h.host.id.clone(), h.host.name.clone()))
             .collect();
         move |vm: &Vm| {
             let host_name = hosts.get(&vm.host_id).map_or("", String::as_str);
