@@ -42,6 +42,10 @@ APT_PACKAGES=(
     # downloader): the tests take the copies in the npm package net-snmp
     # (tests/browser).
     snmp smitools
+    # Alerts (tests/tests/alerts.rs): aiosmtpd receives the alert mails
+    # (tests/peers/alert_receivers.py runs under Debian's python3), rsyslogd
+    # with its TLS driver the syslog messages.
+    python3-aiosmtpd rsyslog rsyslog-gnutls
 )
 BROWSER_DIR=tests/browser
 # The agent ships as a static binary; the end-to-end tests run that build.

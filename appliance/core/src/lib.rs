@@ -8,6 +8,7 @@
 //! a bypass does not compile.
 
 mod access;
+mod alerts;
 mod backup;
 mod clock;
 #[cfg(feature = "fuzzing")]

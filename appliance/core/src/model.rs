@@ -7,6 +7,12 @@ pub use crate::access::directory::{Directory, GroupMapping};
 pub use crate::access::scope::AccessPolicy;
 pub use crate::access::tokens::{ApiToken, TokenRequest};
 pub use crate::access::{random_token, Principal, Privilege, RoleDef, UserInput, SESSION_IDLE};
+pub use crate::alerts::channel::{SmtpSecurity, SnmpNotification, SnmpVersion, SyslogTransport};
+pub use crate::alerts::rule::{MetricName, MetricObject};
+pub use crate::alerts::{
+    Alert, ChannelConfig, ChannelInput, Condition, Delivery, DeliveryState, EventKind, Rule,
+    RuleInput, Severity, Subject,
+};
 pub use crate::backup::archive::{ExportStats, Progress};
 pub use crate::backup::as_new::AsNew;
 pub use crate::backup::datastores::{DatastoreInput, Location};

@@ -8,6 +8,8 @@
 //! no answer challenges a browser to remember Basic credentials.
 
 mod access;
+mod alerts;
+pub use alerts::alert_filter;
 mod backups;
 mod ha;
 mod inventory;

@@ -15,7 +15,7 @@ use lifeboat_core::model::{Principal, Privilege};
 use lifeboat_core::ops::{Ops, OpsError};
 use Privilege::*;
 
-use super::{access, backups, ha, inventory, metrics};
+use super::{access, alerts, backups, ha, inventory, metrics};
 pub use crate::http::routing::Guard;
 use crate::http::routing::{self, Entry, Lookup};
 use crate::http::{Body, Req};
@@ -127,6 +127,17 @@ pub static ROUTES: &[Route] = &[
     route!(DELETE "/sql-export", Administer => metrics::delete_sql_export),
     route!(GET "/snmp", Administer => metrics::snmp_settings),
     route!(PUT "/snmp", Administer => metrics::set_snmp_settings),
+    route!(GET "/alerts", View => alerts::list),
+    route!(GET "/alerts/{id}", View => alerts::get),
+    route!(GET "/alert-rules", View => alerts::rules),
+    route!(POST "/alert-rules", Administer => alerts::create_rule),
+    route!(PUT "/alert-rules/{id}", Administer => alerts::update_rule),
+    route!(DELETE "/alert-rules/{id}", Administer => alerts::delete_rule),
+    route!(GET "/alert-channels", Administer => alerts::channels),
+    route!(POST "/alert-channels", Administer => alerts::create_channel),
+    route!(PUT "/alert-channels/{id}", Administer => alerts::update_channel),
+    route!(DELETE "/alert-channels/{id}", Administer => alerts::delete_channel),
+    route!(POST "/alert-channels/{id}/test", Administer => alerts::test_channel),
     route!(PUT "/vms/{id}/ha", ManageHa => ha::set_vm_ha),
     route!(GET "/vms/{id}/categories", View => access::vm_categories),
     route!(PUT "/vms/{id}/categories", ManageUsers => access::set_vm_categories),

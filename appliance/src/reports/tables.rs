@@ -94,7 +94,9 @@ async fn metric_history(
     }
     let objects: Vec<(String, String)> = if hosts {
         let hosts = ops.hosts(who)?.into_iter();
-        hosts.map(|h| (h.host.name.clone(), h.host.id.clone())).collect()
+        hosts
+            .map(|h| (h.host.name.clone(), h.host.id.clone()))
+            .collect()
     } else {
         let query = VmQuery {
             host: q.host.clone(),

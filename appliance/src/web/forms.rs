@@ -18,7 +18,7 @@ use lifeboat_proto::{BackupMode, PowerAction};
 use Privilege::*;
 
 use super::layout::PageCtx;
-use super::{admin_forms, field, ha_pages, html, pages, set_cookie, SESSION_COOKIE};
+use super::{admin_forms, alert_forms, field, ha_pages, html, pages, set_cookie, SESSION_COOKIE};
 use crate::http::routing::{self, Entry, Guard};
 use crate::http::{redirect, Body, Req};
 
@@ -140,6 +140,11 @@ pub static FORMS: &[FormEntry] = &[
     form!("/monitoring/sampling", ManageHosts => set_sampling, on "/monitoring"),
     form!("/monitoring/sql-export", Administer => set_sql_export, on "/monitoring"),
     form!("/monitoring/sql-export/delete", Administer => delete_sql_export),
+    form!("/alert-rules", Administer => alert_forms::create_rule, on "/alerts"),
+    form!("/alert-rules/{id}/delete", Administer => alert_forms::delete_rule),
+    form!("/alert-channels/{kind}", Administer => alert_forms::create_channel, on "/alerts"),
+    form!("/alert-channels/{id}/test", Administer => alert_forms::test_channel),
+    form!("/alert-channels/{id}/delete", Administer => alert_forms::delete_channel),
     form!("/users", ManageUsers => admin_forms::create_user, on "/users"),
     form!("/users/{name}", ManageUsers => admin_forms::update_user),
     form!("/users/{name}/delete", ManageUsers => admin_forms::delete_user),

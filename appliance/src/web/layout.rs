@@ -14,7 +14,7 @@ pub struct PageCtx<'a> {
     pub refused: Option<&'a super::fields::Refused>,
 }
 
-const NAV: [(&str, &str); 12] = [
+const NAV: [(&str, &str); 13] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
@@ -24,6 +24,7 @@ const NAV: [(&str, &str); 12] = [
     ("/policies", "Policies"),
     ("/datastores", "Datastores"),
     ("/monitoring", "Monitoring"),
+    ("/alerts", "Alerts"),
     ("/agents", "Add host"),
     ("/users", "Users"),
     ("/audit", "Audit"),

@@ -4,6 +4,8 @@
 
 mod admin_forms;
 mod admin_pages;
+mod alert_forms;
+mod alert_pages;
 pub mod assets;
 mod backup_pages;
 mod charts;
@@ -370,6 +372,20 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 .then(|| ops.sql_export(who))
                 .transpose()?;
             Ok(monitoring_pages::monitoring(ctx, &settings, &status, sql))
+        }
+        ["alerts"] => {
+            let filter = crate::api::alert_filter(req)?;
+            // Channels are for administrators without access policies.
+            let channels = who
+                .can(lifeboat_core::model::Privilege::Administer)
+                .then(|| ops.alert_channels(who).ok())
+                .flatten();
+            Ok(alert_pages::alerts(
+                ctx,
+                &ops.alerts(who, &filter)?,
+                &ops.alert_rules(who)?,
+                channels.as_deref(),
+            ))
         }
         ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),
         ["jobs", id] => {

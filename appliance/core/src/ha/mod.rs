@@ -103,10 +103,11 @@ pub struct Ha {
     /// Random per controller start: with the connection number it makes
     /// each connection's storage-heartbeat epoch unique across restarts.
     epoch_base: u64,
+    sink: crate::alerts::Sink,
 }
 
 impl Ha {
-    pub fn load(store: Store) -> Result<Ha, StoreError> {
+    pub fn load(store: Store, sink: crate::alerts::Sink) -> Result<Ha, StoreError> {
         Ok(Ha {
             cluster: Book::load(store.clone(), Table::HaSettings)?,
             hosts: Book::load(store.clone(), Table::HostHa)?,
@@ -120,6 +121,7 @@ impl Ha {
             started: Instant::now(),
             event_seq: std::sync::atomic::AtomicU64::new(0),
             epoch_base: rand::random::<u64>() & !0xffff_ffff,
+            sink,
         })
     }
 
@@ -168,6 +170,22 @@ impl Ha {
     /// Appends to a host's history (and the log).
     pub async fn event(&self, host_id: &str, state: HostState, message: String) {
         tracing::info!(host = host_id, state = state.as_str(), "{message}");
+        use crate::alerts::EventKind;
+        let kind = match state {
+            HostState::Ok => EventKind::HostRecovered,
+            HostState::Suspect | HostState::Partitioned => EventKind::HostSuspect,
+            HostState::Failed | HostState::Fenced => EventKind::HostFailed,
+        };
+        self.sink.raise(crate::alerts::Event::new(
+            kind,
+            crate::alerts::Subject {
+                kind: "host".into(),
+                id: host_id.to_string(),
+                name: String::new(),
+                vm: None,
+            },
+            format!("{}: {message}", state.as_str()),
+        ));
         let at_ms = crate::clock::unix_now_ms();
         let n = self
             .event_seq
@@ -186,6 +204,37 @@ impl Ha {
         for key in self.events.first_keys(excess) {
             let _ = self.events.delete(&key).await;
         }
+    }
+
+    /// Stores a failover; its start and its end (done, or incomplete) are
+    /// events.
+    pub async fn save_failover(&self, f: &Failover) -> Result<(), StoreError> {
+        use crate::alerts::EventKind;
+        use failover::FailoverState;
+        let before = self.failovers.get(&f.id).map(|old| old.state);
+        self.failovers.put(&f.id, f.clone()).await?;
+        let kind = match (before, f.state) {
+            (None, FailoverState::Running) => EventKind::FailoverStarted,
+            (Some(FailoverState::Running) | None, FailoverState::Done) => {
+                EventKind::FailoverFinished
+            }
+            (Some(FailoverState::Running) | None, FailoverState::Incomplete) => {
+                EventKind::FailoverFailed
+            }
+            _ => return Ok(()),
+        };
+        let moved = f.vms.len();
+        self.sink.raise(crate::alerts::Event::new(
+            kind,
+            crate::alerts::Subject {
+                kind: "host".into(),
+                id: f.source_id.clone(),
+                name: f.source_name.clone(),
+                vm: None,
+            },
+            format!("failover {} of {moved} VM(s): {}", f.id, kind.as_str()),
+        ));
+        Ok(())
     }
 
     /// A host's history, newest first.

@@ -78,6 +78,8 @@ struct AgentHandle {
 
 pub struct Hub {
     inventory: Arc<Inventory>,
+    /// Agent disconnections are events.
+    sink: crate::alerts::Sink,
     metrics: Arc<Metrics>,
     pki: Arc<Pki>,
     pub tokens: EnrollmentTokens,
@@ -98,8 +100,10 @@ impl Hub {
         metrics: Arc<Metrics>,
         pki: Arc<Pki>,
         tokens: EnrollmentTokens,
+        sink: crate::alerts::Sink,
     ) -> Hub {
         Hub {
+            sink,
             inventory,
             metrics,
             pki,
@@ -403,7 +407,18 @@ impl Hub {
         for (_, p) in pending.lock().expect("pending lock").drain() {
             let _ = p.reply.send(Err(DISCONNECTED.into()));
         }
-        self.inventory.host_disconnected(&host.id, connection);
+        if self.inventory.host_disconnected(&host.id, connection) {
+            self.sink.raise(crate::alerts::Event::new(
+                crate::alerts::EventKind::AgentDisconnected,
+                crate::alerts::Subject {
+                    kind: "host".into(),
+                    id: host.id.clone(),
+                    name: host.name.clone(),
+                    vm: None,
+                },
+                format!("the agent of {} disconnected", host.name),
+            ));
+        }
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(

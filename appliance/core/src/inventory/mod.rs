@@ -306,10 +306,12 @@ impl Inventory {
         }
     }
 
-    /// Marks a host disconnected, unless a newer connection already replaced this one.
-    pub fn host_disconnected(&self, id: &str, connection: u64) {
+    /// Marks a host disconnected, unless a newer connection already
+    /// replaced this one; true if it did.
+    pub fn host_disconnected(&self, id: &str, connection: u64) -> bool {
         let mut d = self.write();
-        if d.live.get(id).is_some_and(|l| l.connection == connection) {
+        let current = d.live.get(id).is_some_and(|l| l.connection == connection);
+        if current {
             d.live.remove(id);
             if let Some(h) = d.hosts.get_mut(id).map(Arc::make_mut) {
                 h.last_seen = unix_now();
@@ -317,6 +319,7 @@ impl Inventory {
                 let _ = self.store.enqueue(vec![w]);
             }
         }
+        current
     }
 
     /// Replaces everything known about a host's VMs with its agent's report,

@@ -11,6 +11,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::{Event, EventKind, Sink, Subject};
 use crate::clock::unix_now;
 use crate::store::{Store, StoreError, Table, Write};
 
@@ -82,6 +83,7 @@ fn key(id: u64) -> String {
 }
 
 pub struct Jobs {
+    sink: Sink,
     store: Store,
     next_id: AtomicU64,
     jobs: RwLock<BTreeMap<u64, Job>>,
@@ -96,8 +98,41 @@ pub struct NewJob {
     pub user: String,
 }
 
+/// The event a finished job raises, if its kind has one.
+fn outcome_event(job: &Job, result: &Result<(), String>) -> Option<Event> {
+    use EventKind::*;
+    let kind = match (job.kind.as_str(), result.is_ok()) {
+        ("backup", true) => BackupSucceeded,
+        ("backup", false) => BackupFailed,
+        ("restore", true) => RestoreSucceeded,
+        ("restore", false) => RestoreFailed,
+        ("verify", true) => VerifySucceeded,
+        ("verify", false) => VerifyFailed,
+        _ => return None,
+    };
+    let subject = match &job.vm {
+        Some(uuid) => Subject {
+            kind: "vm".into(),
+            id: uuid.clone(),
+            name: String::new(),
+            vm: Some(uuid.clone()),
+        },
+        None => Subject {
+            kind: "job".into(),
+            id: job.id.to_string(),
+            name: job.description.clone(),
+            vm: None,
+        },
+    };
+    let message = match result {
+        Ok(()) => format!("job {} succeeded: {}", job.id, job.description),
+        Err(e) => format!("job {} failed: {}: {e}", job.id, job.description),
+    };
+    Some(Event::new(kind, subject, message))
+}
+
 impl Jobs {
-    pub fn load(store: Store) -> Result<Jobs, StoreError> {
+    pub fn load(store: Store, sink: Sink) -> Result<Jobs, StoreError> {
         let mut jobs: BTreeMap<u64, Job> = store
             .load::<Job>(Table::Jobs)?
             .into_iter()
@@ -106,7 +141,11 @@ impl Jobs {
         let mut writes = Vec::new();
         for job in jobs.values_mut().filter(|j| !j.state.is_finished()) {
             job.state = JobState::Failed;
-            job.error = Some("interrupted: the controller stopped while this job ran".into());
+            let error = "interrupted: the controller stopped while this job ran".to_string();
+            if let Some(event) = outcome_event(job, &Err(error.clone())) {
+                sink.raise(event);
+            }
+            job.error = Some(error);
             job.finished_at = Some(unix_now());
             writes.push(Write::put(Table::Jobs, key(job.id), &*job));
         }
@@ -115,6 +154,7 @@ impl Jobs {
         }
         let next = jobs.keys().next_back().map_or(1, |k| k + 1);
         Ok(Jobs {
+            sink,
             store,
             next_id: AtomicU64::new(next),
             jobs: RwLock::new(jobs),
@@ -183,7 +223,14 @@ impl Jobs {
         .await
     }
 
+    /// Ends a job; a backup, restore or verification reports its outcome
+    /// as an event.
     pub async fn finish(&self, id: u64, result: Result<(), String>) -> Result<(), StoreError> {
+        if let Some(job) = self.get(id) {
+            if let Some(event) = outcome_event(&job, &result) {
+                self.sink.raise(event);
+            }
+        }
         self.update(id, |j| {
             j.finished_at = Some(unix_now());
             match result {

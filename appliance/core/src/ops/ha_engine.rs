@@ -461,7 +461,7 @@ impl Ops {
             what: "detected: heartbeats missed".into(),
         });
         f.step(format!("{}: {reason}", state.as_str()));
-        if let Err(e) = self.ha.failovers.put(&f.id, f.clone()).await {
+        if let Err(e) = self.ha.save_failover(&f).await {
             tracing::error!("cannot record failover: {e}");
             return;
         }

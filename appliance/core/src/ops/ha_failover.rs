@@ -61,7 +61,7 @@ impl Ops {
                     if self.runs_elsewhere(&vm.uuid, &f.source_id) {
                         f.vms[i].state = MoveState::Started;
                         f.step(format!("started: {} (found running)", vm.name));
-                        self.ha.failovers.put(id, f.clone()).await?;
+                        self.ha.save_failover(&f).await?;
                         continue;
                     }
                     let memory = vm.memory_mib * 1024 * 1024;
@@ -72,7 +72,7 @@ impl Ops {
                                 "unplaceable: {} (no host has room); retrying",
                                 vm.name
                             ));
-                            self.ha.failovers.put(id, f.clone()).await?;
+                            self.ha.save_failover(&f).await?;
                             let message = format!("ALERT: VM {} cannot be placed", vm.name);
                             self.ha
                                 .event(&f.source_id, HostState::Failed, message)
@@ -86,7 +86,7 @@ impl Ops {
                     f.vms[i].state = MoveState::Placed;
                     let dest_name = self.inventory.host_name(&dest);
                     f.step(format!("placed: {} on {dest_name}", vm.name));
-                    self.ha.failovers.put(id, f.clone()).await?;
+                    self.ha.save_failover(&f).await?;
                 }
             }
             let dest = f.vms[i].destination.clone().unwrap_or_default();
@@ -107,10 +107,10 @@ impl Ops {
                     f.vms[i].error = Some(e);
                 }
             }
-            self.ha.failovers.put(id, f.clone()).await?;
+            self.ha.save_failover(&f).await?;
         }
         f.settle();
-        self.ha.failovers.put(id, f).await?;
+        self.ha.save_failover(&f).await?;
         Ok(())
     }
 

@@ -137,7 +137,7 @@ impl Ops {
             vm.info.name,
             self.inventory.host_name(&dest)
         ));
-        if let Err(e) = self.ha.failovers.put(&f.id, f.clone()).await {
+        if let Err(e) = self.ha.save_failover(&f).await {
             tracing::error!("cannot record the physical failover: {e}");
             return;
         }

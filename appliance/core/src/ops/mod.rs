@@ -2,6 +2,7 @@
 //! here that takes the acting [`Principal`], checks access, writes the audit
 //! record and does the work. Web, REST and CLI adapters only translate.
 
+mod alerts;
 mod backup;
 mod directories;
 mod downloads;
@@ -32,12 +33,14 @@ use lifeboat_proto::{Command, PowerAction, PowerState};
 
 use crate::access::audit::AuditLog;
 use crate::access::{require, Access, AccessError, Principal, Privilege};
+pub use crate::alerts::send::SnmpNotifier;
 use crate::hub::enrollment::EnrollmentToken;
 use crate::hub::Hub;
 use crate::inventory::{HostStatus, HostView, Inventory, Vm};
 use crate::jobs::{Job, Jobs, NewJob};
 use crate::pki::Pki;
 use crate::store::StoreError;
+pub use alerts::{AlertFilter, ChannelView, MAX_ALERT_LIST};
 pub use backup::{BackupRef, BackupSummary, DatastoreView, RestoreOptions};
 pub use downloads::AgentDownload;
 pub use ha::ClusterView;
@@ -97,6 +100,14 @@ impl From<AccessError> for OpsError {
 /// private: adapters call the functions below, never a domain module.
 pub struct Ops {
     access: Access,
+    alerts: crate::alerts::Alerts,
+    /// Where the domain modules report events (alert rules match them).
+    sink: crate::alerts::Sink,
+    /// Taken by the alert loop when background work starts.
+    /// Registered by the SNMP adapter: sends the SNMP channels' alerts.
+    snmp_notifier: std::sync::OnceLock<Arc<dyn crate::alerts::send::SnmpNotifier>>,
+    alert_events:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Event>>>,
     audit: AuditLog,
     inventory: Arc<Inventory>,
     hub: Arc<Hub>,

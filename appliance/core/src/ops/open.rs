@@ -78,6 +78,7 @@ impl Ops {
         let generated = access
             .ensure_admin(config.admin_password)
             .map_err(context("first administrator"))?;
+        let (sink, alert_events) = crate::alerts::Sink::channel();
         let inventory = Arc::new(Inventory::load(store.clone()).map_err(context("inventory"))?);
         let tokens = EnrollmentTokens::load(store.clone()).map_err(context("enrollment"))?;
         let metrics = Arc::new(
@@ -89,6 +90,7 @@ impl Ops {
             metrics.clone(),
             pki.clone(),
             tokens,
+            sink.clone(),
         ));
         let datastore_roots = if config.datastore_roots.is_empty() {
             vec![data_dir.join("datastores"), PathBuf::from("/srv/lifeboat")]
@@ -104,10 +106,14 @@ impl Ops {
         };
         let ops = Ops {
             audit: AuditLog::load(store.clone()).map_err(context("audit log"))?,
-            jobs: Arc::new(Jobs::load(store.clone()).map_err(context("jobs"))?),
+            jobs: Arc::new(Jobs::load(store.clone(), sink.clone()).map_err(context("jobs"))?),
             datastores: Datastores::open(&data_dir, datastore_roots, store.clone())
                 .map_err(context("datastores"))?,
-            ha: crate::ha::Ha::load(store.clone()).map_err(context("HA settings"))?,
+            ha: crate::ha::Ha::load(store.clone(), sink.clone()).map_err(context("HA settings"))?,
+            alerts: crate::alerts::Alerts::load(store.clone()).map_err(context("alerts"))?,
+            alert_events: std::sync::Mutex::new(Some(alert_events)),
+            snmp_notifier: std::sync::OnceLock::new(),
+            sink,
             policies: Book::load(store.clone(), Table::BackupPolicies).map_err(context("store"))?,
             vm_tags: Book::load(store.clone(), Table::VmCategories).map_err(context("store"))?,
             category_rules: Book::load(store.clone(), Table::CategoryRules)
@@ -155,6 +161,9 @@ impl Ops {
         });
         tokio::spawn(self.clone().ha_loop());
         tokio::spawn(self.clone().sql_export_loop());
+        tokio::spawn(self.clone().alert_loop());
+        tokio::spawn(self.clone().delivery_loop());
+        tokio::spawn(self.clone().condition_loop());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let period = std::time::Duration::from_secs(crate::metrics::FLUSH_INTERVAL_SECS);

@@ -60,10 +60,14 @@ pub enum Table {
     Exports,
     /// SNMP agent settings, engine state and table indices.
     Snmp,
+    /// Alert history, each alert with its deliveries (the queue).
+    Alerts,
+    AlertRules,
+    AlertChannels,
 }
 
 impl Table {
-    const ALL: [Table; 27] = [
+    const ALL: [Table; 30] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -91,6 +95,9 @@ impl Table {
         Table::MetricObjects,
         Table::Exports,
         Table::Snmp,
+        Table::Alerts,
+        Table::AlertRules,
+        Table::AlertChannels,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -122,6 +129,9 @@ impl Table {
             Table::MetricObjects => "metric_objects",
             Table::Exports => "exports",
             Table::Snmp => "snmp",
+            Table::Alerts => "alerts",
+            Table::AlertRules => "alert_rules",
+            Table::AlertChannels => "alert_channels",
         })
     }
 }

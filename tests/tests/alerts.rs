@@ -1,0 +1,464 @@
+//! Alerts end to end with real receivers and a real libvirt host: a
+//! backup of a real VM and the agent's disconnection reach a webhook
+//! (signed with HMAC-SHA256), a Common Base Event receiver (the CBE 1.0.1
+//! element and attribute names) and aiosmtpd (STARTTLS and AUTH required;
+//! plain text and HTML with a link to the console) and rsyslogd (RFC 5424
+//! over TLS, structured data parsed); "send test alert"; a
+//! repeat is counted, not sent; channels refuse bad settings by field and
+//! never show their secrets; only unrestricted administrators manage them;
+//! a scoped user sees no alert about a VM hidden from them; and a channel
+//! that is down keeps its alert queued across a controller restart until
+//! it is delivered.
+
+use std::time::Duration;
+
+use lifeboat_e2e::*;
+
+const SECRET: &str = "webhook-signing-secret-1";
+const SMTP_USER: &str = "alerts";
+const SMTP_PASSWORD: &str = "smtp-pass-1";
+const PASSWORD: &str = "alerts-user-pass-1";
+const DELIVERY: Duration = Duration::from_secs(60);
+const CONSOLE: &str = "https://lifeboat.example.org:8443";
+
+/// Waits until `receiver` got a message that `pick` accepts, and returns it.
+fn wait_for(receiver: &Receiver, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    poll_until(what, DELIVERY, || {
+        let got = receiver.received();
+        got.iter().find(|m| pick(m)).cloned().ok_or(format!(
+            "{} messages so far: {:?}\n{}",
+            got.len(),
+            got,
+            receiver.log()
+        ))
+    })
+}
+
+fn body_json(m: &Value) -> Value {
+    serde_json::from_str(m["body"].as_str().unwrap_or_default()).unwrap_or_default()
+}
+
+fn is_webhook(event: &'static str) -> impl Fn(&Value) -> bool {
+    move |m| m["path"] == "/hook" && body_json(m)["event"] == event
+}
+
+fn create(api: &Api, path: &str, body: &Value) -> String {
+    let (status, created) = api.post(path, body);
+    assert_eq!(status, 201, "POST {path}: {created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn events_reach_webhook_cbe_and_mail_receivers() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("alerts");
+    let controller = Controller::start();
+    let api = controller.api();
+    let agent = Agent::start(&controller, "alerts-host", Some(libvirt.uri()));
+    let host = api.wait_host_status("alerts-host", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+    let hooks = Receiver::https(SECRET);
+    let mail = Receiver::smtp(SMTP_USER, SMTP_PASSWORD);
+
+    // Bad settings are refused, each by its field.
+    for (config, field) in [
+        (
+            json!({"type": "webhook", "url": "http://127.0.0.1/hook"}),
+            "url:",
+        ),
+        (json!({"type": "cbe", "url": "https://"}), "url:"),
+        (
+            json!({"type": "webhook", "url": hooks.url("hook"), "ca_pem": "not a certificate"}),
+            "ca_pem:",
+        ),
+        (
+            json!({"type": "email", "server": "127.0.0.1", "from": "lifeboat@example.org", "to": ["nobody"]}),
+            "to:",
+        ),
+        (
+            json!({"type": "syslog", "address": "127.0.0.1"}),
+            "address:",
+        ),
+        (
+            json!({"type": "pager", "url": "https://x"}),
+            "unknown variant",
+        ),
+    ] {
+        let (status, body) = api.post(
+            "/api/v1/alert-channels",
+            &json!({"name": "bad", "config": config}),
+        );
+        assert_eq!(status, 400, "{config}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "{config}: {body}"
+        );
+    }
+
+    let webhook = create(
+        &api,
+        "/api/v1/alert-channels",
+        &json!({"name": "hooks", "config": {
+        "type": "webhook", "url": hooks.url("hook"), "secret": SECRET, "ca_pem": hooks.ca_pem()}}),
+    );
+    let cbe = create(
+        &api,
+        "/api/v1/alert-channels",
+        &json!({"name": "cbe", "config": {
+        "type": "cbe", "url": hooks.url("cbe"), "ca_pem": hooks.ca_pem()}}),
+    );
+    let email = create(
+        &api,
+        "/api/v1/alert-channels",
+        &json!({"name": "mail", "config": {
+        "type": "email", "server": "127.0.0.1", "port": mail.port(), "security": "starttls",
+        "username": SMTP_USER, "password": SMTP_PASSWORD, "from": "lifeboat@example.org",
+        "to": ["ops@example.org"], "console_url": CONSOLE, "ca_pem": mail.ca_pem()}}),
+    );
+    let (status, channels) = api.get("/api/v1/alert-channels");
+    assert_eq!(status, 200);
+    let text = channels.to_string();
+    assert!(
+        !text.contains(SECRET) && !text.contains(SMTP_PASSWORD),
+        "{text}"
+    );
+    assert!(
+        channels
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["secret_set"] == (c["config"]["type"] != "cbe")),
+        "{text}"
+    );
+
+    // Only unrestricted administrators manage channels and rules.
+    let (status, body) = api.post(
+        "/api/v1/users",
+        &json!({"name": "operator1", "password": PASSWORD, "role": "operator"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let operator = controller.api_as("operator1", PASSWORD);
+    assert_eq!(operator.get("/api/v1/alert-channels").0, 403);
+    assert_eq!(
+        operator
+            .post(
+                &format!("/api/v1/alert-channels/{webhook}/test"),
+                &json!({})
+            )
+            .0,
+        403
+    );
+    assert_eq!(
+        operator
+            .post(
+                "/api/v1/alert-rules",
+                &json!({"name": "x", "events": ["host-failed"]})
+            )
+            .0,
+        403
+    );
+
+    let (status, body) = api.post(
+        "/api/v1/alert-rules",
+        &json!({"name": "r", "events": ["backup-failed"], "channels": ["channel-nope"]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("channels:"),
+        "{body}"
+    );
+    let (status, body) = api.post(
+        "/api/v1/alert-rules",
+        &json!({"name": "r", "events": ["test"]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    create(
+        &api,
+        "/api/v1/alert-rules",
+        &json!({
+        "name": "backups and agents", "events": ["backup-succeeded", "agent-disconnected"],
+        "severity": "major", "channels": [webhook, cbe, email], "dedup_secs": 600}),
+    );
+
+    // Send test alert.
+    let (status, test) = api.post(
+        &format!("/api/v1/alert-channels/{webhook}/test"),
+        &json!({}),
+    );
+    assert_eq!(status, 202, "{test}");
+    let got = wait_for(&hooks, "the test alert at the webhook", is_webhook("test"));
+    assert_eq!(got["signature_ok"], true, "{got}");
+    assert_eq!(got["headers"]["content-type"], "application/json");
+
+    // A real backup: one alert on all three channels.
+    api.full_backup(vm.uuid());
+    let got = wait_for(
+        &hooks,
+        "the backup alert at the webhook",
+        is_webhook("backup-succeeded"),
+    );
+    assert_eq!(got["signature_ok"], true, "{got}");
+    let alert = body_json(&got);
+    assert_eq!(alert["severity"], "major");
+    assert_eq!(alert["subject"]["kind"], "vm");
+    assert_eq!(alert["subject"]["id"], vm.uuid());
+    assert_eq!(alert["subject"]["name"], vm.name());
+
+    let got = wait_for(&hooks, "the Common Base Event", |m| m["path"] == "/cbe");
+    assert_eq!(got["headers"]["content-type"], "application/xml");
+    let xml = got["body"].as_str().unwrap();
+    let doc = roxmltree::Document::parse(xml).unwrap();
+    let event = doc.root_element();
+    assert_eq!(event.tag_name().name(), "CommonBaseEvent", "{xml}");
+    assert_eq!(
+        event.tag_name().namespace(),
+        Some("http://www.ibm.com/AC/commonbaseevent1_0_1")
+    );
+    for attr in [
+        "version",
+        "creationTime",
+        "globalInstanceId",
+        "severity",
+        "msg",
+    ] {
+        assert!(event.attribute(attr).is_some(), "{attr} in {xml}");
+    }
+    assert_eq!(event.attribute("severity"), Some("40"));
+    assert!(event.attribute("msg").unwrap().contains(vm.name()));
+    let names: Vec<&str> = event
+        .children()
+        .filter(|n| n.is_element())
+        .map(|n| n.tag_name().name())
+        .collect();
+    assert!(
+        names.contains(&"sourceComponentId") && names.contains(&"situation"),
+        "{names:?}"
+    );
+    let situation = event
+        .children()
+        .find(|n| n.has_tag_name("situation"))
+        .unwrap();
+    assert!(situation.attribute("categoryName").is_some());
+    assert!(situation
+        .children()
+        .any(|n| n.has_tag_name("situationType")));
+
+    let got = wait_for(&mail, "the alert mail", |m| {
+        m["subject"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("backup-succeeded")
+    });
+    assert_eq!(
+        (got["tls"].clone(), got["authenticated"].clone()),
+        (json!(true), json!(true)),
+        "{got}"
+    );
+    assert_eq!(got["to"], json!(["ops@example.org"]));
+    assert_eq!(got["content_type"], "multipart/alternative");
+    let part = |t: &str| {
+        got["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["type"] == t)
+            .map(|p| p["text"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {t} part: {got}"))
+    };
+    let link = format!("{CONSOLE}/vms/{}", vm.uuid());
+    assert!(part("text/plain").contains(&link), "{got}");
+    assert!(
+        part("text/html").contains(&format!("href=\"{link}\"")),
+        "{got}"
+    );
+
+    // The history says where it went.
+    let alert_id = alert["id"].as_u64().unwrap();
+    let stored = poll_until("all three deliveries sent", DELIVERY, || {
+        let (_, a) = api.try_get(&format!("/api/v1/alerts/{alert_id}"))?;
+        let states: Vec<&Value> = a["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| &d["state"])
+            .collect();
+        (states.len() == 3 && states.iter().all(|s| *s == "sent"))
+            .then_some(a.clone())
+            .ok_or(a.to_string())
+    });
+    assert_eq!(stored["event"], "backup-succeeded");
+
+    // A second backup within the window is a repeat: counted, not sent.
+    api.full_backup(vm.uuid());
+    poll_until("the repeat counted", DELIVERY, || {
+        let (_, a) = api.try_get(&format!("/api/v1/alerts/{alert_id}"))?;
+        (a["repeats"] == 1).then_some(()).ok_or(a.to_string())
+    });
+    api.post(
+        &format!("/api/v1/alert-channels/{webhook}/test"),
+        &json!({}),
+    );
+    poll_until("the second test alert", DELIVERY, || {
+        let n = hooks
+            .received()
+            .iter()
+            .filter(|m| is_webhook("test")(m))
+            .count();
+        (n == 2).then_some(()).ok_or(n)
+    });
+    let sent = hooks
+        .received()
+        .iter()
+        .filter(|m| is_webhook("backup-succeeded")(m))
+        .count();
+    assert_eq!(sent, 1, "the repeat was not sent again");
+
+    // A scoped user sees no alert about the VM hidden from them.
+    let (status, body) = api.put(
+        &format!("/api/v1/vms/{}/categories", vm.uuid()),
+        &json!({"team": "secret"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.post("/api/v1/policies", &json!({"name": "no-secrets", "rules": [
+        {"effect": "allow", "key": "*", "value": "*"}, {"effect": "deny", "key": "team", "value": "secret"}]}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.post("/api/v1/users", &json!({"name": "watcher", "password": PASSWORD, "role": "auditor", "policies": ["no-secrets"]}));
+    assert_eq!(status, 201, "{body}");
+    let watcher = controller.api_as("watcher", PASSWORD);
+    let (status, seen) = watcher.get("/api/v1/alerts");
+    assert_eq!(status, 200, "{seen}");
+    assert!(!seen.to_string().contains(vm.uuid()), "{seen}");
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["event"] == "test"),
+        "{seen}"
+    );
+    assert_eq!(watcher.get(&format!("/api/v1/alerts/{alert_id}")).0, 404);
+    assert!(api.get("/api/v1/alerts").1.to_string().contains(vm.uuid()));
+    assert_eq!(api.get("/api/v1/alerts?severity=loud").0, 400);
+    assert_eq!(api.get("/api/v1/alerts?limit=0").0, 400);
+
+    // The agent goes away: its host's alert.
+    drop(agent);
+    let got = wait_for(
+        &hooks,
+        "the agent's disconnection at the webhook",
+        is_webhook("agent-disconnected"),
+    );
+    assert_eq!(body_json(&got)["subject"]["id"], host["id"]);
+
+    // The console lists the history and the channels with their test button.
+    let mut console = ConsoleClient::new(&controller);
+    console.login(controller.admin_password());
+    let page = console.get("/alerts").text();
+    for expected in [
+        "backup-succeeded",
+        "agent-disconnected",
+        "Send test alert",
+        "backups and agents",
+    ] {
+        assert!(page.contains(expected), "{expected} on /alerts");
+    }
+}
+
+#[test]
+fn syslog_alerts_reach_rsyslogd_over_tls_as_rfc_5424() {
+    let rsyslog = Rsyslog::start_tls();
+    let controller = Controller::start();
+    let api = controller.api();
+    let syslog = create(
+        &api,
+        "/api/v1/alert-channels",
+        &json!({"name": "logs", "config": {
+        "type": "syslog", "address": rsyslog.address(), "transport": "tls", "ca_pem": rsyslog.ca_pem()}}),
+    );
+    let (status, body) = api.post("/api/v1/alert-channels", &json!({"name": "logs", "config": {
+        "type": "syslog", "address": rsyslog.address(), "transport": "udp", "ca_pem": rsyslog.ca_pem()}}));
+    assert_eq!(status, 400, "a CA is for TLS: {body}");
+    let (status, alert) = api.post(&format!("/api/v1/alert-channels/{syslog}/test"), &json!({}));
+    assert_eq!(status, 202, "{alert}");
+    let id = alert["id"].as_u64().unwrap().to_string();
+    let got = poll_until("the alert in rsyslogd", DELIVERY, || {
+        let got = rsyslog.received();
+        got.iter()
+            .find(|m| m["msgid"] == id.as_str())
+            .cloned()
+            .ok_or(format!("{got:?}\n{}\n{}", rsyslog.log(), controller.log()))
+    });
+    assert_eq!(got["protocol"], "1", "RFC 5424: {got}");
+    assert_eq!(
+        (
+            got["app"].as_str(),
+            got["facility"].as_str(),
+            got["severity"].as_str()
+        ),
+        (Some("lifeboat"), Some("daemon"), Some("info")),
+        "{got}"
+    );
+    let sd = got["sd"].as_str().unwrap();
+    assert!(
+        sd.starts_with("[lifeboat@32473 ") && sd.contains(r#"event="test""#),
+        "{got}"
+    );
+    assert!(
+        got["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Test alert on channel logs"),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_channel_that_is_down_keeps_its_alert_across_a_restart() {
+    let mut hooks = Receiver::https(SECRET);
+    hooks.stop();
+    let mut controller = Controller::start();
+    let api = controller.api();
+    let webhook = create(
+        &api,
+        "/api/v1/alert-channels",
+        &json!({"name": "hooks", "config": {
+        "type": "webhook", "url": hooks.url("hook"), "secret": SECRET, "ca_pem": hooks.ca_pem()}}),
+    );
+    let (status, alert) = api.post(
+        &format!("/api/v1/alert-channels/{webhook}/test"),
+        &json!({}),
+    );
+    assert_eq!(status, 202, "{alert}");
+    let id = alert["id"].as_u64().unwrap();
+    let failed = poll_until("a failed attempt", DELIVERY, || {
+        let (_, a) = api.try_get(&format!("/api/v1/alerts/{id}"))?;
+        let d = &a["deliveries"][0];
+        (d["attempts"].as_u64() >= Some(1))
+            .then_some(d.clone())
+            .ok_or(a.to_string())
+    });
+    assert_eq!(failed["state"], "pending", "{failed}");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("connect"),
+        "{failed}"
+    );
+
+    controller.restart();
+    hooks.resume();
+    let api = controller.api();
+    let got = wait_for(
+        &hooks,
+        "the queued alert after the restart",
+        is_webhook("test"),
+    );
+    assert_eq!(body_json(&got)["id"], id);
+    assert_eq!(got["signature_ok"], true);
+    let (_, a) = api.get(&format!("/api/v1/alerts/{id}"));
+    let d = &a["deliveries"][0];
+    assert!(d["attempts"].as_u64() >= Some(2), "{a}");
+    poll_until("the delivery recorded as sent", DELIVERY, || {
+        let (_, a) = api.try_get(&format!("/api/v1/alerts/{id}"))?;
+        (a["deliveries"][0]["state"] == "sent")
+            .then_some(())
+            .ok_or(a.to_string())
+    });
+}
