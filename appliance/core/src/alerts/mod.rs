@@ -394,10 +394,15 @@ impl Alerts {
             (repeat_of, suppressed)
         };
         if let Some(id) = repeat_of {
-            if let Some(mut earlier) = self.get(id) {
-                earlier.repeats += 1;
-                earlier.last_at_ms = now;
-                self.alerts.put(&key(id), earlier).await?;
+            let counted = self
+                .alerts
+                .update(&key(id), |earlier| {
+                    earlier.repeats += 1;
+                    earlier.last_at_ms = now;
+                    Some(())
+                })
+                .await?;
+            if counted.is_some() {
                 self.memory
                     .lock()
                     .expect("alerts memory")
@@ -535,31 +540,31 @@ impl Alerts {
         outcome: Attempt,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let Some(mut alert) = self.get(id) else {
-            return Ok(());
-        };
-        let at = alert.at_ms;
-        let Some(d) = alert.deliveries.iter_mut().find(|d| d.channel == channel) else {
-            return Ok(());
-        };
-        d.attempts += 1;
-        d.state = match outcome {
-            Attempt::Sent => DeliveryState::Sent { at_ms: now_ms },
-            Attempt::Failed(e) => {
-                let next = now_ms + backoff_ms(d.attempts);
-                d.last_error = Some(e);
-                if next > at + GIVE_UP_AFTER_MS {
-                    DeliveryState::Failed { at_ms: now_ms }
-                } else {
-                    DeliveryState::Pending { next_at_ms: next }
-                }
-            }
-            Attempt::GaveUp(e) => {
-                d.last_error = Some(e);
-                DeliveryState::Failed { at_ms: now_ms }
-            }
-        };
-        self.alerts.put(&key(id), alert).await
+        self.alerts
+            .update(&key(id), |alert| {
+                let at = alert.at_ms;
+                let d = alert.deliveries.iter_mut().find(|d| d.channel == channel)?;
+                d.attempts += 1;
+                d.state = match outcome {
+                    Attempt::Sent => DeliveryState::Sent { at_ms: now_ms },
+                    Attempt::Failed(e) => {
+                        let next = now_ms + backoff_ms(d.attempts);
+                        d.last_error = Some(e);
+                        if next > at + GIVE_UP_AFTER_MS {
+                            DeliveryState::Failed { at_ms: now_ms }
+                        } else {
+                            DeliveryState::Pending { next_at_ms: next }
+                        }
+                    }
+                    Attempt::GaveUp(e) => {
+                        d.last_error = Some(e);
+                        DeliveryState::Failed { at_ms: now_ms }
+                    }
+                };
+                Some(())
+            })
+            .await?;
+        Ok(())
     }
 }
 

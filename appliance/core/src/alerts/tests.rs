@@ -106,6 +106,52 @@ async fn a_repeat_within_the_window_is_counted_not_sent_and_one_after_it_is_sent
 }
 
 #[tokio::test]
+async fn outcomes_recorded_at_once_on_several_channels_are_all_kept() {
+    let (store, _) = temp_store("concurrent");
+    let alerts = std::sync::Arc::new(Alerts::load(store).unwrap());
+    alerts
+        .rules
+        .put("r1", rule("r1", vec![EventKind::HostFailed], 30))
+        .await
+        .unwrap();
+    let raised = alerts
+        .handle(&host_event(EventKind::HostFailed, "h1", T0))
+        .await
+        .unwrap();
+    let id = raised[0].id;
+    let tasks: Vec<_> = ["c1", "c2"]
+        .into_iter()
+        .map(|c| {
+            let alerts = alerts.clone();
+            tokio::spawn(async move { alerts.delivered(id, c, Attempt::Sent, T0 + 1).await })
+        })
+        .chain(std::iter::once({
+            let alerts = alerts.clone();
+            tokio::spawn(async move {
+                alerts
+                    .handle(&host_event(EventKind::HostFailed, "h1", T0 + 2))
+                    .await
+                    .map(|_| ())
+            })
+        }))
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stored = alerts.get(id).unwrap();
+    assert_eq!(stored.repeats, 1);
+    assert!(
+        stored
+            .deliveries
+            .iter()
+            .all(|d| matches!(d.state, DeliveryState::Sent { .. })),
+        "{:?}",
+        stored.deliveries
+    );
+    assert!(alerts.due(T0 + 10).is_empty(), "nothing is sent twice");
+}
+
+#[tokio::test]
 async fn over_the_rate_limit_alerts_are_recorded_as_suppressed_with_no_delivery() {
     let (store, _) = temp_store("rate");
     let alerts = Alerts::load(store).unwrap();

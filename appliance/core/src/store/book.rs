@@ -20,6 +20,8 @@ pub struct Book<T> {
     /// Numbers changes as they are queued; per key, the number of the
     /// change the in-memory copy shows.
     order: Mutex<(u64, HashMap<String, u64>)>,
+    /// Held by [`Book::update`] from its read to its commit.
+    updating: tokio::sync::Mutex<()>,
 }
 
 impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
@@ -30,6 +32,7 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
             table,
             records: RwLock::new(records),
             order: Mutex::new((0, HashMap::new())),
+            updating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -60,6 +63,26 @@ impl<T: Clone + Serialize + DeserializeOwned> Book<T> {
     pub async fn put(&self, key: &str, record: T) -> Result<(), StoreError> {
         let write = Write::put(self.table, key, &record);
         self.change(key, write, Some(record)).await
+    }
+
+    /// Changes the record under `key` in place and commits it; updates are
+    /// serialised, so two of them never both start from the same copy and
+    /// lose one change. `None` when there is no such record, or when `f`
+    /// returns `None` (nothing to write).
+    pub async fn update<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&mut T) -> Option<R>,
+    ) -> Result<Option<R>, StoreError> {
+        let _turn = self.updating.lock().await;
+        let Some(mut record) = self.get(key) else {
+            return Ok(None);
+        };
+        let Some(result) = f(&mut record) else {
+            return Ok(None);
+        };
+        self.put(key, record).await?;
+        Ok(Some(result))
     }
 
     /// False when there was nothing under `key`.
@@ -110,6 +133,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Book::load(Store::open(&dir.join("b.redb")).unwrap(), Table::Roles).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_lose_nothing() {
+        let book = std::sync::Arc::new(book("updates"));
+        book.put("k", 0).await.unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let book = book.clone();
+                tokio::spawn(async move { book.update("k", |n| Some(*n += 1)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Some(()));
+        }
+        assert_eq!(book.get("k"), Some(20));
+        assert_eq!(book.update("absent", |n| Some(*n)).await.unwrap(), None);
     }
 
     #[tokio::test]
