@@ -42,6 +42,9 @@ APT_PACKAGES=(
     # downloader): the tests take the copies in the npm package net-snmp
     # (tests/browser).
     snmp smitools
+    # SNMP notifications (tests/tests/alerts.rs): net-snmp's snmptrapd
+    # receives the v2c traps and the v3 traps and informs.
+    snmptrapd
     # Alerts (tests/tests/alerts.rs): aiosmtpd receives the alert mails
     # (tests/peers/alert_receivers.py runs under Debian's python3), rsyslogd
     # with its TLS driver the syslog messages.

@@ -8,10 +8,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeboat::{cli, http};
+use lifeboat_core::model::{Log, LogLevel};
 use lifeboat_core::ops::{ControllerConfig, Ops};
 
 #[derive(Parser)]
@@ -109,22 +111,51 @@ fn cap_malloc_arenas() {}
 
 fn main() -> anyhow::Result<()> {
     cap_malloc_arenas();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log = init_logging();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(args) => serve(args, log),
         Cmd::Backup(cmd) => cli::run(cmd),
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The process's log: to stderr and into a [`Log`] the console shows, at
+/// `LIFEBOAT_LOG` (an `EnvFilter`, default `info`) until the stored or a
+/// newly chosen level replaces it. True when `LIFEBOAT_LOG` was given.
+fn init_logging() -> (Arc<Log>, bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{reload, EnvFilter};
+    let given = EnvFilter::try_from_env("LIFEBOAT_LOG").ok();
+    let start = std::env::var("LIFEBOAT_LOG")
+        .ok()
+        .and_then(|l| LogLevel::parse(l.trim()))
+        .unwrap_or_default();
+    let from_env = given.is_some();
+    let (filter, handle) =
+        reload::Layer::new(given.unwrap_or_else(|| EnvFilter::new(start.as_str())));
+    let log = Arc::new(Log::default());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(log.layer())
+        .init();
+    log.on_level_change(
+        start,
+        Box::new(move |level| {
+            handle
+                .reload(EnvFilter::new(level.as_str()))
+                .map_err(|e| e.to_string())
+        }),
+    );
+    (log, from_env)
+}
+
+fn serve(args: ServeArgs, (log, level_given): (Arc<Log>, bool)) -> anyhow::Result<()> {
     let admin_password = std::env::var("LIFEBOAT_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -177,6 +208,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .write(file, text.as_bytes())
                 .with_context(|| format!("cannot write {}", file.display()))?;
         }
+        ops.attach_log(log, level_given);
         ops.start_background_work();
         tokio::spawn(lifeboat::snmp::run(ops.clone()));
         tokio::select! {

@@ -7,9 +7,16 @@
 //! so a VM hidden from that user is absent from every table and count. A
 //! GETBULK walk asks for many OIDs in a row: each user's view is computed
 //! once and kept for [`VIEW_TTL`].
+//!
+//! The same adapter sends alert channels' notifications (LIFEBOAT-MIB's
+//! lbNotifications carrying an lbAlarmEntry): v2c traps and informs, v3
+//! authPriv traps (from the controller's engine, the agent's) and informs
+//! (to the receiver's, discovered).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,15 +26,22 @@ use async_snmp::handler::{
     SecurityName,
 };
 use async_snmp::{
-    AuthoritativeEngine, Oid, PersistedAuthoritativeEngine, SecurityLevel, Value, VarBind,
+    Auth, AuthoritativeEngine, Client, Oid, PersistedAuthoritativeEngine, PrivProtocol, Retry,
+    SecurityLevel, UsmConfig, Value, VarBind,
 };
-use lifeboat_core::model::{AuthProtocol, EngineState, ENTERPRISE};
-use lifeboat_core::ops::{Ops, SnmpAgentConfig, SnmpView};
+use lifeboat_core::model::{
+    Alert, AuthProtocol, ChannelConfig, EngineState, SnmpNotification, SnmpVersion, ENTERPRISE,
+};
+use lifeboat_core::ops::{Ops, SnmpAgentConfig, SnmpAlarm, SnmpNotifier, SnmpView};
 
 /// How long one user's view of the MIB is reused.
 const VIEW_TTL: Duration = Duration::from_secs(2);
 /// Wait before starting again after the agent stopped on an error.
 const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// An inform's wait for its acknowledgement, and how often it is sent
+/// again within one delivery attempt (the alert's own back-off follows).
+const INFORM_TIMEOUT: Duration = Duration::from_secs(3);
+const INFORM_RETRIES: u32 = 2;
 
 const SYSTEM: [u32; 7] = [1, 3, 6, 1, 2, 1, 1];
 /// LIFEBOAT-MIB's module, and its `lbObjects`.
@@ -38,8 +52,15 @@ fn oid(prefix: &[u32], rest: &[u32]) -> Oid {
     Oid::new(prefix.iter().chain(rest).copied())
 }
 
-/// Runs the agent for as long as the controller runs.
+/// Runs the agent for as long as the controller runs, and sends the
+/// alert channels' notifications.
 pub async fn run(ops: Arc<Ops>) {
+    let shared = Arc::new(Shared {
+        ops: ops.clone(),
+        engine: Mutex::new(None),
+        started: Instant::now(),
+    });
+    ops.set_snmp_notifier(shared.clone());
     loop {
         let changed = ops.snmp_settings_changed();
         tokio::pin!(changed);
@@ -57,7 +78,7 @@ pub async fn run(ops: Arc<Ops>) {
             }
         };
         let listen = config.listen.clone();
-        let agent = match build(&ops, config).await {
+        let agent = match build(&shared, config).await {
             Ok(agent) => agent,
             Err(e) => {
                 tracing::error!("SNMP agent not started on {listen}: {e}");
@@ -84,11 +105,111 @@ pub async fn run(ops: Arc<Ops>) {
     }
 }
 
+/// What the agent and the notifications share for the life of the
+/// process: the local engine (one boot per start of the controller) and
+/// the start time (sysUpTime).
+struct Shared {
+    ops: Arc<Ops>,
+    engine: Mutex<Option<AuthoritativeEngine>>,
+    started: Instant,
+}
+
+impl Shared {
+    /// The local engine, made (and its boot stored) on first use.
+    fn engine(&self) -> Result<AuthoritativeEngine, String> {
+        let mut engine = self.engine.lock().expect("snmp engine");
+        if let Some(e) = engine.as_ref() {
+            return Ok(e.clone());
+        }
+        let made = new_engine(&self.ops)?;
+        *engine = Some(made.clone());
+        Ok(made)
+    }
+
+    fn uptime(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_millis() / 10).unwrap_or(u32::MAX)
+    }
+
+    /// Sends one alert to the receiver `config` names.
+    async fn notify(&self, config: &ChannelConfig, alert: &Alert) -> Result<(), String> {
+        let ChannelConfig::Snmp {
+            target,
+            version,
+            notification,
+            community,
+            user,
+            auth,
+            auth_password,
+            priv_password,
+        } = config
+        else {
+            return Err("not an SNMP channel".into());
+        };
+        let alarm = SnmpAlarm::of(alert);
+        let varbinds = alarm_columns(&alarm)
+            .into_iter()
+            .map(|(c, v)| VarBind::new(oid(&OBJECTS, &[5, 1, c, alarm.index]), v))
+            .collect();
+        let auth: Auth = match version {
+            SnmpVersion::V2c => Auth::v2c(community.as_str()),
+            SnmpVersion::V3 => UsmConfig::new(user.clone().into_bytes())
+                .auth_priv(
+                    usm_auth(*auth),
+                    auth_password,
+                    PrivProtocol::Aes128,
+                    priv_password,
+                )
+                .map_err(|e| format!("user {user}: {e}"))?
+                .into(),
+        };
+        let retry = Retry::fixed(INFORM_RETRIES, Duration::ZERO).map_err(|e| e.to_string())?;
+        let mut builder = Client::builder(target.as_str(), auth)
+            .request_timeout(INFORM_TIMEOUT)
+            .retry(retry);
+        if (*version, *notification) == (SnmpVersion::V3, SnmpNotification::Trap) {
+            // The sender of a v3 trap is its authoritative engine.
+            builder = builder.local_authoritative_engine(self.engine()?);
+        }
+        let client = builder
+            .connect()
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        let trap_oid = oid(&LIFEBOAT, &[0, alarm.notification]);
+        let sent = match notification {
+            SnmpNotification::Trap => client.send_trap(&trap_oid, self.uptime(), varbinds).await,
+            SnmpNotification::Inform => {
+                client.send_inform(&trap_oid, self.uptime(), varbinds).await
+            }
+        };
+        sent.map_err(|e| match notification {
+            SnmpNotification::Inform => format!("{target}: the inform was not acknowledged: {e}"),
+            SnmpNotification::Trap => format!("{target}: {e}"),
+        })
+    }
+}
+
+impl SnmpNotifier for Shared {
+    fn notify<'a>(
+        &'a self,
+        config: &'a ChannelConfig,
+        alert: &'a Alert,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(Shared::notify(self, config, alert))
+    }
+}
+
+fn usm_auth(auth: AuthProtocol) -> async_snmp::AuthProtocol {
+    match auth {
+        AuthProtocol::Sha1 => async_snmp::AuthProtocol::Sha1,
+        AuthProtocol::Sha256 => async_snmp::AuthProtocol::Sha256,
+    }
+}
+
 /// The engine, its boot count one higher than the stored one and stored
 /// before use (and again whenever it moves), so no USM message from an
 /// earlier run can be replayed.
-fn engine(ops: &Arc<Ops>) -> Result<AuthoritativeEngine, String> {
-    let stored = ops.snmp_engine().map_err(|e| e.to_string())?;
+fn new_engine(ops: &Arc<Ops>) -> Result<AuthoritativeEngine, String> {
+    let stored = ops.snmp_engine();
     let id = hex::decode(&stored.engine_id).map_err(|e| format!("engine ID: {e}"))?;
     let saver = ops.clone();
     // Called on this runtime's threads (the controller's runtime has
@@ -110,9 +231,9 @@ fn engine(ops: &Arc<Ops>) -> Result<AuthoritativeEngine, String> {
     engine.map_err(|e| e.to_string())
 }
 
-async fn build(ops: &Arc<Ops>, config: SnmpAgentConfig) -> Result<Agent, String> {
+async fn build(shared: &Arc<Shared>, config: SnmpAgentConfig) -> Result<Agent, String> {
     let mib = Arc::new(Mib {
-        ops: ops.clone(),
+        shared: shared.clone(),
         communities: config
             .communities
             .iter()
@@ -124,11 +245,10 @@ async fn build(ops: &Arc<Ops>, config: SnmpAgentConfig) -> Result<Agent, String>
             .map(|u| (u.name.clone(), u.user.clone()))
             .collect(),
         views: Mutex::default(),
-        started: Instant::now(),
     });
     let mut builder = Agent::builder()
         .bind(config.listen.clone())
-        .authoritative_engine(engine(ops)?)
+        .authoritative_engine(shared.engine()?)
         .communities(
             config
                 .communities
@@ -136,10 +256,7 @@ async fn build(ops: &Arc<Ops>, config: SnmpAgentConfig) -> Result<Agent, String>
                 .map(|c| c.community.as_bytes().to_vec()),
         );
     for u in &config.users {
-        let auth = match u.auth {
-            AuthProtocol::Sha1 => async_snmp::AuthProtocol::Sha1,
-            AuthProtocol::Sha256 => async_snmp::AuthProtocol::Sha256,
-        };
+        let auth = usm_auth(u.auth);
         builder = builder
             .usm_user(u.name.clone().into_bytes(), |user| {
                 user.auth_priv(
@@ -204,14 +321,13 @@ type Instances = BTreeMap<Oid, Value>;
 /// What every request shares: who each community or user acts as, and the
 /// views computed recently.
 struct Mib {
-    ops: Arc<Ops>,
+    shared: Arc<Shared>,
     /// Community → (source networks, Lifeboat user).
     communities: HashMap<String, (Vec<ipnet::IpNet>, String)>,
     /// USM user name → Lifeboat user.
     usm: HashMap<String, String>,
     /// Lifeboat user → (when computed, its instances).
     views: Mutex<HashMap<String, (Instant, Arc<Instances>)>>,
-    started: Instant,
 }
 
 impl Mib {
@@ -250,15 +366,17 @@ impl Mib {
         }
         let source = format!("snmp {}", ctx.source().ip());
         let who = self
+            .shared
             .ops
             .snmp_principal(&user, &source)
             .ok_or_else(|| HandlerError::new("the community's Lifeboat user is gone"))?;
         let view = self
+            .shared
             .ops
             .snmp_view(&who)
             .await
             .map_err(|e| HandlerError::new(e.to_string()))?;
-        let objects = Arc::new(objects(&view, self.started.elapsed()));
+        let objects = Arc::new(objects(&view, self.shared.uptime()));
         self.views
             .lock()
             .expect("snmp views")
@@ -299,7 +417,7 @@ fn date_and_time(unix: Option<u64>) -> Value {
 }
 
 /// Every instance `view` shows, in OID order.
-fn objects(view: &SnmpView, uptime: Duration) -> Instances {
+fn objects(view: &SnmpView, uptime: u32) -> Instances {
     let mut m = BTreeMap::new();
     let mut sys = |arc: u32, v: Value| m.insert(oid(&SYSTEM, &[arc, 0]), v);
     sys(
@@ -307,7 +425,7 @@ fn objects(view: &SnmpView, uptime: Duration) -> Instances {
         text(&format!("Lifeboat controller {}", view.version), 255),
     );
     sys(2, Value::ObjectIdentifier(Oid::from_slice(&LIFEBOAT)));
-    sys(3, Value::TimeTicks((uptime.as_millis() / 10) as u32));
+    sys(3, Value::TimeTicks(uptime));
     sys(4, text("", 255));
     sys(5, text(&lifeboat_os::host::hostname(), 255));
     sys(6, text("", 255));
@@ -350,7 +468,26 @@ fn objects(view: &SnmpView, uptime: Duration) -> Instances {
         col(4, Value::Gauge32(d.used_mib));
         col(5, Value::Gauge32(d.used));
     }
+    for a in &view.alarms {
+        for (c, v) in alarm_columns(a) {
+            m.insert(oid(&OBJECTS, &[5, 1, c, a.index]), v);
+        }
+    }
     m
+}
+
+/// lbAlarmEntry's columns: a row of lbAlarmTable, and what every
+/// notification carries.
+fn alarm_columns(a: &SnmpAlarm) -> [(u32, Value); 7] {
+    [
+        (2, date_and_time(Some(a.at))),
+        (3, Value::Integer(a.severity)),
+        (4, text(a.event, 255)),
+        (5, text(&a.kind, 255)),
+        (6, text(&a.object_id, 255)),
+        (7, text(&a.object_name, 255)),
+        (8, text(&a.message, 255)),
+    ]
 }
 
 /// Whether `o` names an instance of an object the MIB defines (a scalar
@@ -370,6 +507,7 @@ fn is_defined_object(o: &Oid) -> bool {
         [2, 1, col, ..] => (2..=8).contains(col),
         [3, 1, col, ..] => (2..=10).contains(col),
         [4, 1, col, ..] => (2..=5).contains(col),
+        [5, 1, col, ..] => (2..=8).contains(col),
         _ => false,
     }
 }
@@ -422,6 +560,8 @@ mod tests {
         assert!(is_defined_object(&oid(&OBJECTS, &[3, 1, 2, 99])));
         assert!(!is_defined_object(&oid(&OBJECTS, &[3, 1, 11, 1])));
         assert!(!is_defined_object(&oid(&OBJECTS, &[9])));
+        assert!(is_defined_object(&oid(&OBJECTS, &[5, 1, 8, 7])));
+        assert!(!is_defined_object(&oid(&OBJECTS, &[5, 1, 1, 7])));
         assert!(!is_defined_object(&oid(&LIFEBOAT, &[2, 1])));
         assert!(!is_defined_object(&oid(&[1, 3, 6, 1, 2, 1, 2], &[1, 0])));
     }

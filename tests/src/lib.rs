@@ -68,6 +68,7 @@ mod rsyslog;
 mod scratch;
 mod shares;
 mod slapd;
+mod snmptrapd;
 mod tiny_vm;
 mod wait;
 
@@ -100,5 +101,6 @@ pub use slapd::{
     user_dn, Slapd, ADMIN_DN as LDAP_ADMIN_DN, ADMIN_PASSWORD as LDAP_ADMIN_PASSWORD,
     BASE_DN as LDAP_BASE_DN,
 };
+pub use snmptrapd::{Snmptrapd, TrapUser};
 pub use tiny_vm::TinyVm;
 pub use wait::{poll_until, wait_until, READY_TIMEOUT};

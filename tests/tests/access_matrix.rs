@@ -76,7 +76,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
         );
         let vm_page = format!("/vms/{}", vm.uuid());
         let host_page = format!("/hosts/{host_id}");
-        let pages: [(&str, &str); 18] = [
+        let pages: [(&str, &str); 20] = [
             ("/", "view"),
             ("/hosts", "view"),
             (&host_page, "view"),
@@ -95,6 +95,8 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             ("/tokens", "view"),
             ("/audit", "view-reports"),
             ("/audit.csv", "view-reports"),
+            ("/alerts", "view"),
+            ("/logs", "administer"),
         ];
         for (page, needed) in pages {
             let answer = console.get(page);
@@ -150,6 +152,8 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
                 "manage-datastores",
             ),
             ("/policies".into(), vec![("name", "")], "backup"),
+            ("/logs/settings".into(), vec![("level", "x")], "administer"),
+            ("/alert-rules".into(), vec![("name", "")], "administer"),
         ];
         for (path, mut fields, needed) in forms {
             fields.push(("csrf", &csrf));

@@ -462,3 +462,434 @@ fn a_channel_that_is_down_keeps_its_alert_across_a_restart() {
             .ok_or(a.to_string())
     });
 }
+
+const TRAP_AUTH: &str = "trap-auth-pass-1";
+const TRAP_PRIV: &str = "trap-priv-pass-1";
+/// LIFEBOAT-MIB's lbNotifications and lbAlarmEntry, numeric.
+const NOTIFICATIONS: &str = ".1.3.6.1.4.1.32473.1.0";
+const ALARM_ENTRY: &str = ".1.3.6.1.4.1.32473.1.1.5.1";
+
+/// The lines of `trapd` for notification `n` (lbNotifications.n) of alert `id`.
+fn notifications(trapd: &Snmptrapd, n: u32, id: u64) -> Vec<String> {
+    let kind = format!("{NOTIFICATIONS}.{n}");
+    let row = format!("{ALARM_ENTRY}.4.{id} = ");
+    trapd
+        .received()
+        .into_iter()
+        .filter(|l| l.contains(&kind) && l.contains(&row))
+        .collect()
+}
+
+#[test]
+fn snmp_notifications_reach_snmptrapd_and_the_alarm_table() {
+    let libvirt = Libvirt::ensure();
+    let vm = libvirt.define_tiny_vm("alerts-snmp");
+    let controller = Controller::start();
+    let api = controller.api();
+    let _agent = Agent::start(&controller, "snmp-alerts-host", Some(libvirt.uri()));
+    api.wait_host_status("snmp-alerts-host", "online", READY_TIMEOUT);
+    api.wait_vm(vm.name(), READY_TIMEOUT);
+
+    // The agent serves lbAlarmTable; its engine ID is what a receiver of
+    // v3 traps configures.
+    let port = free_port();
+    let (status, snmp) = api.put(
+        "/api/v1/snmp",
+        &json!({"enabled": true, "listen": format!("127.0.0.1:{port}"),
+            "communities": [{"community": "lb-read", "networks": ["127.0.0.1"], "user": ADMIN_USER}],
+            "users": []}),
+    );
+    assert_eq!(status, 200, "{snmp}");
+    let engine_id = snmp["engine_id"].as_str().unwrap().to_string();
+    let user = |name, engine_id| TrapUser {
+        name,
+        auth_password: TRAP_AUTH,
+        priv_password: TRAP_PRIV,
+        engine_id,
+    };
+    let mut trapd = Snmptrapd::configure(
+        "lb-traps",
+        &[user("trapper", Some(&engine_id)), user("informer", None)],
+    );
+    let snmp_channel = |name: &str, config: Value| {
+        let mut config = config;
+        config["type"] = json!("snmp");
+        config["target"] = json!(trapd.target());
+        create(
+            &api,
+            "/api/v1/alert-channels",
+            &json!({"name": name, "config": config}),
+        )
+    };
+    let v3 = |user: &str, notification: &str| {
+        json!({"version": "v3", "notification": notification, "user": user, "auth": "sha256",
+            "auth_password": TRAP_AUTH, "priv_password": TRAP_PRIV})
+    };
+    for (config, field) in [
+        (
+            json!({"type": "snmp", "target": "127.0.0.1", "community": "c"}),
+            "target:",
+        ),
+        (
+            json!({"type": "snmp", "target": "127.0.0.1:162", "version": "v2c"}),
+            "community:",
+        ),
+        (
+            json!({"type": "snmp", "target": "127.0.0.1:162", "version": "v3", "user": "u",
+                "auth_password": "short", "priv_password": TRAP_PRIV}),
+            "auth_password:",
+        ),
+    ] {
+        let (status, body) = api.post(
+            "/api/v1/alert-channels",
+            &json!({"name": "bad", "config": config}),
+        );
+        assert_eq!(status, 400, "{config}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "{config}: {body}"
+        );
+    }
+    let inform = snmp_channel("v3 inform", v3("informer", "inform"));
+    let v3_trap = snmp_channel("v3 trap", v3("trapper", "trap"));
+    let v2c_trap = snmp_channel(
+        "v2c trap",
+        json!({"version": "v2c", "notification": "trap", "community": "lb-traps"}),
+    );
+    let (_, channels) = api.get("/api/v1/alert-channels");
+    assert!(
+        !channels.to_string().contains(TRAP_AUTH) && !channels.to_string().contains("lb-traps"),
+        "{channels}"
+    );
+
+    // An inform to a receiver that is not up yet fails, is retried, and
+    // is delivered once the receiver acknowledges it.
+    let (status, test) = api.post(&format!("/api/v1/alert-channels/{inform}/test"), &json!({}));
+    assert_eq!(status, 202, "{test}");
+    let inform_test = test["id"].as_u64().unwrap();
+    let delivery = |id: u64| {
+        let (_, a) = api.try_get(&format!("/api/v1/alerts/{id}")).unwrap();
+        a["deliveries"][0].clone()
+    };
+    poll_until("the unanswered inform to be retried", DELIVERY, || {
+        let d = delivery(inform_test);
+        (d["state"] == "pending" && d["attempts"].as_u64() >= Some(1))
+            .then_some(())
+            .ok_or(d.to_string())
+    });
+    let d = delivery(inform_test);
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not acknowledged"),
+        "{d}"
+    );
+    trapd.start();
+    poll_until("the inform acknowledged", DELIVERY, || {
+        let d = delivery(inform_test);
+        (d["state"] == "sent").then_some(()).ok_or(d.to_string())
+    });
+    let got = notifications(&trapd, 5, inform_test);
+    assert_eq!(got.len(), 1, "{}", trapd.log());
+    assert!(
+        got[0].contains("INFORM") && got[0].contains("informer"),
+        "{}",
+        got[0]
+    );
+
+    // Traps, v2c and v3 (from the controller's engine).
+    for (channel, security) in [(&v2c_trap, "lb-traps"), (&v3_trap, "trapper")] {
+        let (status, test) = api.post(
+            &format!("/api/v1/alert-channels/{channel}/test"),
+            &json!({}),
+        );
+        assert_eq!(status, 202, "{test}");
+        let id = test["id"].as_u64().unwrap();
+        let line = poll_until("the trap at snmptrapd", DELIVERY, || {
+            notifications(&trapd, 5, id).pop().ok_or(format!(
+                "{}\n{}",
+                trapd.log(),
+                controller.log()
+            ))
+        });
+        assert!(line.contains("TRAP") && line.contains(security), "{line}");
+        assert!(
+            line.contains(&format!("{ALARM_ENTRY}.3.{id} = INTEGER: 1")),
+            "info(1): {line}"
+        );
+    }
+
+    // A real backup: lbJobAlarm on both rule channels, carrying the row.
+    create(
+        &api,
+        "/api/v1/alert-rules",
+        &json!({"name": "backups to SNMP", "events": ["backup-succeeded"], "severity": "major",
+            "channels": [v2c_trap, inform]}),
+    );
+    api.full_backup(vm.uuid());
+    let alert = poll_until("the backup alert", DELIVERY, || {
+        let (_, all) = api.try_get("/api/v1/alerts?event=backup-succeeded")?;
+        all.as_array()
+            .and_then(|a| a.first().cloned())
+            .ok_or(all.to_string())
+    });
+    let id = alert["id"].as_u64().unwrap();
+    let lines = poll_until("lbJobAlarm on both channels", DELIVERY, || {
+        let got = notifications(&trapd, 3, id);
+        (got.len() == 2)
+            .then_some(got.clone())
+            .ok_or(format!("{got:?}\n{}", trapd.log()))
+    });
+    for line in &lines {
+        for want in [
+            format!("{ALARM_ENTRY}.3.{id} = INTEGER: 3"),
+            format!("{ALARM_ENTRY}.4.{id} = STRING: \"backup-succeeded\""),
+            format!("{ALARM_ENTRY}.6.{id} = STRING: \"{}\"", vm.uuid()),
+        ] {
+            assert!(line.contains(&want), "{want} in {line}");
+        }
+    }
+
+    // lbAlarmTable lists the same alerts as the REST API.
+    let walk_alarms = |community: &str| {
+        let out = std::process::Command::new("snmpwalk")
+            .env("MIBS", "")
+            .args(["-v2c", "-c", community, "-On", "-t", "2", "-r", "1"])
+            .arg(format!("udp:127.0.0.1:{port}"))
+            .arg(ALARM_ENTRY)
+            .output()
+            .expect("snmpwalk (is the `snmp` package installed?)");
+        let walk = String::from_utf8_lossy(&out.stdout).to_string();
+        out.status.success().then_some(walk.clone()).ok_or(walk)
+    };
+    let walk = walk_alarms("lb-read").unwrap();
+    let (_, all) = api.get("/api/v1/alerts");
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    for a in all {
+        let row = format!(
+            "{ALARM_ENTRY}.4.{} = STRING: \"{}\"",
+            a["id"],
+            a["event"].as_str().unwrap()
+        );
+        assert!(walk.contains(&row), "{row} in {walk}");
+    }
+    assert_eq!(
+        walk.lines()
+            .filter(|l| l.starts_with(&format!("{ALARM_ENTRY}.8.")) && l.contains("= STRING:"))
+            .count(),
+        all.len(),
+        "{walk}"
+    );
+
+    // A community acting as a user the VM is hidden from sees no row
+    // about it.
+    let (status, body) = api.put(
+        &format!("/api/v1/vms/{}/categories", vm.uuid()),
+        &json!({"team": "secret"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api.post("/api/v1/policies", &json!({"name": "no-secrets", "rules": [
+        {"effect": "allow", "key": "*", "value": "*"}, {"effect": "deny", "key": "team", "value": "secret"}]}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.post("/api/v1/users", &json!({"name": "alarm-watcher", "password": PASSWORD, "role": "viewer", "policies": ["no-secrets"]}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.put(
+        "/api/v1/snmp",
+        &json!({"enabled": true, "listen": format!("127.0.0.1:{port}"),
+            "communities": [
+                {"community": "lb-read", "networks": ["127.0.0.1"], "user": ADMIN_USER},
+                {"community": "lb-scoped", "networks": ["127.0.0.1"], "user": "alarm-watcher"}],
+            "users": []}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let scoped = poll_until("the restarted agent", READY_TIMEOUT, || {
+        walk_alarms("lb-scoped")
+    });
+    assert!(
+        scoped.contains(&format!("{ALARM_ENTRY}.4.{} = ", all[3]["id"])),
+        "the test alerts are there: {scoped}"
+    );
+    assert!(
+        !scoped.contains(&format!("{ALARM_ENTRY}.4.{id} = ")) && !scoped.contains(vm.uuid()),
+        "{scoped}"
+    );
+}
+
+/// Makes the console log a debug record: a TLS handshake that fails.
+fn failed_handshake(controller: &Controller) {
+    use std::io::Write;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", controller.api_port())).unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\n\r\n");
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut Vec::new());
+}
+
+fn handshake_records(api: &Api, after: u64) -> Vec<Value> {
+    let (status, records) = api.get(&format!("/api/v1/logs?level=debug&after={after}"));
+    assert_eq!(status, 200, "{records}");
+    records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("web TLS handshake failed")
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_log_level_changes_at_run_time_and_the_log_reaches_rsyslogd() {
+    let rsyslog = Rsyslog::start_tls();
+    let mut controller = Controller::start();
+    let api = controller.api();
+    let (status, body) = api.post(
+        "/api/v1/users",
+        &json!({"name": "operator2", "password": PASSWORD, "role": "operator"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let operator = controller.api_as("operator2", PASSWORD);
+    for path in ["/api/v1/logs", "/api/v1/logging"] {
+        assert_eq!(operator.get(path).0, 403, "{path}");
+    }
+    assert_eq!(operator.put("/api/v1/logging", &json!({})).0, 403);
+
+    // At the default level (info), a failed handshake is not logged.
+    let (status, settings) = api.get("/api/v1/logging");
+    assert_eq!(status, 200, "{settings}");
+    assert_eq!(settings["level"], "info", "{settings}");
+    let (_, recent) = api.get("/api/v1/logs?level=info");
+    let last = |records: &Value| {
+        records
+            .as_array()
+            .and_then(|a| a.last())
+            .map_or(0, |r| r["seq"].as_u64().unwrap())
+    };
+    let start = last(&recent);
+    assert!(start > 0, "the controller's start is in the log: {recent}");
+    assert!(
+        recent.to_string().contains("Lifeboat controller: console"),
+        "{recent}"
+    );
+    failed_handshake(&controller);
+
+    // Debug from the console, at once.
+    let mut console = ConsoleClient::new(&controller);
+    assert_eq!(
+        console
+            .login_as(ADMIN_USER, controller.admin_password())
+            .status,
+        303
+    );
+    let csrf = csrf_of(&console.get("/logs").text());
+    let answer = console.request(
+        "POST",
+        "/logs/settings",
+        &[
+            ("csrf", &csrf),
+            ("level", "loud"),
+            ("syslog_channel", ""),
+            ("syslog_level", "info"),
+        ],
+    );
+    assert_eq!(answer.status, 400, "a bad level: {}", answer.text());
+    assert!(answer.text().contains("level:"), "{}", answer.text());
+    let answer = console.request(
+        "POST",
+        "/logs/settings",
+        &[
+            ("csrf", &csrf),
+            ("level", "debug"),
+            ("syslog_channel", ""),
+            ("syslog_level", "info"),
+        ],
+    );
+    assert_eq!(answer.status, 303, "{}", answer.text());
+    assert!(
+        handshake_records(&api, start).is_empty(),
+        "logged before the change"
+    );
+    failed_handshake(&controller);
+    let seen = poll_until("the debug record", READY_TIMEOUT, || {
+        handshake_records(&api, start)
+            .pop()
+            .ok_or("no handshake record yet")
+    });
+    assert_eq!(seen["level"], "debug", "{seen}");
+    let page = console.get("/logs?level=debug").text();
+    assert!(page.contains("web TLS handshake failed"), "{page}");
+
+    // Forwarded to a syslog channel: the controller's own records, as
+    // RFC 5424 with the level and module in structured data.
+    let (status, channel) = api.post(
+        "/api/v1/alert-channels",
+        &json!({"name": "logs", "config": {
+        "type": "syslog", "address": rsyslog.address(), "transport": "tls", "ca_pem": rsyslog.ca_pem()}}),
+    );
+    assert_eq!(status, 201, "{channel}");
+    let channel = channel["id"].as_str().unwrap();
+    let (status, body) = api.put(
+        "/api/v1/logging",
+        &json!({"level": "info", "syslog_channel": "channel-nope"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("syslog_channel:"),
+        "{body}"
+    );
+    let (status, body) = api.put(
+        "/api/v1/logging",
+        &json!({"level": "info", "syslog_channel": channel, "syslog_level": "info"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let got = poll_until("the log record at rsyslogd", DELIVERY, || {
+        let got = rsyslog.received();
+        got.iter()
+            .find(|m| {
+                m["msg"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("log settings changed by admin")
+            })
+            .cloned()
+            .ok_or(format!("{got:?}\n{}", rsyslog.log()))
+    });
+    let sd = got["sd"].as_str().unwrap();
+    assert!(
+        sd.starts_with("[lifeboat-log@32473 ") && sd.contains(r#"level="info""#),
+        "{got}"
+    );
+    assert_eq!(
+        (got["app"].as_str(), got["severity"].as_str()),
+        (Some("lifeboat"), Some("info")),
+        "{got}"
+    );
+
+    // Back at info, and still there after a restart.
+    let before = last(&api.get("/api/v1/logs").1);
+    failed_handshake(&controller);
+    controller.restart();
+    let api = controller.api();
+    let (_, settings) = api.get("/api/v1/logging");
+    assert_eq!(
+        (
+            settings["level"].as_str(),
+            settings["syslog_channel"].as_str()
+        ),
+        (Some("info"), Some(channel)),
+        "{settings}"
+    );
+    failed_handshake(&controller);
+    assert!(
+        handshake_records(&api, 0).is_empty(),
+        "debug records at info ({before} before the restart)"
+    );
+}

@@ -18,6 +18,7 @@ mod ha;
 mod hub;
 mod inventory;
 mod jobs;
+mod logging;
 mod metrics;
 pub mod model;
 pub mod ops;

@@ -30,6 +30,7 @@ pub use crate::hub::enrollment::EnrollmentToken;
 pub use crate::inventory::categories::{Categories, CategoryRule};
 pub use crate::inventory::{HostView, Vm};
 pub use crate::jobs::Job;
+pub use crate::logging::{Log, LogLevel, LogRecord, KEPT_RECORDS as KEPT_LOG_RECORDS};
 pub use crate::metrics::archive::{Cf, Timeframe};
 pub use crate::metrics::catalog::{Kind as MetricKind, Metric, Unit};
 pub use crate::metrics::chargeback::{Rates, Usage as ChargeUsage, VmFacts};

@@ -13,6 +13,7 @@ pub use alerts::alert_filter;
 mod backups;
 mod ha;
 mod inventory;
+mod logging;
 mod metrics;
 pub mod routes;
 mod views;

@@ -15,7 +15,7 @@ use lifeboat_core::model::{Principal, Privilege};
 use lifeboat_core::ops::{Ops, OpsError};
 use Privilege::*;
 
-use super::{access, alerts, backups, ha, inventory, metrics};
+use super::{access, alerts, backups, ha, inventory, logging, metrics};
 pub use crate::http::routing::Guard;
 use crate::http::routing::{self, Entry, Lookup};
 use crate::http::{Body, Req};
@@ -138,6 +138,9 @@ pub static ROUTES: &[Route] = &[
     route!(PUT "/alert-channels/{id}", Administer => alerts::update_channel),
     route!(DELETE "/alert-channels/{id}", Administer => alerts::delete_channel),
     route!(POST "/alert-channels/{id}/test", Administer => alerts::test_channel),
+    route!(GET "/logging", Administer => logging::settings),
+    route!(PUT "/logging", Administer => logging::set_settings),
+    route!(GET "/logs", Administer => logging::recent),
     route!(PUT "/vms/{id}/ha", ManageHa => ha::set_vm_ha),
     route!(GET "/vms/{id}/categories", View => access::vm_categories),
     route!(PUT "/vms/{id}/categories", ManageUsers => access::set_vm_categories),

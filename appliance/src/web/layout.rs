@@ -14,7 +14,7 @@ pub struct PageCtx<'a> {
     pub refused: Option<&'a super::fields::Refused>,
 }
 
-const NAV: [(&str, &str); 13] = [
+const NAV: [(&str, &str); 14] = [
     ("/", "Dashboard"),
     ("/hosts", "Hosts"),
     ("/vms", "VMs"),
@@ -28,6 +28,7 @@ const NAV: [(&str, &str); 13] = [
     ("/agents", "Add host"),
     ("/users", "Users"),
     ("/audit", "Audit"),
+    ("/logs", "Log"),
 ];
 
 pub fn page(

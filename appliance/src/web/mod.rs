@@ -14,6 +14,7 @@ mod fields;
 mod forms;
 mod ha_pages;
 mod layout;
+mod log_pages;
 mod monitoring_pages;
 mod pages;
 
@@ -28,7 +29,7 @@ use crate::http::{redirect, response, Body, Req};
 use crate::reports::ExportFormat;
 use fields::Refused;
 use layout::PageCtx;
-use lifeboat_core::model::random_token;
+use lifeboat_core::model::{random_token, LogLevel};
 use lifeboat_core::ops::{Ops, OpsError};
 
 const SESSION_COOKIE: &str = "lb_session";
@@ -385,6 +386,22 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 &ops.alerts(who, &filter)?,
                 &ops.alert_rules(who)?,
                 channels.as_deref(),
+            ))
+        }
+        ["logs"] => {
+            let shown = match req.query_param("level") {
+                Some(l) => LogLevel::parse(&l)
+                    .ok_or_else(|| OpsError::BadRequest(format!("level: unknown level {l:?}")))?,
+                None => LogLevel::Info,
+            };
+            let view = ops.logging(who)?;
+            let records = ops.recent_log(who, shown, 0, log_pages::SHOWN)?;
+            Ok(log_pages::logs(
+                ctx,
+                &view,
+                &ops.alert_channels(who)?,
+                shown,
+                &records,
             ))
         }
         ["jobs"] => Ok(pages::jobs(ctx, &ops.jobs(who, None, 200)?)),

@@ -245,7 +245,6 @@ impl ChannelConfig {
             ChannelConfig::Snmp {
                 target,
                 version,
-                notification,
                 community,
                 user,
                 auth_password,
@@ -263,9 +262,6 @@ impl ChannelConfig {
                     SnmpVersion::V2c => text("community", community, false),
                     SnmpVersion::V3 => {
                         text("user", user, true)?;
-                        if *notification == SnmpNotification::Trap {
-                            return Err("notification: over v3 Lifeboat sends informs (acknowledged, and the receiver needs no entry for the controller's engine)".into());
-                        }
                         for (field, p) in [
                             ("auth_password", auth_password),
                             ("priv_password", priv_password),

@@ -11,6 +11,7 @@ mod ha_engine;
 mod ha_failover;
 mod ha_physical;
 mod host_storage;
+mod logging;
 mod metrics;
 pub mod offline;
 pub use metrics::{
@@ -44,11 +45,12 @@ pub use alerts::{AlertFilter, ChannelView, MAX_ALERT_LIST};
 pub use backup::{BackupRef, BackupSummary, DatastoreView, RestoreOptions};
 pub use downloads::AgentDownload;
 pub use ha::ClusterView;
+pub use logging::{LoggingSettings, LoggingView, MAX_LOG_LIST};
 pub use open::{ControllerConfig, OpenError, Opened};
 pub use policies::PolicyInput;
 pub use snmp::{
-    AgentCommunity, AgentUsmUser, SnmpAgentConfig, SnmpDatastore, SnmpHost, SnmpSettingsView,
-    SnmpView, SnmpVm,
+    AgentCommunity, AgentUsmUser, SnmpAgentConfig, SnmpAlarm, SnmpDatastore, SnmpHost,
+    SnmpSettingsView, SnmpView, SnmpVm, SNMP_ALARMS,
 };
 pub use sql_export::SqlTargetView;
 pub use users::{AuditFilter, UserView};
@@ -103,12 +105,17 @@ pub struct Ops {
     alerts: crate::alerts::Alerts,
     /// Where the domain modules report events (alert rules match them).
     sink: crate::alerts::Sink,
-    /// Taken by the alert loop when background work starts.
     /// Registered by the SNMP adapter: sends the SNMP channels' alerts.
     snmp_notifier: std::sync::OnceLock<Arc<dyn crate::alerts::send::SnmpNotifier>>,
+    /// Taken by the alert loop when background work starts.
     alert_events:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::alerts::Event>>>,
     audit: AuditLog,
+    /// The process's log, attached by the binary at start.
+    log: std::sync::OnceLock<Arc<crate::logging::Log>>,
+    logging: crate::store::book::Book<logging::LoggingSettings>,
+    /// The newest error forwarding the log to syslog, while it fails.
+    forward_error: std::sync::Mutex<Option<String>>,
     inventory: Arc<Inventory>,
     hub: Arc<Hub>,
     metrics: Arc<crate::metrics::Metrics>,

@@ -8,6 +8,7 @@ use lifeboat_proto::PowerState;
 
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
+use crate::alerts::{Alert, EventKind, Severity};
 use crate::ha::detect::HostState;
 use crate::inventory::HostStatus;
 use crate::jobs::JobState;
@@ -23,6 +24,9 @@ pub struct SnmpSettingsView {
     pub listen: String,
     pub communities: Vec<CommunityView>,
     pub users: Vec<UsmUserView>,
+    /// The controller's SNMP engine ID (hex): what a receiver of its v3
+    /// traps configures for their users (`createUser -e`).
+    pub engine_id: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,6 +78,8 @@ pub struct SnmpView {
     pub hosts: Vec<SnmpHost>,
     pub vms: Vec<SnmpVm>,
     pub datastores: Vec<SnmpDatastore>,
+    /// The most recent alerts `who` may see, oldest first.
+    pub alarms: Vec<SnmpAlarm>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +122,58 @@ pub struct SnmpDatastore {
     pub used: u32,
 }
 
+/// One row of lbAlarmTable, and what a notification carries.
+#[derive(Debug, Clone)]
+pub struct SnmpAlarm {
+    /// The alert's number.
+    pub index: u32,
+    /// UNIX seconds.
+    pub at: u64,
+    /// info(1), warning(2), major(3), critical(4).
+    pub severity: i32,
+    pub event: &'static str,
+    pub kind: String,
+    pub object_id: String,
+    pub object_name: String,
+    pub message: String,
+    /// The notification's number under lbNotifications: lbHostAlarm(1),
+    /// lbFailoverAlarm(2), lbJobAlarm(3), lbThresholdAlarm(4), lbTestAlarm(5).
+    pub notification: u32,
+}
+
+/// Most alerts lbAlarmTable shows.
+pub const SNMP_ALARMS: usize = 100;
+
+impl SnmpAlarm {
+    pub fn of(a: &Alert) -> SnmpAlarm {
+        use EventKind::*;
+        let notification = match a.event {
+            HostSuspect | HostFailed | HostRecovered | AgentDisconnected => 1,
+            FailoverStarted | FailoverFinished | FailoverFailed => 2,
+            BackupSucceeded | BackupFailed | RestoreSucceeded | RestoreFailed | VerifySucceeded
+            | VerifyFailed | JobTooLong => 3,
+            DatastoreFill | MetricThreshold => 4,
+            Test => 5,
+        };
+        SnmpAlarm {
+            index: u32::try_from(a.id).unwrap_or(u32::MAX),
+            at: a.at_ms / 1000,
+            severity: match a.severity {
+                Severity::Info => 1,
+                Severity::Warning => 2,
+                Severity::Major => 3,
+                Severity::Critical => 4,
+            },
+            event: a.event.as_str(),
+            kind: a.subject.kind.clone(),
+            object_id: a.subject.id.clone(),
+            object_name: a.subject.name.clone(),
+            message: a.message.clone(),
+            notification,
+        }
+    }
+}
+
 /// A percentage as the MIB's hundredths, clamped to 0..=100 %.
 fn hundredths(percent: Option<f64>) -> u32 {
     percent.map_or(0, |p| (p.clamp(0.0, 100.0) * 100.0).round() as u32)
@@ -133,7 +191,9 @@ impl Ops {
     pub fn snmp_settings(&self, who: &Principal) -> Result<SnmpSettingsView, OpsError> {
         require(who, Privilege::Administer, "viewing the SNMP settings")?;
         let s = self.snmp.settings();
+        let engine_id = self.snmp.engine().engine_id;
         Ok(SnmpSettingsView {
+            engine_id,
             enabled: s.enabled,
             listen: s.listen,
             communities: s
@@ -295,8 +355,8 @@ impl Ops {
 
     /// The local SNMP engine as stored (boot count 0 before its first
     /// start).
-    pub fn snmp_engine(&self) -> Result<EngineState, OpsError> {
-        Ok(self.snmp.engine()?)
+    pub fn snmp_engine(&self) -> EngineState {
+        self.snmp.engine()
     }
 
     /// Stores a boot count the running engine moved to.
@@ -442,6 +502,16 @@ impl Ops {
                 })
                 .len(),
         );
+        let filter = super::AlertFilter {
+            limit: SNMP_ALARMS,
+            ..Default::default()
+        };
+        view.alarms = self
+            .alerts(who, &filter)?
+            .iter()
+            .rev()
+            .map(SnmpAlarm::of)
+            .collect();
         Ok(view)
     }
 }

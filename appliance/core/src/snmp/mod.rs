@@ -241,6 +241,7 @@ struct Indices {
 pub struct Snmp {
     store: Store,
     settings: Mutex<SnmpSettings>,
+    engine: Mutex<EngineState>,
     indices: Mutex<Indices>,
     /// Told when the settings change.
     pub(crate) changed: tokio::sync::Notify,
@@ -250,6 +251,7 @@ impl Snmp {
     pub fn load(store: Store) -> Result<Snmp, StoreError> {
         let mut settings = SnmpSettings::default();
         let mut indices = Indices::default();
+        let mut engine = None;
         for (key, value) in store.load::<serde_json::Value>(Table::Snmp)? {
             let corrupt = |source| StoreError::Corrupt {
                 table: Table::Snmp,
@@ -258,6 +260,10 @@ impl Snmp {
             };
             if key == SETTINGS_KEY {
                 settings = serde_json::from_value(value).map_err(corrupt)?;
+                continue;
+            }
+            if key == ENGINE_KEY {
+                engine = Some(serde_json::from_value(value).map_err(corrupt)?);
                 continue;
             }
             for kind in [IndexKind::Host, IndexKind::Vm, IndexKind::Datastore] {
@@ -269,8 +275,19 @@ impl Snmp {
                 }
             }
         }
+        let engine = match engine {
+            Some(engine) => engine,
+            None => {
+                // Made and stored once, so the ID the settings show (what a
+                // receiver of v3 traps is configured with) is the one used.
+                let engine = EngineState::new();
+                store.commit_blocking(vec![Write::put(Table::Snmp, ENGINE_KEY, &engine)])?;
+                engine
+            }
+        };
         Ok(Snmp {
             store,
+            engine: Mutex::new(engine),
             settings: Mutex::new(settings),
             indices: Mutex::new(indices),
             changed: tokio::sync::Notify::new(),
@@ -290,31 +307,18 @@ impl Snmp {
         Ok(())
     }
 
-    /// The local engine as stored; a new one (boot count 0: never
-    /// started, not stored yet) before the first start.
-    pub fn engine(&self) -> Result<EngineState, StoreError> {
-        let stored = self
-            .store
-            .load::<serde_json::Value>(Table::Snmp)?
-            .into_iter()
-            .find(|(k, _)| k == ENGINE_KEY);
-        match stored {
-            None => Ok(EngineState::new()),
-            Some((key, value)) => {
-                serde_json::from_value(value).map_err(|source| StoreError::Corrupt {
-                    table: Table::Snmp,
-                    key,
-                    source,
-                })
-            }
-        }
+    /// The local engine as stored (boot count 0 before its first start).
+    pub fn engine(&self) -> EngineState {
+        self.engine.lock().expect("snmp lock").clone()
     }
 
     /// Stores a boot count the engine moved to. Blocking: inside the
     /// runtime, call it in `tokio::task::block_in_place`.
     pub fn save_engine(&self, engine: &EngineState) -> Result<(), StoreError> {
         self.store
-            .commit_blocking(vec![Write::put(Table::Snmp, ENGINE_KEY, engine)])
+            .commit_blocking(vec![Write::put(Table::Snmp, ENGINE_KEY, engine)])?;
+        *self.engine.lock().expect("snmp lock") = engine.clone();
+        Ok(())
     }
 
     /// The index of each `(kind, id)`, assigning (and storing) new ones;
@@ -455,8 +459,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-snmp-ix-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.redb");
+        // Loading stores a new engine: a blocking commit.
+        let load = || tokio::task::block_in_place(|| Snmp::load(Store::open(&path).unwrap()));
+        let first_id;
         {
-            let snmp = Snmp::load(Store::open(&path).unwrap()).unwrap();
+            let snmp = load().unwrap();
             let got = snmp
                 .indices(&[
                     (IndexKind::Vm, "a".into()),
@@ -466,18 +473,20 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(got, [1, 2, 1]);
-            let mut engine = snmp.engine().unwrap();
+            let mut engine = snmp.engine();
             assert_eq!(engine.boots, 0);
+            first_id = engine.engine_id.clone();
             engine.boots = 7;
             tokio::task::block_in_place(|| snmp.save_engine(&engine)).unwrap();
         }
-        let snmp = Snmp::load(Store::open(&path).unwrap()).unwrap();
+        let snmp = load().unwrap();
         let got = snmp
             .indices(&[(IndexKind::Vm, "c".into()), (IndexKind::Vm, "a".into())])
             .await
             .unwrap();
         assert_eq!(got, [3, 1]);
-        assert_eq!(snmp.engine().unwrap().boots, 7);
+        assert_eq!(snmp.engine().boots, 7);
+        assert_eq!(snmp.engine().engine_id, first_id, "made once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

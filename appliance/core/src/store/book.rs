@@ -142,7 +142,13 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let book = book.clone();
-                tokio::spawn(async move { book.update("k", |n| Some(*n += 1)).await })
+                tokio::spawn(async move {
+                    book.update("k", |n| {
+                        *n += 1;
+                        Some(())
+                    })
+                    .await
+                })
             })
             .collect();
         for t in tasks {

@@ -64,10 +64,12 @@ pub enum Table {
     Alerts,
     AlertRules,
     AlertChannels,
+    /// The controller's log level and syslog forwarding.
+    Logging,
 }
 
 impl Table {
-    const ALL: [Table; 30] = [
+    const ALL: [Table; 31] = [
         Table::Users,
         Table::Sessions,
         Table::EnrollmentTokens,
@@ -98,6 +100,7 @@ impl Table {
         Table::Alerts,
         Table::AlertRules,
         Table::AlertChannels,
+        Table::Logging,
     ];
 
     fn definition(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -132,6 +135,7 @@ impl Table {
             Table::Alerts => "alerts",
             Table::AlertRules => "alert_rules",
             Table::AlertChannels => "alert_channels",
+            Table::Logging => "logging",
         })
     }
 }

@@ -7,6 +7,7 @@ use syslog::{Facility, Formatter5424, LogFormat, Severity as SyslogSeverity};
 
 use super::Origin;
 use crate::alerts::{Alert, Severity};
+use crate::logging::{LogLevel, LogRecord};
 
 /// The private enterprise number of LIFEBOAT-MIB (a placeholder, to be
 /// registered before release), also the syslog SD-ID's.
@@ -143,12 +144,6 @@ fn syslog_severity(s: Severity) -> SyslogSeverity {
 /// One RFC 5424 message (facility daemon), without framing; MSGID is the
 /// alert's number, the event in structured data `lifeboat@32473`.
 pub fn syslog(alert: &Alert, origin: &Origin) -> Vec<u8> {
-    let formatter = Formatter5424 {
-        facility: Facility::LOG_DAEMON,
-        hostname: Some(origin.hostname.clone()),
-        process: "lifeboat".into(),
-        pid: std::process::id(),
-    };
     let params = [
         ("alert", alert.id.to_string()),
         ("at", timestamp(alert.at_ms)),
@@ -159,21 +154,65 @@ pub fn syslog(alert: &Alert, origin: &Origin) -> Vec<u8> {
         ("id", alert.subject.id.clone()),
         ("name", alert.subject.name.clone()),
     ];
+    rfc5424(
+        origin,
+        syslog_severity(alert.severity),
+        alert.id,
+        ("lifeboat", &params),
+        &format!("{}: {}", alert.subject.name, alert.message),
+    )
+}
+
+/// A record of the controller's own log as one RFC 5424 message: MSGID
+/// its number, its level and module in structured data `lifeboat-log@32473`.
+pub fn log_syslog(record: &LogRecord, origin: &Origin) -> Vec<u8> {
+    let severity = match record.level {
+        LogLevel::Error => SyslogSeverity::LOG_ERR,
+        LogLevel::Warn => SyslogSeverity::LOG_WARNING,
+        LogLevel::Info => SyslogSeverity::LOG_INFO,
+        LogLevel::Debug | LogLevel::Trace => SyslogSeverity::LOG_DEBUG,
+    };
+    let params = [
+        ("level", record.level.as_str().to_string()),
+        ("target", record.target.clone()),
+        ("at", timestamp(record.at_ms)),
+    ];
+    rfc5424(
+        origin,
+        severity,
+        record.seq,
+        ("lifeboat-log", &params),
+        &record.message,
+    )
+}
+
+fn rfc5424(
+    origin: &Origin,
+    severity: SyslogSeverity,
+    number: u64,
+    (sd_name, params): (&str, &[(&str, String)]),
+    message: &str,
+) -> Vec<u8> {
+    let formatter = Formatter5424 {
+        facility: Facility::LOG_DAEMON,
+        hostname: Some(origin.hostname.clone()),
+        process: "lifeboat".into(),
+        pid: std::process::id(),
+    };
     let data = std::collections::BTreeMap::from([(
-        format!("lifeboat@{ENTERPRISE}"),
+        format!("{sd_name}@{ENTERPRISE}"),
         params
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
     )]);
     let mut line = Vec::new();
-    let message = format!("{}: {}", alert.subject.name, alert.message).replace(['\r', '\n'], " ");
-    // The alert number is the MSGID: RFC 5424 allows any printable token.
-    let msgid = u32::try_from(alert.id % u64::from(u32::MAX)).unwrap_or(0);
+    // The number is the MSGID: RFC 5424 allows any printable token.
+    let msgid = u32::try_from(number % u64::from(u32::MAX)).unwrap_or(0);
     let _ = formatter.format(
         &mut line,
-        syslog_severity(alert.severity),
-        (msgid, data, message),
+        severity,
+        (msgid, data, message.replace(['\r', '\n'], " ")),
     );
     line
 }

@@ -3,7 +3,7 @@
 //! HTTPS POST through hyper and rustls, syslog over UDP, TCP or TLS.
 
 pub mod formats;
-mod transport;
+pub mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +55,7 @@ pub async fn deliver(
                 ca_pem,
             } => {
                 let line = formats::syslog(alert, origin);
-                transport::syslog(address, *how, ca_pem, &line).await
+                transport::syslog(address, *how, ca_pem, &[line]).await
             }
             ChannelConfig::Webhook {
                 url,

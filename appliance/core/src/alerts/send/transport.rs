@@ -153,19 +153,28 @@ async fn connect_tls(
         .map_err(|e| format!("TLS {host}:{port}: {e}"))
 }
 
-/// One syslog message: a datagram over UDP; over TCP and TLS framed by
-/// octet counting (`LEN SP MSG`, RFC 6587 and RFC 5425).
+/// Syslog messages: one datagram each over UDP; over TCP and TLS one
+/// connection, each framed by octet counting (`LEN SP MSG`, RFC 6587 and
+/// RFC 5425).
 pub async fn syslog(
     address: &str,
     transport: SyslogTransport,
     ca_pem: &str,
-    message: &[u8],
+    messages: &[Vec<u8>],
 ) -> Result<(), String> {
     let (host, port) = address.rsplit_once(':').ok_or("address: HOST:PORT")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port: u16 = port.parse().map_err(|_| "address: bad port")?;
-    let mut framed = format!("{} ", message.len()).into_bytes();
-    framed.extend_from_slice(message);
+    // Octet counting (RFC 6587 3.4.1, RFC 5425): each message after its length.
+    let framed: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| {
+            format!("{} ", m.len())
+                .into_bytes()
+                .into_iter()
+                .chain(m.clone())
+        })
+        .collect();
     match transport {
         SyslogTransport::Udp => {
             let socket = tokio::net::UdpSocket::bind(if host.contains(':') {
@@ -175,11 +184,13 @@ pub async fn syslog(
             })
             .await
             .map_err(|e| e.to_string())?;
-            socket
-                .send_to(message, (host, port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("send to {address}: {e}"))
+            for m in messages {
+                socket
+                    .send_to(m, (host, port))
+                    .await
+                    .map_err(|e| format!("send to {address}: {e}"))?;
+            }
+            Ok(())
         }
         SyslogTransport::Tcp => {
             let mut tcp = tokio::net::TcpStream::connect((host, port))
