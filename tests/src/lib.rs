@@ -88,7 +88,7 @@ pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
 pub use hostile_agent::{json_frame, reported_vm, stranger_tls, web_tls, HostileAgent, TlsStream};
 pub use image::{assert_image_pattern, sha256_file, write_image_pattern};
-pub use libvirt::{virt_type, Libvirt};
+pub use libvirt::{virt_type, Libvirt, RestoredVm};
 pub use ports::free_port;
 pub use postgres::{Postgres, PG_DATABASE, PG_PASSWORD, PG_USER};
 pub use process::status_kib;

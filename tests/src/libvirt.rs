@@ -302,3 +302,20 @@ mod tests {
         assert!(is_leftover("lbe2e-4999999-vm-0-1.qcow2"));
     }
 }
+
+/// A domain a test had Lifeboat make (a restore as a new VM), removed with
+/// its files when the guard drops.
+pub struct RestoredVm<'a> {
+    pub libvirt: &'a Libvirt,
+    pub name: String,
+    pub files: Vec<std::path::PathBuf>,
+}
+
+impl Drop for RestoredVm<'_> {
+    fn drop(&mut self) {
+        self.libvirt.remove_domain(&self.name);
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}

@@ -309,21 +309,6 @@ fn export_delete_import_restore_keeps_everything() {
 }
 
 /// Removes a VM a test created through a restore, with its files.
-struct RestoredVm<'a> {
-    libvirt: &'a Libvirt,
-    name: String,
-    files: Vec<std::path::PathBuf>,
-}
-
-impl Drop for RestoredVm<'_> {
-    fn drop(&mut self) {
-        self.libvirt.remove_domain(&self.name);
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
 fn isoinfo(args: &[&str], iso: &str) -> String {
     let out = Command::new("isoinfo")
         .args(args)

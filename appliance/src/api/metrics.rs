@@ -248,6 +248,15 @@ pub async fn prometheus(c: Call<'_>) -> Reply {
          # TYPE lifeboat_metric_values_total counter\nlifeboat_metric_values_total {}\n",
         status.samples_in
     );
+    out.push_str(
+        "# HELP lifeboat_xmlrpc_refused_total XML-RPC calls refused before any operation, by fault code.\n\
+         # TYPE lifeboat_xmlrpc_refused_total counter\n",
+    );
+    for (code, n) in crate::xmlrpc::refused_counts() {
+        out.push_str(&format!(
+            "lifeboat_xmlrpc_refused_total{{code=\"{code}\"}} {n}\n"
+        ));
+    }
     for kind in [MetricKind::Host, MetricKind::Vm] {
         for (i, metric) in kind.metrics().iter().enumerate() {
             let suffix = match metric.unit {

@@ -72,7 +72,7 @@ fn parse_optional_body<T: for<'de> Deserialize<'de> + Default>(req: &Req) -> Res
 }
 
 /// The principal behind the request's credentials.
-async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
+pub(crate) async fn authenticate(ops: &Ops, req: &Req) -> Result<Principal, OpsError> {
     let source = req.source();
     let unauthorized =
         || OpsError::Unauthorized("authentication required (HTTP Basic or bearer token)".into());
@@ -173,15 +173,37 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
     }
 }
 
-async fn route(ops: &Arc<Ops>, req: &Req) -> Reply {
-    let no_such = || OpsError::NotFound(format!("no such endpoint: {}", req.path));
-    let Some(below) = req.path.strip_prefix("/api/v1") else {
-        return Err(no_such());
+/// `req` as a REST request of `who`, whom the caller authenticated (the
+/// XML-RPC adapter): every check a REST request gets after its credentials.
+pub(crate) async fn handle_as(ops: &Arc<Ops>, who: &Principal, req: &Req) -> Response<Body> {
+    let answer = async {
+        let segments = below_api(req)?;
+        let found = routes::find(req.method.as_str(), &segments);
+        route_as(ops, who, req, &segments, found).await
     };
+    match answer.await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, OpsError::Internal(_)) {
+                tracing::error!(path = req.path, "API error: {e}");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+/// The path's segments below `/api/v1`.
+fn below_api(req: &Req) -> Result<Vec<&str>, OpsError> {
+    let no_such = || OpsError::NotFound(format!("no such endpoint: {}", req.path));
+    let below = req.path.strip_prefix("/api/v1").ok_or_else(no_such)?;
     if !below.is_empty() && !below.starts_with('/') {
         return Err(no_such());
     }
-    let segments = crate::http::routing::segments(below);
+    Ok(crate::http::routing::segments(below))
+}
+
+async fn route(ops: &Arc<Ops>, req: &Req) -> Reply {
+    let segments = below_api(req)?;
     let found = routes::find(req.method.as_str(), &segments);
     if let Lookup::Found(route) = found {
         if route.guard == Guard::Public {
@@ -190,6 +212,17 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Reply {
     }
     // Only an authenticated caller learns which paths exist.
     let who = authenticate(ops, req).await?;
+    route_as(ops, &who, req, &segments, found).await
+}
+
+async fn route_as(
+    ops: &Arc<Ops>,
+    who: &Principal,
+    req: &Req,
+    segments: &[&str],
+    found: Lookup<'static, routes::Route>,
+) -> Reply {
+    let no_such = || OpsError::NotFound(format!("no such endpoint: {}", req.path));
     let route = match found {
         Lookup::Found(route) => route,
         Lookup::WrongMethod => {
@@ -202,12 +235,12 @@ async fn route(ops: &Arc<Ops>, req: &Req) -> Reply {
     };
     // A VM the caller may not see stays unseen: 404, as for one that does
     // not exist, before anything (a 403 or a 400) could tell.
-    if ops.names_hidden_vm(&who, &segments) {
+    if ops.names_hidden_vm(who, segments) {
         return Err(OpsError::NotFound(format!("no such object: {}", req.path)));
     }
     if let Some(privilege) = route.guard.privilege() {
         let action = format!("{} {}", route.method, route.path);
-        ops.require_for(&who, privilege, &action, &req.path).await?;
+        ops.require_for(who, privilege, &action, &req.path).await?;
     }
-    route.call(ops, Some(&who), req, &segments).await
+    route.call(ops, Some(who), req, segments).await
 }

@@ -214,6 +214,7 @@ async fn handle(
     let mut resp = match read_request(req, peer).await {
         Err(r) => r,
         Ok(req) if req.path.starts_with("/api/") => crate::api::handle(&ops, req).await,
+        Ok(req) if req.path == "/RPC2" => crate::xmlrpc::handle(&ops, req).await,
         // Where Prometheus looks by default; the same route as /api/v1/metrics.
         Ok(mut req) if req.path == "/metrics" => {
             req.path = "/api/v1/metrics".into();
