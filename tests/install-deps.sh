@@ -106,6 +106,13 @@ appliance_debs_present() {
         compgen -G "$APPLIANCE_DEBS/openntpd_*.deb" >/dev/null
 }
 
+# Python peers from PyPI (tests/peers/requirements.txt), kept apart from
+# the system's Python: the tests add this directory to PYTHONPATH.
+PY_PEERS=/var/cache/lifeboat-e2e/python
+python_peers_current() {
+    [ -f "$PY_PEERS/requirements.txt" ] && cmp -s "$PY_PEERS/requirements.txt" tests/peers/requirements.txt
+}
+
 musl_target_installed() {
     rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"
 }
@@ -138,6 +145,10 @@ if [ "${1:-}" = "--check" ]; then
         echo "missing: appliance packages in $APPLIANCE_DEBS"
         status=1
     fi
+    if ! python_peers_current; then
+        echo "missing: Python peers in $PY_PEERS (pip)"
+        status=1
+    fi
     exit $status
 fi
 
@@ -168,6 +179,16 @@ if node_modules_current; then
 else
     echo "== npm ci in $BROWSER_DIR"
     (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund)
+fi
+
+if python_peers_current; then
+    echo "== Python peers: installed"
+else
+    echo "== pip install -r tests/peers/requirements.txt into $PY_PEERS"
+    rm -rf "$PY_PEERS"
+    python3 -m pip install --quiet --disable-pip-version-check --no-input --root-user-action=ignore \
+        --target "$PY_PEERS" -r tests/peers/requirements.txt
+    cp tests/peers/requirements.txt "$PY_PEERS/requirements.txt"
 fi
 
 if musl_target_installed; then

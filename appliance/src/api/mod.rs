@@ -15,6 +15,7 @@ mod ha;
 mod inventory;
 mod logging;
 mod metrics;
+mod openapi;
 pub mod routes;
 mod views;
 

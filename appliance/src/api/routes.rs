@@ -53,6 +53,10 @@ pub struct Route {
     pub path: &'static str,
     pub guard: Guard,
     pub handler: Handler,
+    /// The handler's path (`inventory::power`): the operation's id.
+    pub name: &'static str,
+    /// The media types of its successful answers.
+    pub produces: &'static [&'static str],
 }
 
 impl Route {
@@ -74,31 +78,41 @@ impl Route {
 }
 
 /// `route!(GET "/path", guard => handler)`, where guard is `public`,
-/// `anyone` or a privilege.
+/// `anyone` or a privilege; `… => handler, produces ["text/csv", …]` for a
+/// route that answers other than JSON.
 macro_rules! route {
     ($method:ident $path:literal, public => $handler:path) => {
-        route!(@ $method $path, Guard::Public, $handler)
+        route!(@ $method $path, Guard::Public, $handler, JSON)
     };
     ($method:ident $path:literal, anyone => $handler:path) => {
-        route!(@ $method $path, Guard::Anyone, $handler)
+        route!(@ $method $path, Guard::Anyone, $handler, JSON)
     };
     ($method:ident $path:literal, $privilege:ident => $handler:path) => {
-        route!(@ $method $path, Guard::Requires($privilege), $handler)
+        route!(@ $method $path, Guard::Requires($privilege), $handler, JSON)
     };
-    (@ $method:ident $path:literal, $guard:expr, $handler:path) => {
+    ($method:ident $path:literal, $privilege:ident => $handler:path, produces $types:expr) => {
+        route!(@ $method $path, Guard::Requires($privilege), $handler, $types)
+    };
+    (@ $method:ident $path:literal, $guard:expr, $handler:path, $types:expr) => {
         Route {
             method: stringify!($method),
             path: $path,
             guard: $guard,
             handler: |call| Box::pin($handler(call)),
+            name: stringify!($handler),
+            produces: $types,
         }
     };
 }
+
+/// What most routes answer.
+const JSON: &[&str] = &["application/json"];
 
 pub static ROUTES: &[Route] = &[
     route!(POST "/session", public => access::login),
     route!(DELETE "/session", anyone => access::logout),
     route!(GET "/routes", anyone => list_routes),
+    route!(GET "/openapi.json", anyone => super::openapi::document),
     route!(GET "/privileges", anyone => access::privileges),
     route!(GET "/tokens", anyone => access::tokens),
     route!(POST "/tokens", anyone => access::create_token),
@@ -118,7 +132,7 @@ pub static ROUTES: &[Route] = &[
     route!(GET "/vms/{id}/ha", View => ha::vm_ha),
     route!(GET "/vms/{id}/metrics", View => metrics::vm_series),
     route!(GET "/vms/{id}/metrics/current", View => metrics::vm_current),
-    route!(GET "/metrics", View => metrics::prometheus),
+    route!(GET "/metrics", View => metrics::prometheus, produces &["text/plain"]),
     route!(GET "/metrics/estate", View => metrics::estate),
     route!(GET "/metrics/settings", View => metrics::settings),
     route!(PUT "/metrics/settings", ManageHosts => metrics::set_settings),
@@ -199,7 +213,8 @@ pub static ROUTES: &[Route] = &[
     route!(PUT "/directories/{name}", ManageUsers => access::update_directory),
     route!(DELETE "/directories/{name}", ManageUsers => access::delete_directory),
     route!(GET "/audit", ViewReports => access::audit),
-    route!(GET "/exports/{table}", ViewReports => metrics::export),
+    route!(GET "/exports/{table}", ViewReports => metrics::export,
+        produces &["text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "text/html", "application/json", "text/x-ms-iqy"]),
 ];
 
 async fn list_routes(_: Call<'_>) -> Reply {

@@ -65,6 +65,14 @@ pub enum ExportFormat {
 }
 
 impl ExportFormat {
+    pub const ALL: [ExportFormat; 5] = [
+        ExportFormat::Csv,
+        ExportFormat::Xlsx,
+        ExportFormat::Html,
+        ExportFormat::Json,
+        ExportFormat::Iqy,
+    ];
+
     pub fn parse(s: &str) -> Option<ExportFormat> {
         match s {
             "csv" => Some(ExportFormat::Csv),
