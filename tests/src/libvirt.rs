@@ -288,21 +288,6 @@ pub(crate) fn is_leftover(name: &str) -> bool {
         .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_names_of_dead_processes_are_leftovers() {
-        let own = format!("{NAME_PREFIX}{}-vm-0-1", std::process::id());
-        assert!(!is_leftover(&own));
-        assert!(!is_leftover("production-vm"));
-        assert!(!is_leftover("lbe2e-notapid-x"));
-        // Linux pids stay below 2^22.
-        assert!(is_leftover("lbe2e-4999999-vm-0-1.qcow2"));
-    }
-}
-
 /// A domain a test had Lifeboat make (a restore as a new VM), removed with
 /// its files when the guard drops.
 pub struct RestoredVm<'a> {
@@ -317,5 +302,20 @@ impl Drop for RestoredVm<'_> {
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_of_dead_processes_are_leftovers() {
+        let own = format!("{NAME_PREFIX}{}-vm-0-1", std::process::id());
+        assert!(!is_leftover(&own));
+        assert!(!is_leftover("production-vm"));
+        assert!(!is_leftover("lbe2e-notapid-x"));
+        // Linux pids stay below 2^22.
+        assert!(is_leftover("lbe2e-4999999-vm-0-1.qcow2"));
     }
 }

@@ -93,7 +93,7 @@ fn the_openapi_document_is_valid_and_describes_every_served_route() {
                 "{ref}",
                 "local:00000000-0000-4000-8000-00000000abcd@2026-01-01T00:00:00Z",
             )
-            .replace(|c: char| c == '{' || c == '}', "");
+            .replace(['{', '}'], "");
         let answer = api.raw_request(
             method,
             &format!("/api/v1{concrete}"),
