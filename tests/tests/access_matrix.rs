@@ -76,7 +76,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
         );
         let vm_page = format!("/vms/{}", vm.uuid());
         let host_page = format!("/hosts/{host_id}");
-        let pages: [(&str, &str); 20] = [
+        let pages: [(&str, &str); 21] = [
             ("/", "view"),
             ("/hosts", "view"),
             (&host_page, "view"),
@@ -97,6 +97,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             ("/audit.csv", "view-reports"),
             ("/alerts", "view"),
             ("/logs", "administer"),
+            ("/snmp", "administer"),
         ];
         for (page, needed) in pages {
             let answer = console.get(page);
@@ -153,6 +154,7 @@ fn every_api_route_and_console_page_refuses_exactly_the_roles_without_its_privil
             ),
             ("/policies".into(), vec![("name", "")], "backup"),
             ("/logs/settings".into(), vec![("level", "x")], "administer"),
+            ("/snmp/settings".into(), vec![("listen", "x")], "administer"),
             ("/alert-rules".into(), vec![("name", "")], "administer"),
         ];
         for (path, mut fields, needed) in forms {

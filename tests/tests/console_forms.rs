@@ -181,6 +181,71 @@ fn settings_forms_show_a_refusal_at_its_field_and_keep_what_was_entered() {
     );
     let (_, sql) = api.get("/api/v1/sql-export");
     assert!(sql["target"].is_null(), "{sql}");
+    // SNMP: a community is set once and kept (never shown) when its field
+    // is left empty; a refusal keeps what was entered, passwords excepted.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let snmp_form = |community: &str, networks: &str| -> Vec<(&'static str, String)> {
+        [
+            ("enabled", "on"),
+            ("listen", listen.as_str()),
+            ("c0_community", community),
+            ("c0_networks", networks),
+            ("c0_user", ADMIN_USER),
+            ("u0_name", "nms"),
+            ("u0_auth", "sha256"),
+            ("u0_auth_password", "form-auth-pass-1"),
+            ("u0_priv_password", "form-priv-pass-1"),
+            ("u0_user", ADMIN_USER),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect()
+    };
+    let bad = snmp_form("forms-ro", "nowhere");
+    let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = submit(&mut b, "/snmp", "/snmp/settings", &bad);
+    assert_eq!(r.status, 400);
+    let html = r.text();
+    assert!(html.contains("networks:"), "{html}");
+    assert!(row(&html, "c0_networks").contains("value=\"nowhere\""));
+    assert!(
+        !html.contains("form-auth-pass-1") && !html.contains("forms-ro"),
+        "secrets are never echoed"
+    );
+    let good = snmp_form("forms-ro", "127.0.0.1");
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(submit(&mut b, "/snmp", "/snmp/settings", &good).status, 303);
+    // Saved again with the community left empty: it is kept.
+    let shown = b.get("/snmp").text();
+    assert!(shown.contains("name=\"c0_stored\""), "{shown}");
+    let csrf = csrf_of(&shown);
+    let again = snmp_form("", "127.0.0.0/8");
+    let mut again: Vec<(&str, &str)> = again.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    again.retain(|(k, _)| !k.ends_with("password"));
+    again.extend([("c0_stored", "0"), ("csrf", csrf.as_str())]);
+    assert_eq!(b.request("POST", "/snmp/settings", &again).status, 303);
+    let (_, snmp) = api.get("/api/v1/snmp");
+    assert_eq!(
+        snmp["communities"][0]["networks"],
+        json!(["127.0.0.0/8"]),
+        "{snmp}"
+    );
+    assert_eq!(snmp["users"][0]["name"], "nms", "{snmp}");
+    poll_until("the kept community to answer", READY_TIMEOUT, || {
+        let out = std::process::Command::new("snmpget")
+            .env("MIBS", "")
+            .args(["-v2c", "-c", "forms-ro", "-On", "-t", "1", "-r", "0"])
+            .arg(format!("udp:{listen}"))
+            .arg(".1.3.6.1.2.1.1.1.0")
+            .output()
+            .expect("snmpget");
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        said.contains("Lifeboat controller")
+            .then_some(())
+            .ok_or(said)
+    });
+
     // A schedule it cannot read is refused at that field.
     let r = submit(
         &mut b,
@@ -207,6 +272,9 @@ fn settings_forms_show_a_refusal_at_its_field_and_keep_what_was_entered() {
         "/directories",
         "/tokens",
         "/monitoring",
+        "/snmp",
+        "/alerts",
+        "/logs",
         "/cluster#fence_timeout_ms=300",
         refused_vm.as_str(),
         "/monitoring#url=postgresql://u:pw@db/estate",

@@ -19,7 +19,8 @@ use Privilege::*;
 
 use super::layout::PageCtx;
 use super::{
-    admin_forms, alert_forms, field, ha_pages, html, log_pages, pages, set_cookie, SESSION_COOKIE,
+    admin_forms, alert_forms, field, ha_pages, html, log_pages, pages, set_cookie, snmp_pages,
+    SESSION_COOKIE,
 };
 use crate::http::routing::{self, Entry, Guard};
 use crate::http::{redirect, Body, Req};
@@ -148,6 +149,7 @@ pub static FORMS: &[FormEntry] = &[
     form!("/alert-channels/{id}/test", Administer => alert_forms::test_channel),
     form!("/alert-channels/{id}/delete", Administer => alert_forms::delete_channel),
     form!("/logs/settings", Administer => log_pages::set_logging, on "/logs"),
+    form!("/snmp/settings", Administer => snmp_pages::set_snmp, on "/snmp"),
     form!("/users", ManageUsers => admin_forms::create_user, on "/users"),
     form!("/users/{name}", ManageUsers => admin_forms::update_user),
     form!("/users/{name}/delete", ManageUsers => admin_forms::delete_user),

@@ -17,6 +17,7 @@ mod layout;
 mod log_pages;
 mod monitoring_pages;
 mod pages;
+mod snmp_pages;
 
 use std::sync::Arc;
 
@@ -388,6 +389,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
                 channels.as_deref(),
             ))
         }
+        ["snmp"] => Ok(snmp_pages::snmp(ctx, &ops.snmp_settings(who)?)),
         ["logs"] => {
             let shown = match req.query_param("level") {
                 Some(l) => LogLevel::parse(&l)

@@ -35,6 +35,9 @@ pub fn monitoring(
                 }
                 @if ctx.who.can(Privilege::ManageHosts) { button type="submit" { "Save sampling" } }
             }
+            @if ctx.who.can(Privilege::Administer) {
+                p { a href="/snmp" { "SNMP agent settings →" } }
+            }
             @if let Some((target, status)) = &sql {
                 h2 { "SQL export (PostgreSQL)" }
                 (sql_status(status))

@@ -279,8 +279,18 @@ impl Ops {
                 .communities
                 .iter()
                 .map(|c| {
+                    let community_sealed = match (c.community.is_empty(), c.stored) {
+                        (true, Some(i)) => old
+                            .communities
+                            .get(i)
+                            .map(|o| o.community_sealed.clone())
+                            .ok_or_else(|| {
+                                OpsError::BadRequest(format!("community: no stored community {i}"))
+                            })?,
+                        _ => seal(&c.community)?,
+                    };
                     Ok(StoredCommunity {
-                        community_sealed: seal(&c.community)?,
+                        community_sealed,
                         networks: c.networks.iter().map(|n| n.trim().to_string()).collect(),
                         user: c.user.clone(),
                     })

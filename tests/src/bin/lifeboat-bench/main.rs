@@ -1,6 +1,6 @@
 //! Benchmarks that need real processes. Build first:
 //! `cargo build --release -p lifeboat -p lifeboat-agent -p lifeboat-e2e`, then
-//! `./target/release/lifeboat-bench console|backup|failover|appliance|metrics [--flag N ...]`.
+//! `./target/release/lifeboat-bench console|backup|failover|appliance|metrics|snmp [--flag N ...]`.
 //! Results go to docs/PERFORMANCE.md by hand, with the machine and date.
 
 mod appliance;
@@ -8,6 +8,7 @@ mod backup;
 mod console;
 mod failover;
 mod metrics;
+mod snmp;
 
 fn usage() -> ! {
     eprintln!(
@@ -15,7 +16,8 @@ fn usage() -> ! {
          lifeboat-bench backup [--size-mib N] [--runs N] [--full-only 1]\n       \
          lifeboat-bench failover [--runs N]\n       \
          lifeboat-bench appliance [--runs N]\n       \
-         lifeboat-bench metrics [--agents N] [--vms N] [--interval S] [--seconds N] [--requests N]"
+         lifeboat-bench metrics [--agents N] [--vms N] [--interval S] [--seconds N] [--requests N]\n       \
+         lifeboat-bench snmp [--agents N] [--vms N] [--repetitions N] [--requests N] [--walks N]"
     );
     std::process::exit(2)
 }
@@ -113,6 +115,7 @@ fn main() {
         Some("failover") => failover::run(&args[1..]),
         Some("appliance") => appliance::run(&args[1..]),
         Some("metrics") => metrics::run(&args[1..]),
+        Some("snmp") => snmp::run(&args[1..]),
         _ => usage(),
     }
 }
