@@ -6,7 +6,8 @@
 //! only with authPriv (VACM); v1 is refused. Each acts as a Lifeboat user,
 //! so a VM hidden from that user is absent from every table and count. A
 //! GETBULK walk asks for many OIDs in a row: each user's view is computed
-//! once and kept for [`VIEW_TTL`].
+//! once and answered from for [`VIEW_TTL`]; after that it is computed again
+//! in the background while requests are still answered from it.
 //!
 //! The same adapter sends alert channels' notifications (LIFEBOAT-MIB's
 //! lbNotifications carrying an lbAlarmEntry): v2c traps and informs, v3
@@ -17,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,62 @@ use lifeboat_core::ops::{Ops, SnmpAgentConfig, SnmpAlarm, SnmpNotifier, SnmpView
 const VIEW_TTL: Duration = Duration::from_secs(2);
 /// Wait before starting again after the agent stopped on an error.
 const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How often the agent's refusal counters are added up (and logged when
+/// they moved).
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
+/// What the agent refused, by kind: (name in `/metrics`, its counter in the
+/// running agent). Totals since the controller started.
+const REFUSAL_KINDS: [(&str, fn(&Agent) -> u32); 9] = [
+    ("asn_parse_errors", Agent::snmp_in_asn_parse_errs),
+    ("invalid_messages", Agent::snmp_invalid_msgs),
+    (
+        "unknown_security_models",
+        Agent::snmp_unknown_security_models,
+    ),
+    ("silent_drops", Agent::snmp_silent_drops),
+    ("usm_unknown_user_names", Agent::usm_unknown_usernames),
+    ("usm_wrong_digests", Agent::usm_wrong_digests),
+    ("usm_not_in_time_windows", Agent::usm_not_in_time_windows),
+    (
+        "usm_unsupported_security_levels",
+        Agent::usm_unsupported_sec_levels,
+    ),
+    ("usm_decryption_errors", Agent::usm_decryption_errors),
+];
+static REFUSED: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
+/// The last of [`REFUSED`]: a community used from outside its networks.
+const OUTSIDE_NETWORKS: usize = 9;
+
+/// (kind, count) of the requests the agent refused since the controller
+/// started (for `/metrics`).
+pub fn refused_counts() -> Vec<(&'static str, u64)> {
+    REFUSAL_KINDS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["community_outside_networks"])
+        .zip(&REFUSED)
+        .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// Adds what `agent` refused since `seen` to the totals, and logs it.
+fn count_refusals(agent: &Agent, seen: &mut [u32; 9]) {
+    let mut moved = Vec::new();
+    for (i, (name, counter)) in REFUSAL_KINDS.iter().enumerate() {
+        let now = counter(agent);
+        let delta = now.wrapping_sub(seen[i]);
+        seen[i] = now;
+        if delta > 0 {
+            REFUSED[i].fetch_add(u64::from(delta), Ordering::Relaxed);
+            moved.push(format!("{name} {delta}"));
+        }
+    }
+    if !moved.is_empty() {
+        tracing::warn!("SNMP requests refused: {}", moved.join(", "));
+    }
+}
+
 /// An inform's wait for its acknowledgement, and how often it is sent
 /// again within one delivery attempt (the alert's own back-off follows).
 const INFORM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -90,16 +148,27 @@ pub async fn run(ops: Arc<Ops>) {
             }
         };
         tracing::info!("SNMP agent listening on {}", agent.local_addr());
-        tokio::select! {
-            ended = agent.run() => {
-                if let Err(e) = ended {
-                    tracing::error!("SNMP agent stopped: {e}");
+        let mut seen = [0u32; 9];
+        let mut tick = tokio::time::interval(COUNT_EVERY);
+        let running = agent.run();
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                ended = &mut running => {
+                    if let Err(e) = ended {
+                        tracing::error!("SNMP agent stopped: {e}");
+                    }
+                    count_refusals(&agent, &mut seen);
+                    tokio::time::sleep(RESTART_DELAY).await;
+                    break;
                 }
-                tokio::time::sleep(RESTART_DELAY).await;
-            }
-            _ = changed => {
-                tracing::info!("SNMP settings changed; restarting the agent");
-                agent.cancel();
+                _ = &mut changed => {
+                    tracing::info!("SNMP settings changed; restarting the agent");
+                    agent.cancel();
+                    count_refusals(&agent, &mut seen);
+                    break;
+                }
+                _ = tick.tick() => count_refusals(&agent, &mut seen),
             }
         }
     }
@@ -326,8 +395,15 @@ struct Mib {
     communities: HashMap<String, (Vec<ipnet::IpNet>, String)>,
     /// USM user name → Lifeboat user.
     usm: HashMap<String, String>,
-    /// Lifeboat user → (when computed, its instances).
-    views: Mutex<HashMap<String, (Instant, Arc<Instances>)>>,
+    /// Lifeboat user → its view computed last.
+    views: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    at: Instant,
+    objects: Arc<Instances>,
+    /// A newer one is being computed.
+    refreshing: bool,
 }
 
 impl Mib {
@@ -344,6 +420,7 @@ impl Mib {
                 let source: SocketAddr = ctx.source();
                 let ip = source.ip().to_canonical();
                 if !networks.iter().any(|n| n.contains(&ip)) {
+                    REFUSED[OUTSIDE_NETWORKS].fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("SNMP: community used from {ip}, outside its networks; refused");
                     return Err(HandlerError::new("source outside the community's networks"));
                 }
@@ -357,18 +434,46 @@ impl Mib {
         }
     }
 
-    async fn view(&self, ctx: &RequestContext) -> HandlerResult<Arc<Instances>> {
-        let user = self.user_of(ctx)?;
-        if let Some((at, view)) = self.views.lock().expect("snmp views").get(&user) {
-            if at.elapsed() < VIEW_TTL {
-                return Ok(view.clone());
-            }
-        }
+    /// The caller's view. One older than [`VIEW_TTL`] is still answered
+    /// from while a newer one is computed in the background, so no request
+    /// waits for a whole estate's view but the user's first.
+    async fn view(mib: &Arc<Mib>, ctx: &RequestContext) -> HandlerResult<Arc<Instances>> {
+        let user = mib.user_of(ctx)?;
         let source = format!("snmp {}", ctx.source().ip());
+        if let Some(cached) = mib.views.lock().expect("snmp views").get_mut(&user) {
+            if cached.at.elapsed() >= VIEW_TTL && !cached.refreshing {
+                cached.refreshing = true;
+                let (mib, user, source) = (mib.clone(), user.clone(), source.clone());
+                tokio::spawn(async move {
+                    let fresh = mib.compute(&user, &source).await;
+                    let mut views = mib.views.lock().expect("snmp views");
+                    match fresh {
+                        Ok(objects) => {
+                            views.insert(user, Cached::new(objects));
+                        }
+                        // The user is gone or lost the privilege: nothing
+                        // more is answered from the old view.
+                        Err(_) => {
+                            views.remove(&user);
+                        }
+                    }
+                });
+            }
+            return Ok(cached.objects.clone());
+        }
+        let objects = mib.compute(&user, &source).await?;
+        mib.views
+            .lock()
+            .expect("snmp views")
+            .insert(user, Cached::new(objects.clone()));
+        Ok(objects)
+    }
+
+    async fn compute(&self, user: &str, source: &str) -> HandlerResult<Arc<Instances>> {
         let who = self
             .shared
             .ops
-            .snmp_principal(&user, &source)
+            .snmp_principal(user, source)
             .ok_or_else(|| HandlerError::new("the community's Lifeboat user is gone"))?;
         let view = self
             .shared
@@ -376,12 +481,17 @@ impl Mib {
             .snmp_view(&who)
             .await
             .map_err(|e| HandlerError::new(e.to_string()))?;
-        let objects = Arc::new(objects(&view, self.shared.uptime()));
-        self.views
-            .lock()
-            .expect("snmp views")
-            .insert(user, (Instant::now(), objects.clone()));
-        Ok(objects)
+        Ok(Arc::new(objects(&view, self.shared.uptime())))
+    }
+}
+
+impl Cached {
+    fn new(objects: Arc<Instances>) -> Cached {
+        Cached {
+            at: Instant::now(),
+            objects,
+            refreshing: false,
+        }
     }
 }
 
@@ -522,7 +632,7 @@ impl MibHandler for Subtree {
         oid: &'a Oid,
     ) -> BoxFuture<'a, HandlerResult<GetResult>> {
         Box::pin(async move {
-            let view = self.0.view(ctx).await?;
+            let view = Mib::view(&self.0, ctx).await?;
             Ok(match view.get(oid) {
                 Some(v) => GetResult::Value(v.clone()),
                 None if is_defined_object(oid) => GetResult::NoSuchInstance,
@@ -537,7 +647,7 @@ impl MibHandler for Subtree {
         oid: &'a Oid,
     ) -> BoxFuture<'a, HandlerResult<GetNextResult>> {
         Box::pin(async move {
-            let view = self.0.view(ctx).await?;
+            let view = Mib::view(&self.0, ctx).await?;
             let next = view
                 .range((std::ops::Bound::Excluded(oid), std::ops::Bound::Unbounded))
                 .find(|_| true)

@@ -366,6 +366,43 @@ fn net_snmp_clients_walk_lifeboat_mib_with_access_control() {
         !ok && out.contains("authorizationError"),
         "authNoPriv: {out}"
     );
+    // A malformed datagram is dropped.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(b"\x30\x84\xff\xff\xff\xff\x02\x01", ("127.0.0.1", port))
+        .unwrap();
+
+    // Each refusal is counted (and logged).
+    let refused = |kind: &str| -> u64 {
+        let metrics = api.raw_request("GET", "/api/v1/metrics", &[], b"").text();
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("lifeboat_snmp_refused_total{{kind=\"{kind}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    poll_until("the refusals counted", READY_TIMEOUT, || {
+        let counts: Vec<u64> = [
+            "usm_wrong_digests",
+            "community_outside_networks",
+            "asn_parse_errors",
+        ]
+        .iter()
+        .map(|k| refused(k))
+        .collect();
+        counts
+            .iter()
+            .all(|n| *n > 0)
+            .then_some(())
+            .ok_or(format!("{counts:?}"))
+    });
+    assert!(
+        controller.log().contains("SNMP requests refused: ")
+            && controller.log().contains("usm_wrong_digests"),
+        "{}",
+        controller.log()
+    );
 
     // Indices stay with their VMs across a restart; v3 still works (the
     // engine's boot count moved on).

@@ -252,6 +252,15 @@ pub async fn prometheus(c: Call<'_>) -> Reply {
         "# HELP lifeboat_xmlrpc_refused_total XML-RPC calls refused before any operation, by fault code.\n\
          # TYPE lifeboat_xmlrpc_refused_total counter\n",
     );
+    out.push_str(
+        "# HELP lifeboat_snmp_refused_total SNMP requests the agent refused, by kind.\n\
+         # TYPE lifeboat_snmp_refused_total counter\n",
+    );
+    for (kind, n) in crate::snmp::refused_counts() {
+        out.push_str(&format!(
+            "lifeboat_snmp_refused_total{{kind=\"{kind}\"}} {n}\n"
+        ));
+    }
     for (code, n) in crate::xmlrpc::refused_counts() {
         out.push_str(&format!(
             "lifeboat_xmlrpc_refused_total{{code=\"{code}\"}} {n}\n"

@@ -127,6 +127,9 @@ pub fn run(flags: &[String]) {
     }
     let requests_per_walk = bulk_ms.len() / args.walks;
     let (bulk_p50, bulk_p99) = (quantile(&mut bulk_ms, 0.5), quantile(&mut bulk_ms, 0.99));
+    // The slowest requests are the ones that recompute the caller's view
+    // (every 2 s).
+    let bulk_max = quantile(&mut bulk_ms, 1.0);
     let wall = super::median(walls);
 
     // Baseline: the same rows over REST, in one answer.
@@ -164,7 +167,9 @@ pub fn run(flags: &[String]) {
         "| GETBULK walk of lbVmTable (9 columns), median wall | {wall:.2} s: {:.0} rows/s, {requests_per_walk} requests |",
         total as f64 / wall
     );
-    println!("| GETBULK request p50 / p99 | {bulk_p50:.2} / {bulk_p99:.2} ms |");
+    println!(
+        "| GETBULK request p50 / p99 / max | {bulk_p50:.2} / {bulk_p99:.2} / {bulk_max:.1} ms |"
+    );
     println!(
         "| baseline: GET sysUpTime.0 p50 / p99 ({} requests) | {get_p50:.2} / {get_p99:.2} ms |",
         args.requests
