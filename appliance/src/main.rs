@@ -122,8 +122,10 @@ fn main() -> anyhow::Result<()> {
 /// The process's log: to stderr and into a [`Log`] the console shows, at
 /// `LIFEBOAT_LOG` (an `EnvFilter`, default `info`) until the stored or a
 /// newly chosen level replaces it. True when `LIFEBOAT_LOG` was given.
+/// Beside it, with a filter of its own, the SNMP agent's wrong-community
+/// drops are counted.
 fn init_logging() -> (Arc<Log>, bool) {
-    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{reload, EnvFilter};
     let given = EnvFilter::try_from_env("LIFEBOAT_LOG").ok();
@@ -135,14 +137,17 @@ fn init_logging() -> (Arc<Log>, bool) {
     let (filter, handle) =
         reload::Layer::new(given.unwrap_or_else(|| EnvFilter::new(start.as_str())));
     let log = Arc::new(Log::default());
+    let logged = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .and_then(log.layer())
+        .with_filter(filter);
     tracing_subscriber::registry()
-        .with(filter)
+        .with(logged)
         .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            lifeboat::snmp::BadCommunityCounter
+                .with_filter(lifeboat::snmp::BadCommunityCounter::filter()),
         )
-        .with(log.layer())
         .init();
     log.on_level_change(
         start,

@@ -63,9 +63,12 @@ const REFUSAL_KINDS: [(&str, fn(&Agent) -> u32); 9] = [
     ),
     ("usm_decryption_errors", Agent::usm_decryption_errors),
 ];
-static REFUSED: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];
-/// The last of [`REFUSED`]: a community used from outside its networks.
+/// The refusals counted here rather than by the agent.
+const OWN_KINDS: [&str; 2] = ["community_outside_networks", "bad_community"];
+static REFUSED: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+/// Where in [`REFUSED`] the [`OWN_KINDS`] are.
 const OUTSIDE_NETWORKS: usize = 9;
+const BAD_COMMUNITY: usize = 10;
 
 /// (kind, count) of the requests the agent refused since the controller
 /// started (for `/metrics`).
@@ -73,26 +76,65 @@ pub fn refused_counts() -> Vec<(&'static str, u64)> {
     REFUSAL_KINDS
         .iter()
         .map(|(name, _)| *name)
-        .chain(["community_outside_networks"])
+        .chain(OWN_KINDS)
         .zip(&REFUSED)
         .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
         .collect()
 }
 
-/// Adds what `agent` refused since `seen` to the totals, and logs it.
+/// Adds what `agent` refused since `seen` to the totals, and logs what
+/// was refused (by the agent or here) since the last call.
 fn count_refusals(agent: &Agent, seen: &mut [u32; 9]) {
-    let mut moved = Vec::new();
-    for (i, (name, counter)) in REFUSAL_KINDS.iter().enumerate() {
+    for (i, (_, counter)) in REFUSAL_KINDS.iter().enumerate() {
         let now = counter(agent);
-        let delta = now.wrapping_sub(seen[i]);
+        REFUSED[i].fetch_add(u64::from(now.wrapping_sub(seen[i])), Ordering::Relaxed);
         seen[i] = now;
-        if delta > 0 {
-            REFUSED[i].fetch_add(u64::from(delta), Ordering::Relaxed);
-            moved.push(format!("{name} {delta}"));
-        }
     }
+    let moved: Vec<String> = refused_counts()
+        .into_iter()
+        .zip(&LOGGED)
+        .filter_map(|((name, total), logged)| {
+            let delta = total.saturating_sub(logged.swap(total, Ordering::Relaxed));
+            (delta > 0).then(|| format!("{name} {delta}"))
+        })
+        .collect();
     if !moved.is_empty() {
         tracing::warn!("SNMP requests refused: {}", moved.join(", "));
+    }
+}
+
+/// The totals as last logged.
+static LOGGED: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+
+/// Counts the v1/v2c requests with a community the agent does not know:
+/// the agent drops them without an answer, as SNMP wants, and says so
+/// only in a debug event, which this layer watches for (whatever the log
+/// level).
+pub struct BadCommunityCounter;
+
+impl BadCommunityCounter {
+    /// What this layer needs to see, for its per-layer filter.
+    pub fn filter() -> tracing_subscriber::filter::Targets {
+        tracing_subscriber::filter::Targets::new()
+            .with_target("async_snmp::agent", tracing::Level::DEBUG)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BadCommunityCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 |= format!("{v:?}") == "invalid community string";
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            REFUSED[BAD_COMMUNITY].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -420,8 +462,8 @@ impl Mib {
                 let source: SocketAddr = ctx.source();
                 let ip = source.ip().to_canonical();
                 if !networks.iter().any(|n| n.contains(&ip)) {
+                    // Logged with the other refusals, at most every 5 s.
                     REFUSED[OUTSIDE_NETWORKS].fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("SNMP: community used from {ip}, outside its networks; refused");
                     return Err(HandlerError::new("source outside the community's networks"));
                 }
                 Ok(user.clone())

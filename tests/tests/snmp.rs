@@ -386,6 +386,7 @@ fn net_snmp_clients_walk_lifeboat_mib_with_access_control() {
         let counts: Vec<u64> = [
             "usm_wrong_digests",
             "community_outside_networks",
+            "bad_community",
             "asn_parse_errors",
         ]
         .iter()
