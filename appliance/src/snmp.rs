@@ -46,7 +46,8 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// What the agent refused, by kind: (name in `/metrics`, its counter in the
 /// running agent). Totals since the controller started.
-const REFUSAL_KINDS: [(&str, fn(&Agent) -> u32); 9] = [
+type AgentCounter = fn(&Agent) -> u32;
+const REFUSAL_KINDS: [(&str, AgentCounter); 9] = [
     ("asn_parse_errors", Agent::snmp_in_asn_parse_errs),
     ("invalid_messages", Agent::snmp_invalid_msgs),
     (

@@ -53,6 +53,29 @@ impl RawResponse {
 }
 
 impl Api {
+    /// Makes `user` (with `role`) under an access policy that shows every
+    /// VM but `vm`, which it tags `team=secret`; as an administrator.
+    pub fn user_without_vm(&self, vm: &str, user: &str, password: &str, role: &str) {
+        let (status, body) = self.put(
+            &format!("/api/v1/vms/{vm}/categories"),
+            &serde_json::json!({"team": "secret"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = self.post(
+            "/api/v1/policies",
+            &serde_json::json!({"name": "no-secrets", "rules": [
+                {"effect": "allow", "key": "*", "value": "*"},
+                {"effect": "deny", "key": "team", "value": "secret"}]}),
+        );
+        assert!(status == 201 || status == 409, "{body}");
+        let (status, body) = self.post(
+            "/api/v1/users",
+            &serde_json::json!({"name": user, "password": password, "role": role,
+                "policies": ["no-secrets"]}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+
     /// An unauthenticated client for `base_url` (`https://127.0.0.1:PORT`)
     /// whose only trusted root is the PEM certificate in `ca_pem`.
     pub fn new(base_url: &str, ca_pem: &Path) -> Result<Api, String> {

@@ -314,16 +314,7 @@ fn events_reach_webhook_cbe_and_mail_receivers() {
     assert_eq!(sent, 1, "the repeat was not sent again");
 
     // A scoped user sees no alert about the VM hidden from them.
-    let (status, body) = api.put(
-        &format!("/api/v1/vms/{}/categories", vm.uuid()),
-        &json!({"team": "secret"}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = api.post("/api/v1/policies", &json!({"name": "no-secrets", "rules": [
-        {"effect": "allow", "key": "*", "value": "*"}, {"effect": "deny", "key": "team", "value": "secret"}]}));
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = api.post("/api/v1/users", &json!({"name": "watcher", "password": PASSWORD, "role": "auditor", "policies": ["no-secrets"]}));
-    assert_eq!(status, 201, "{body}");
+    api.user_without_vm(vm.uuid(), "watcher", PASSWORD, "auditor");
     let watcher = controller.api_as("watcher", PASSWORD);
     let (status, seen) = watcher.get("/api/v1/alerts");
     assert_eq!(status, 200, "{seen}");
@@ -685,16 +676,7 @@ fn snmp_notifications_reach_snmptrapd_and_the_alarm_table() {
 
     // A community acting as a user the VM is hidden from sees no row
     // about it.
-    let (status, body) = api.put(
-        &format!("/api/v1/vms/{}/categories", vm.uuid()),
-        &json!({"team": "secret"}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = api.post("/api/v1/policies", &json!({"name": "no-secrets", "rules": [
-        {"effect": "allow", "key": "*", "value": "*"}, {"effect": "deny", "key": "team", "value": "secret"}]}));
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = api.post("/api/v1/users", &json!({"name": "alarm-watcher", "password": PASSWORD, "role": "viewer", "policies": ["no-secrets"]}));
-    assert_eq!(status, 201, "{body}");
+    api.user_without_vm(vm.uuid(), "alarm-watcher", PASSWORD, "viewer");
     let (status, body) = api.put(
         "/api/v1/snmp",
         &json!({"enabled": true, "listen": format!("127.0.0.1:{port}"),

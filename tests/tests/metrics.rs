@@ -197,23 +197,7 @@ fn a_busy_guest_shows_in_the_api_as_virsh_sees_it() {
     );
 
     // A scoped user: the hidden VM is absent from every answer.
-    let (status, body) = api.put(
-        &format!("/api/v1/vms/{}/categories", hidden.uuid()),
-        &json!({"team": "secret"}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = api.post(
-        "/api/v1/policies",
-        &json!({"name": "no-secrets", "rules": [
-            {"effect": "allow", "key": "*", "value": "*"},
-            {"effect": "deny", "key": "team", "value": "secret"}]}),
-    );
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = api.post(
-        "/api/v1/users",
-        &json!({"name": "watcher", "password": PASSWORD, "role": "auditor", "policies": ["no-secrets"]}),
-    );
-    assert_eq!(status, 201, "{body}");
+    api.user_without_vm(hidden.uuid(), "watcher", PASSWORD, "auditor");
     let watcher = controller.api_as("watcher", PASSWORD);
     poll_until(
         "the hidden VM's own figures",

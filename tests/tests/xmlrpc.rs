@@ -63,16 +63,7 @@ fn python_drives_every_method_with_good_and_bad_credentials_and_arguments() {
     api.wait_vm(vm.name(), READY_TIMEOUT);
     api.wait_vm(hidden.name(), READY_TIMEOUT);
 
-    let (status, body) = api.put(
-        &format!("/api/v1/vms/{}/categories", hidden.uuid()),
-        &json!({"team": "secret"}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = api.post("/api/v1/policies", &json!({"name": "no-secrets", "rules": [
-        {"effect": "allow", "key": "*", "value": "*"}, {"effect": "deny", "key": "team", "value": "secret"}]}));
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = api.post("/api/v1/users", &json!({"name": "rpc-viewer", "password": PASSWORD, "role": "viewer", "policies": ["no-secrets"]}));
-    assert_eq!(status, 201, "{body}");
+    api.user_without_vm(hidden.uuid(), "rpc-viewer", PASSWORD, "viewer");
     let (status, made) = api.post(
         "/api/v1/tokens",
         &json!({"name": "rpc", "expires_in_days": 1, "privileges": ["view"]}),

@@ -40,15 +40,26 @@ fn host_event(kind: EventKind, host: &str, at_ms: u64) -> Event {
 
 const T0: u64 = 1_800_000_000_000;
 
-#[tokio::test]
-async fn an_event_becomes_one_alert_queued_on_each_channel_of_each_matching_rule() {
-    let (store, _) = temp_store("match");
+/// A fresh store's alerts with rule `r1` on `events` (channels c1, c2), and
+/// the store's path.
+async fn with_rule(
+    name: &str,
+    events: Vec<EventKind>,
+    max_per_hour: u32,
+) -> (Alerts, std::path::PathBuf) {
+    let (store, path) = temp_store(name);
     let alerts = Alerts::load(store).unwrap();
     alerts
         .rules
-        .put("r1", rule("r1", vec![EventKind::HostFailed], 30))
+        .put("r1", rule("r1", events, max_per_hour))
         .await
         .unwrap();
+    (alerts, path)
+}
+
+#[tokio::test]
+async fn an_event_becomes_one_alert_queued_on_each_channel_of_each_matching_rule() {
+    let (alerts, _) = with_rule("match", vec![EventKind::HostFailed], 30).await;
     alerts
         .rules
         .put("r2", rule("r2", vec![EventKind::BackupFailed], 30))
@@ -69,13 +80,7 @@ async fn an_event_becomes_one_alert_queued_on_each_channel_of_each_matching_rule
 
 #[tokio::test]
 async fn a_repeat_within_the_window_is_counted_not_sent_and_one_after_it_is_sent() {
-    let (store, _) = temp_store("dedup");
-    let alerts = Alerts::load(store).unwrap();
-    alerts
-        .rules
-        .put("r1", rule("r1", vec![EventKind::HostSuspect], 30))
-        .await
-        .unwrap();
+    let (alerts, _) = with_rule("dedup", vec![EventKind::HostSuspect], 30).await;
     let first = alerts
         .handle(&host_event(EventKind::HostSuspect, "h1", T0))
         .await
@@ -107,13 +112,8 @@ async fn a_repeat_within_the_window_is_counted_not_sent_and_one_after_it_is_sent
 
 #[tokio::test]
 async fn outcomes_recorded_at_once_on_several_channels_are_all_kept() {
-    let (store, _) = temp_store("concurrent");
-    let alerts = std::sync::Arc::new(Alerts::load(store).unwrap());
-    alerts
-        .rules
-        .put("r1", rule("r1", vec![EventKind::HostFailed], 30))
-        .await
-        .unwrap();
+    let (alerts, _) = with_rule("concurrent", vec![EventKind::HostFailed], 30).await;
+    let alerts = std::sync::Arc::new(alerts);
     let raised = alerts
         .handle(&host_event(EventKind::HostFailed, "h1", T0))
         .await
@@ -153,13 +153,7 @@ async fn outcomes_recorded_at_once_on_several_channels_are_all_kept() {
 
 #[tokio::test]
 async fn over_the_rate_limit_alerts_are_recorded_as_suppressed_with_no_delivery() {
-    let (store, _) = temp_store("rate");
-    let alerts = Alerts::load(store).unwrap();
-    alerts
-        .rules
-        .put("r1", rule("r1", vec![EventKind::HostFailed], 2))
-        .await
-        .unwrap();
+    let (alerts, _) = with_rule("rate", vec![EventKind::HostFailed], 2).await;
     let mut suppressed = Vec::new();
     for i in 0..4 {
         let a = alerts
@@ -180,13 +174,7 @@ async fn over_the_rate_limit_alerts_are_recorded_as_suppressed_with_no_delivery(
 
 #[tokio::test]
 async fn failed_attempts_back_off_and_a_restart_keeps_the_queue_and_the_window() {
-    let (store, path) = temp_store("restart");
-    let alerts = Alerts::load(store).unwrap();
-    alerts
-        .rules
-        .put("r1", rule("r1", vec![EventKind::HostFailed], 30))
-        .await
-        .unwrap();
+    let (alerts, path) = with_rule("restart", vec![EventKind::HostFailed], 30).await;
     let a = alerts
         .handle(&host_event(EventKind::HostFailed, "h1", T0))
         .await
@@ -257,13 +245,7 @@ fn backoff_doubles_from_five_seconds_up_to_ten_minutes() {
 
 #[tokio::test]
 async fn a_delivery_is_given_up_a_day_after_its_alert() {
-    let (store, _) = temp_store("give-up");
-    let alerts = Alerts::load(store).unwrap();
-    alerts
-        .rules
-        .put("r1", rule("r1", vec![EventKind::HostFailed], 30))
-        .await
-        .unwrap();
+    let (alerts, _) = with_rule("give-up", vec![EventKind::HostFailed], 30).await;
     let a = alerts
         .handle(&host_event(EventKind::HostFailed, "h1", T0))
         .await
