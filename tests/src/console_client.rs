@@ -60,6 +60,14 @@ impl ConsoleClient {
         self.request("GET", path, &[])
     }
 
+    /// A console session of the administrator (logged in, or a panic).
+    pub fn admin(controller: &Controller) -> ConsoleClient {
+        let mut console = ConsoleClient::new(controller);
+        let answer = console.login(controller.admin_password());
+        assert_eq!(answer.status, 303, "admin console login: {}", answer.text());
+        console
+    }
+
     /// Logs in as the administrator.
     pub fn login(&mut self, password: &str) -> RawResponse {
         self.login_as(ADMIN_USER, password)

@@ -42,6 +42,19 @@ fn is_webhook(event: &'static str) -> impl Fn(&Value) -> bool {
     move |m| m["path"] == "/hook" && body_json(m)["event"] == event
 }
 
+/// A channel with `config` is refused, the error naming `field`.
+fn assert_channel_refused(api: &Api, config: &Value, field: &str) {
+    let (status, body) = api.post(
+        "/api/v1/alert-channels",
+        &json!({"name": "bad", "config": config}),
+    );
+    assert_eq!(status, 400, "{config}: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains(field),
+        "{config}: {body}"
+    );
+}
+
 fn create(api: &Api, path: &str, body: &Value) -> String {
     let (status, created) = api.post(path, body);
     assert_eq!(status, 201, "POST {path}: {created}");
@@ -84,15 +97,7 @@ fn events_reach_webhook_cbe_and_mail_receivers() {
             "unknown variant",
         ),
     ] {
-        let (status, body) = api.post(
-            "/api/v1/alert-channels",
-            &json!({"name": "bad", "config": config}),
-        );
-        assert_eq!(status, 400, "{config}: {body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(field),
-            "{config}: {body}"
-        );
+        assert_channel_refused(&api, &config, field);
     }
 
     let webhook = create(
@@ -531,15 +536,7 @@ fn snmp_notifications_reach_snmptrapd_and_the_alarm_table() {
             "auth_password:",
         ),
     ] {
-        let (status, body) = api.post(
-            "/api/v1/alert-channels",
-            &json!({"name": "bad", "config": config}),
-        );
-        assert_eq!(status, 400, "{config}: {body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(field),
-            "{config}: {body}"
-        );
+        assert_channel_refused(&api, &config, field);
     }
     let inform = snmp_channel("v3 inform", v3("informer", "inform"));
     let v3_trap = snmp_channel("v3 trap", v3("trapper", "trap"));
@@ -761,13 +758,7 @@ fn the_log_level_changes_at_run_time_and_the_log_reaches_rsyslogd() {
     failed_handshake(&controller);
 
     // Debug from the console, at once.
-    let mut console = ConsoleClient::new(&controller);
-    assert_eq!(
-        console
-            .login_as(ADMIN_USER, controller.admin_password())
-            .status,
-        303
-    );
+    let mut console = ConsoleClient::admin(&controller);
     let csrf = csrf_of(&console.get("/logs").text());
     let answer = console.request(
         "POST",

@@ -149,13 +149,7 @@ fn the_fence_command_is_a_secret_only_an_administrator_sets() {
     for text in [body.to_string(), shown.to_string()] {
         assert!(!text.contains("s3cret"), "{text}");
     }
-    let mut console = ConsoleClient::new(&controller);
-    assert_eq!(
-        console
-            .login_as(ADMIN_USER, controller.admin_password())
-            .status,
-        303
-    );
+    let mut console = ConsoleClient::admin(&controller);
     let page = console.get(&format!("/hosts/{}", host.host_id)).text();
     assert!(
         page.contains("leave empty to keep it") && !page.contains("s3cret"),

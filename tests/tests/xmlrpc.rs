@@ -69,13 +69,7 @@ fn python_drives_every_method_with_good_and_bad_credentials_and_arguments() {
         &json!({"name": "rpc", "expires_in_days": 1, "privileges": ["view"]}),
     );
     assert_eq!(status, 201, "{made}");
-    let mut console = ConsoleClient::new(&controller);
-    assert_eq!(
-        console
-            .login_as(ADMIN_USER, controller.admin_password())
-            .status,
-        303
-    );
+    let console = ConsoleClient::admin(&controller);
 
     let restore_name = format!("{}-rpc-copy", vm.name());
     let dir = vm.disk().parent().expect("image dir").to_path_buf();
