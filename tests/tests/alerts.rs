@@ -846,6 +846,29 @@ fn the_log_level_changes_at_run_time_and_the_log_reaches_rsyslogd() {
         "{got}"
     );
 
+    // Deleting the channel stops the forwarding.
+    let (status, body) = api.delete(&format!("/api/v1/alert-channels/{channel}"));
+    assert_eq!(status, 200, "{body}");
+    let (_, settings) = api.get("/api/v1/logging");
+    assert!(settings["syslog_channel"].is_null(), "{settings}");
+    let (status, body) = api.put(
+        "/api/v1/logging",
+        &json!({"level": "info", "syslog_channel": channel}),
+    );
+    assert_eq!(status, 400, "a deleted channel: {body}");
+    let (status, channel) = api.post(
+        "/api/v1/alert-channels",
+        &json!({"name": "logs again", "config": {
+        "type": "syslog", "address": rsyslog.address(), "transport": "tls", "ca_pem": rsyslog.ca_pem()}}),
+    );
+    assert_eq!(status, 201, "{channel}");
+    let channel = channel["id"].as_str().unwrap();
+    let (status, body) = api.put(
+        "/api/v1/logging",
+        &json!({"level": "info", "syslog_channel": channel, "syslog_level": "info"}),
+    );
+    assert_eq!(status, 200, "{body}");
+
     // Back at info, and still there after a restart.
     let before = last(&api.get("/api/v1/logs").1);
     failed_handshake(&controller);

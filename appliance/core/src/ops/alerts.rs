@@ -257,6 +257,7 @@ impl Ops {
                     self.alerts.rules.put(&rule.id.clone(), rule).await?;
                 }
             }
+            self.stop_forwarding_to(id).await?;
             self.alerts.wake.notify_one();
             Ok(())
         }

@@ -151,6 +151,22 @@ impl Ops {
         outcome
     }
 
+    /// Stops forwarding the log to channel `id`, which is being deleted.
+    pub(super) async fn stop_forwarding_to(&self, id: &str) -> Result<(), OpsError> {
+        let mut settings = self.logging_settings();
+        if settings.syslog_channel.as_deref() != Some(id) {
+            return Ok(());
+        }
+        settings.syslog_channel = None;
+        self.logging.put("settings", settings).await?;
+        if let Some(log) = self.log.get() {
+            // Its task ends once it sees its queue closed.
+            log.forward(None);
+        }
+        tracing::info!("the log is no longer forwarded: its syslog channel {id} was deleted");
+        Ok(())
+    }
+
     /// Replaces the forwarding task by one for `settings` (or none).
     fn restart_forwarding(self: &Arc<Self>, settings: &LoggingSettings) {
         let Some(log) = self.log.get() else {
