@@ -305,6 +305,17 @@ fn python_drives_every_method_with_good_and_bad_credentials_and_arguments() {
 
     // Refusals are counted; each is a log line.
     let metrics = api.raw_request("GET", "/api/v1/metrics", &[], b"").text();
+    // Each sample follows its own family's TYPE line (the exposition
+    // format's grouping).
+    let mut family = String::new();
+    for line in metrics.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            family = t.split(' ').next().unwrap_or_default().to_string();
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert_eq!(name, family, "{line} outside its family:\n{metrics}");
+        }
+    }
     let count = |code: &str| -> u64 {
         metrics
             .lines()

@@ -230,6 +230,21 @@ pub async fn set_snmp_settings(c: Call<'_>) -> Reply {
     snmp_settings(c).await
 }
 
+/// One counter family in the exposition format: its HELP and TYPE, then
+/// one sample per `(label value, count)`.
+fn counter_family<L: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: Vec<(L, u64)>,
+) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    for (value, n) in samples {
+        out.push_str(&format!("{name}{{{label}=\"{value}\"}} {n}\n"));
+    }
+}
+
 /// A label value in the exposition format: backslash, quote and newline
 /// escaped.
 fn label(v: &str) -> String {
@@ -248,24 +263,20 @@ pub async fn prometheus(c: Call<'_>) -> Reply {
          # TYPE lifeboat_metric_values_total counter\nlifeboat_metric_values_total {}\n",
         status.samples_in
     );
-    out.push_str(
-        "# HELP lifeboat_xmlrpc_refused_total XML-RPC calls refused before any operation, by fault code.\n\
-         # TYPE lifeboat_xmlrpc_refused_total counter\n",
+    counter_family(
+        &mut out,
+        "lifeboat_xmlrpc_refused_total",
+        "XML-RPC calls refused before any operation, by fault code.",
+        "code",
+        crate::xmlrpc::refused_counts(),
     );
-    out.push_str(
-        "# HELP lifeboat_snmp_refused_total SNMP requests the agent refused, by kind.\n\
-         # TYPE lifeboat_snmp_refused_total counter\n",
+    counter_family(
+        &mut out,
+        "lifeboat_snmp_refused_total",
+        "SNMP requests the agent refused, by kind.",
+        "kind",
+        crate::snmp::refused_counts(),
     );
-    for (kind, n) in crate::snmp::refused_counts() {
-        out.push_str(&format!(
-            "lifeboat_snmp_refused_total{{kind=\"{kind}\"}} {n}\n"
-        ));
-    }
-    for (code, n) in crate::xmlrpc::refused_counts() {
-        out.push_str(&format!(
-            "lifeboat_xmlrpc_refused_total{{code=\"{code}\"}} {n}\n"
-        ));
-    }
     for kind in [MetricKind::Host, MetricKind::Vm] {
         for (i, metric) in kind.metrics().iter().enumerate() {
             let suffix = match metric.unit {
