@@ -128,9 +128,10 @@ fn init_logging() -> (Arc<Log>, bool) {
     use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{reload, EnvFilter};
-    let given = EnvFilter::try_from_env("LIFEBOAT_LOG").ok();
-    let start = std::env::var("LIFEBOAT_LOG")
-        .ok()
+    let env = std::env::var("LIFEBOAT_LOG").ok();
+    let given = env.as_deref().and_then(|v| EnvFilter::try_new(v).ok());
+    let start = env
+        .as_deref()
         .and_then(|l| LogLevel::parse(l.trim()))
         .unwrap_or_default();
     let from_env = given.is_some();

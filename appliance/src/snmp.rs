@@ -66,10 +66,11 @@ const REFUSAL_KINDS: [(&str, AgentCounter); 9] = [
 ];
 /// The refusals counted here rather than by the agent.
 const OWN_KINDS: [&str; 2] = ["community_outside_networks", "bad_community"];
-static REFUSED: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+const KINDS: usize = REFUSAL_KINDS.len() + OWN_KINDS.len();
+static REFUSED: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 /// Where in [`REFUSED`] the [`OWN_KINDS`] are.
-const OUTSIDE_NETWORKS: usize = 9;
-const BAD_COMMUNITY: usize = 10;
+const OUTSIDE_NETWORKS: usize = REFUSAL_KINDS.len();
+const BAD_COMMUNITY: usize = REFUSAL_KINDS.len() + 1;
 
 /// (kind, count) of the requests the agent refused since the controller
 /// started (for `/metrics`).
@@ -85,7 +86,7 @@ pub fn refused_counts() -> Vec<(&'static str, u64)> {
 
 /// Adds what `agent` refused since `seen` to the totals, and logs what
 /// was refused (by the agent or here) since the last call.
-fn count_refusals(agent: &Agent, seen: &mut [u32; 9]) {
+fn count_refusals(agent: &Agent, seen: &mut [u32; REFUSAL_KINDS.len()]) {
     for (i, (_, counter)) in REFUSAL_KINDS.iter().enumerate() {
         let now = counter(agent);
         REFUSED[i].fetch_add(u64::from(now.wrapping_sub(seen[i])), Ordering::Relaxed);
@@ -105,7 +106,7 @@ fn count_refusals(agent: &Agent, seen: &mut [u32; 9]) {
 }
 
 /// The totals as last logged.
-static LOGGED: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+static LOGGED: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
 /// Counts the v1/v2c requests with a community the agent does not know:
 /// the agent drops them without an answer, as SNMP wants, and says so
@@ -191,7 +192,7 @@ pub async fn run(ops: Arc<Ops>) {
             }
         };
         tracing::info!("SNMP agent listening on {}", agent.local_addr());
-        let mut seen = [0u32; 9];
+        let mut seen = [0u32; REFUSAL_KINDS.len()];
         let mut tick = tokio::time::interval(COUNT_EVERY);
         let running = agent.run();
         tokio::pin!(running);
@@ -482,11 +483,11 @@ impl Mib {
     /// waits for a whole estate's view but the user's first.
     async fn view(mib: &Arc<Mib>, ctx: &RequestContext) -> HandlerResult<Arc<Instances>> {
         let user = mib.user_of(ctx)?;
-        let source = format!("snmp {}", ctx.source().ip());
+        let source = || format!("snmp {}", ctx.source().ip());
         if let Some(cached) = mib.views.lock().expect("snmp views").get_mut(&user) {
             if cached.at.elapsed() >= VIEW_TTL && !cached.refreshing {
                 cached.refreshing = true;
-                let (mib, user, source) = (mib.clone(), user.clone(), source.clone());
+                let (mib, user, source) = (mib.clone(), user.clone(), source());
                 tokio::spawn(async move {
                     let fresh = mib.compute(&user, &source).await;
                     let mut views = mib.views.lock().expect("snmp views");
@@ -504,7 +505,7 @@ impl Mib {
             }
             return Ok(cached.objects.clone());
         }
-        let objects = mib.compute(&user, &source).await?;
+        let objects = mib.compute(&user, &source()).await?;
         mib.views
             .lock()
             .expect("snmp views")

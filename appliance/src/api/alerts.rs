@@ -66,14 +66,7 @@ pub fn alert_filter(req: &crate::http::Req) -> Result<AlertFilter, OpsError> {
         })?),
         None => None,
     };
-    let limit = match req.query_param("limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_ALERT_LIST).contains(n))
-            .ok_or_else(|| bad_request(format!("limit: 1 to {MAX_ALERT_LIST}")))?,
-        None => 100,
-    };
+    let limit = super::query_limit(req, MAX_ALERT_LIST, 100)?;
     Ok(AlertFilter {
         event,
         severity,

@@ -34,28 +34,14 @@ pub async fn set_settings(c: Call<'_>) -> Reply {
 /// `?level=` (the least severe shown, default `trace`), `?after=` (a
 /// record number), `?limit=`.
 pub async fn recent(c: Call<'_>) -> Reply {
-    let level = match c.req.query_param("level") {
-        Some(l) => LogLevel::parse(&l).ok_or_else(|| {
-            bad_request(format!(
-                "level: {l:?} is not error, warn, info, debug or trace"
-            ))
-        })?,
-        None => LogLevel::Trace,
-    };
+    let level = super::log_level_param(c.req, LogLevel::Trace)?;
     let after = match c.req.query_param("after") {
         Some(a) => a
             .parse::<u64>()
             .map_err(|_| bad_request("after: a record number"))?,
         None => 0,
     };
-    let limit = match c.req.query_param("limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LOG_LIST).contains(n))
-            .ok_or_else(|| bad_request(format!("limit: 1 to {MAX_LOG_LIST}")))?,
-        None => 200,
-    };
+    let limit = super::query_limit(c.req, MAX_LOG_LIST, 200)?;
     let records = c.ops.recent_log(c.who(), level, after, limit)?;
     let list: Vec<Value> = records.iter().map(record_json).collect();
     Ok(json(StatusCode::OK, &Value::Array(list)))

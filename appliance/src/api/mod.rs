@@ -49,6 +49,33 @@ fn bad_request(msg: impl Into<String>) -> OpsError {
     OpsError::BadRequest(msg.into())
 }
 
+/// `?limit=`: 1 to `max`, `default` when absent.
+fn query_limit(req: &Req, max: usize, default: usize) -> Result<usize, OpsError> {
+    match req.query_param("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad_request(format!("limit: 1 to {max}"))),
+        None => Ok(default),
+    }
+}
+
+/// `?level=` (a log level), `default` when absent.
+pub fn log_level_param(
+    req: &Req,
+    default: lifeboat_core::model::LogLevel,
+) -> Result<lifeboat_core::model::LogLevel, OpsError> {
+    match req.query_param("level") {
+        Some(l) => lifeboat_core::model::LogLevel::parse(&l).ok_or_else(|| {
+            bad_request(format!(
+                "level: {l:?} is not error, warn, info, debug or trace"
+            ))
+        }),
+        None => Ok(default),
+    }
+}
+
 /// What a successful DELETE answers.
 fn deleted() -> Reply {
     Ok(crate::http::json(
@@ -143,11 +170,7 @@ fn refuse_non_json(req: &Req) -> Option<Response<Body>> {
     if !matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
         return None;
     }
-    let essence = req
-        .header("content-type")
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    if essence.as_deref() == Some("application/json") {
+    if req.media_type().as_deref() == Some("application/json") {
         return None;
     }
     Some(json_error(

@@ -40,6 +40,13 @@ impl Req {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The body's media type (`Content-Type` without parameters), lower-case.
+    pub fn media_type(&self) -> Option<String> {
+        self.header("content-type")
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+    }
+
     pub fn cookie(&self, name: &str) -> Option<&str> {
         self.headers
             .get_all(hyper::header::COOKIE)

@@ -391,11 +391,7 @@ async fn get(ops: &Arc<Ops>, req: &Req, ctx: &PageCtx<'_>) -> Result<Markup, Ops
         }
         ["snmp"] => Ok(snmp_pages::snmp(ctx, &ops.snmp_settings(who)?)),
         ["logs"] => {
-            let shown = match req.query_param("level") {
-                Some(l) => LogLevel::parse(&l)
-                    .ok_or_else(|| OpsError::BadRequest(format!("level: unknown level {l:?}")))?,
-                None => LogLevel::Info,
-            };
+            let shown = crate::api::log_level_param(req, LogLevel::Info)?;
             let view = ops.logging(who)?;
             let records = ops.recent_log(who, shown, 0, log_pages::SHOWN)?;
             Ok(log_pages::logs(

@@ -121,11 +121,10 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
 }
 
 async fn call(ops: &Arc<Ops>, req: &Req) -> Result<Value, Refusal> {
-    let essence = req
-        .header("content-type")
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    if !matches!(essence.as_deref(), Some("text/xml" | "application/xml")) {
+    if !matches!(
+        req.media_type().as_deref(),
+        Some("text/xml" | "application/xml")
+    ) {
         return Err(refuse(
             INVALID_REQUEST,
             "the body must be an XML-RPC methodCall sent as Content-Type: text/xml",

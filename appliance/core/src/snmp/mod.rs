@@ -159,9 +159,9 @@ impl SnmpInput {
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.communities {
-            if c.community.is_empty() && c.stored.is_some() {
-                // Kept: checked against the stored list by the caller.
-            } else {
+            // A kept one is checked against the stored list by the caller.
+            let kept = c.community.is_empty() && c.stored.is_some();
+            if !kept {
                 check_secret("community", &c.community, 1)?;
                 if !seen.insert(c.community.as_str()) {
                     return Err("community: each community once".into());
