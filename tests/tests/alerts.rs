@@ -737,6 +737,36 @@ fn the_log_level_changes_at_run_time_and_the_log_reaches_rsyslogd() {
         assert_eq!(operator.get(path).0, 403, "{path}");
     }
     assert_eq!(operator.put("/api/v1/logging", &json!({})).0, 403);
+    assert_eq!(api.anonymous().get("/api/v1/logs").0, 401);
+    // An administrator under an access policy: a record may name a VM
+    // hidden from them.
+    let (status, body) = api.post(
+        "/api/v1/policies",
+        &json!({"name": "team-a", "rules": [{"effect": "allow", "key": "team", "value": "a"}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.post(
+        "/api/v1/users",
+        &json!({"name": "scoped-admin", "password": PASSWORD, "role": "administrator", "policies": ["team-a"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let scoped_admin = controller.api_as("scoped-admin", PASSWORD);
+    for path in ["/api/v1/logs", "/api/v1/logging"] {
+        assert_eq!(scoped_admin.get(path).0, 403, "{path}");
+    }
+    assert_eq!(scoped_admin.put("/api/v1/logging", &json!({})).0, 403);
+    for bad in ["level=loud", "limit=0", "limit=99999", "after=x"] {
+        let (status, body) = api.get(&format!("/api/v1/logs?{bad}"));
+        assert_eq!(status, 400, "{bad}: {body}");
+        let field = bad.split('=').next().unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}:")),
+            "{bad}: {body}"
+        );
+    }
 
     // At the default level (info), a failed handshake is not logged.
     let (status, settings) = api.get("/api/v1/logging");

@@ -151,6 +151,11 @@ fn net_snmp_clients_walk_lifeboat_mib_with_access_control() {
             json!({"users": [{"name": "u", "user": ADMIN_USER}]}),
             "auth_password:",
         ),
+        (
+            // Keeping a stored community that is not there.
+            json!({"communities": [{"community": "", "stored": 7, "networks": ["::1"], "user": ADMIN_USER}]}),
+            "community:",
+        ),
     ] {
         let mut bad = settings.clone();
         for (k, v) in change.as_object().unwrap() {
