@@ -14,6 +14,17 @@ pub mod nbd;
 mod restore;
 mod tls;
 
+/// Runs CPU or disk work off the runtime; starts at once, not when awaited.
+pub(crate) fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> impl std::future::Future<Output = anyhow::Result<T>> {
+    let task = tokio::task::spawn_blocking(f);
+    async move {
+        use anyhow::Context;
+        task.await.context("agent worker task panicked")?
+    }
+}
+
 /// Entry points for the fuzz targets only: each feeds untrusted bytes to
 /// one parser and must return (an error is fine), never panic or hang.
 #[doc(hidden)]

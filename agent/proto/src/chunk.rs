@@ -189,9 +189,17 @@ fn decode_borrowed(blob: &[u8]) -> Result<Cow<'_, [u8]>> {
 
 /// [`decode`], then checks that the data hashes to `expected`.
 pub fn decode_verified(blob: &[u8], expected: &ChunkDigest) -> Result<Vec<u8>> {
+    decode_verified_borrowed(blob, expected).map(Cow::into_owned)
+}
+
+/// [`decode_verified`] without copying a raw payload out of `blob`.
+pub fn decode_verified_borrowed<'a>(
+    blob: &'a [u8],
+    expected: &ChunkDigest,
+) -> Result<Cow<'a, [u8]>> {
     let data = decode_borrowed(blob)?;
     check_digest(&data, expected)?;
-    Ok(data.into_owned())
+    Ok(data)
 }
 
 /// Checks that a blob decodes to data hashing to `expected`, without

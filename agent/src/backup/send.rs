@@ -14,6 +14,7 @@ use lifeboat_proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::plan::{chunk_range, ChunkPlan};
+use crate::blocking;
 
 /// Chunks per `Digests` message (and per read batch): 16 × 4 MiB = 64 MiB.
 const BATCH: usize = 16;
@@ -211,14 +212,6 @@ async fn upload<S: AsyncWrite + Unpin>(chan: &mut S, chunks: Vec<ToUpload>) -> a
         write_chunk(chan, &digest.0, &blob).await?;
         CHUNK_BUFFERS.give(blob);
     }
-}
-
-/// Runs CPU or disk work off the runtime; starts at once, not when awaited.
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = anyhow::Result<T>> {
-    let task = tokio::task::spawn_blocking(f);
-    async move { task.await.context("agent worker task panicked")? }
 }
 
 /// Sends one disk. `progress` is called with the bytes of the disk covered so

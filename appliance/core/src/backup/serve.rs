@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_proto::{
-    read_any, write_chunk, write_frame, DataMessage, DataReply, Frame, FrameError,
+    buffers::CHUNK_BUFFERS, read_any, write_chunk, write_frame, DataMessage, DataReply, Frame,
+    FrameError,
 };
 
 use super::receive::MAX_DIGESTS_PER_MESSAGE;
@@ -17,6 +18,24 @@ use crate::hub::DataStream;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest chunk file served: a blob is at most 4 MiB plus a small header.
 const MAX_BLOB: u64 = 5 * 1024 * 1024;
+
+/// Chunk files read ahead of the one being sent.
+const READ_AHEAD: usize = 3;
+
+/// Reads one stored chunk blob, refusing one too large to be honest.
+fn read_blob(path: &std::path::Path, digest: &ChunkDigest) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("chunk {digest} is missing: {e}"))?;
+    let mut blob = CHUNK_BUFFERS.take(0);
+    (&mut f)
+        .take(MAX_BLOB + 1)
+        .read_to_end(&mut blob)
+        .map_err(|e| e.to_string())?;
+    if blob.len() as u64 > MAX_BLOB {
+        return Err(format!("chunk {digest} is damaged (oversized)"));
+    }
+    Ok(blob)
+}
 
 /// Serves fetches until the agent closes the channel. Returns bytes sent.
 pub async fn serve_chunks(
@@ -48,31 +67,31 @@ pub async fn serve_chunks(
             if digests.is_empty() || digests.len() > MAX_DIGESTS_PER_MESSAGE {
                 return Err(format!("{} digests in one fetch", digests.len()));
             }
-            for hex in digests {
-                let digest: ChunkDigest = hex.parse().map_err(|e| format!("{e}"))?;
-                if !allowed.contains(&digest) {
-                    return Err(format!("chunk {digest} is not part of this backup"));
-                }
-                let path = store.chunks().chunk_path(&digest);
-                let blob = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-                    use std::io::Read;
-                    let f = std::fs::File::open(&path)
-                        .map_err(|e| format!("chunk {digest} is missing: {e}"))?;
-                    let mut blob = Vec::new();
-                    f.take(MAX_BLOB + 1)
-                        .read_to_end(&mut blob)
-                        .map_err(|e| e.to_string())?;
-                    if blob.len() as u64 > MAX_BLOB {
-                        return Err(format!("chunk {digest} is damaged (oversized)"));
+            // Each chunk file is read while the one before it is sent.
+            let mut reads = std::collections::VecDeque::with_capacity(READ_AHEAD);
+            let mut digests = digests.into_iter();
+            loop {
+                while reads.len() < READ_AHEAD {
+                    let Some(hex) = digests.next() else { break };
+                    let digest: ChunkDigest = hex.parse().map_err(|e| format!("{e}"))?;
+                    if !allowed.contains(&digest) {
+                        return Err(format!("chunk {digest} is not part of this backup"));
                     }
-                    Ok(blob)
-                })
-                .await
-                .map_err(|e| e.to_string())??;
+                    let path = store.chunks().chunk_path(&digest);
+                    reads.push_back((
+                        digest,
+                        tokio::task::spawn_blocking(move || read_blob(&path, &digest)),
+                    ));
+                }
+                let Some((digest, read)) = reads.pop_front() else {
+                    break;
+                };
+                let blob = read.await.map_err(|e| e.to_string())??;
                 sent += blob.len() as u64;
                 write_chunk(&mut stream, &digest.0, &blob)
                     .await
                     .map_err(|e| e.to_string())?;
+                CHUNK_BUFFERS.give(blob);
             }
         }
     }

@@ -1,6 +1,9 @@
-//! `backup`: full-backup throughput of a running VM's multi-GiB disk against
-//! `zstd -1 -T0` and `qemu-img convert -c -O qcow2` of the same image in the
-//! same run, then incremental backups after changing 1 % and 10 % of it.
+//! `backup`: full backup and restore of a running VM's multi-GiB disk against
+//! the tools operators use today, on the same VM in the same run:
+//! `virtnbdbackup -l full -z` and `virtnbdrestore`, `qemu-img convert` of the
+//! same bytes (compressed, as a backup; plain, as a restore writes them),
+//! `zstd -1 -T0` and one core's SHA-256; then incremental backups after
+//! changing 1 % and 10 % of it, with `virtnbdbackup -l inc` beside each.
 
 use std::io::Write;
 use std::path::Path;
@@ -62,11 +65,7 @@ fn backup_once(api: &Api, vm: &TinyVm, mode: &str) -> (f64, Value) {
         &json!({"mode": mode}),
     );
     assert_eq!(status, 202, "{answer}");
-    let path = format!("/api/v1/jobs/{}", answer["job"]);
-    let job = crate::poll_fast("the backup job", Duration::from_secs(1800), || {
-        let (_, job) = api.get(&path);
-        matches!(job["state"].as_str(), Some("succeeded" | "failed")).then_some(job)
-    });
+    let job = wait_job(api, &answer["job"]);
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(job["state"], "succeeded", "{job}");
     let (_, list) = api.get(&format!("/api/v1/vms/{}/backups", vm.uuid()));
@@ -75,6 +74,71 @@ fn backup_once(api: &Api, vm: &TinyVm, mode: &str) -> (f64, Value) {
         .and_then(|l| l.last().cloned())
         .unwrap_or_default();
     (secs, last)
+}
+
+/// Restores `backup` as a new, stopped VM beside the original and times the
+/// job to its end; the copy is removed again.
+fn restore_once(api: &Api, libvirt: &Libvirt, vm: &TinyVm, backup: &str, run: usize) -> f64 {
+    let name = format!("{}-r{run}", vm.name());
+    let dir = vm.disk().parent().expect("image dir").to_path_buf();
+    let _copy = RestoredVm {
+        libvirt,
+        name: name.clone(),
+        files: vec![
+            dir.join(format!("{name}-vda.qcow2")),
+            dir.join(format!("{name}-cidata.iso")),
+        ],
+    };
+    let t = Instant::now();
+    let (status, answer) = api.post(
+        &format!("/api/v1/backups/{backup}/restore"),
+        &json!({"start": false, "as_new": {"name": name}}),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let job = wait_job(api, &answer["job"]);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    secs
+}
+
+fn wait_job(api: &Api, id: &Value) -> Value {
+    let path = format!("/api/v1/jobs/{id}");
+    crate::poll_fast("the job", Duration::from_secs(1800), || {
+        let (_, job) = api.get(&path);
+        matches!(job["state"].as_str(), Some("succeeded" | "failed")).then_some(job)
+    })
+}
+
+/// One `virtnbdbackup` run of the VM into `dir` (`full` starts a chain
+/// there, `inc` adds to it), compressed (`-z`, lz4) as its docs advise.
+fn virtnbdbackup(libvirt: &Libvirt, vm: &TinyVm, level: &str, dir: &Path) -> f64 {
+    let mut c = Command::new("virtnbdbackup");
+    c.args([
+        "-U",
+        libvirt.uri(),
+        "-d",
+        vm.name(),
+        "-l",
+        level,
+        "-z",
+        "--noprogress",
+    ])
+    .arg("-o")
+    .arg(dir);
+    timed(&format!("virtnbdbackup -l {level} -z"), c)
+}
+
+/// Bytes of the files under `dir`: what a `virtnbdbackup` run stored.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Writes `fraction` of the disk from inside the running VM, in 256 KiB
@@ -132,34 +196,47 @@ pub fn run(flags: &[String]) {
     let raw = work.path().join("data.raw");
     write_image(&raw, size_mib);
     let out = work.path().join("out.qcow2");
+    let times = |what: &str, make: &dyn Fn() -> Command| -> f64 {
+        median(
+            (0..runs)
+                .map(|_| {
+                    let _ = std::fs::remove_file(&out);
+                    timed(what, make())
+                })
+                .collect(),
+        )
+    };
 
-    let zstd: Vec<f64> = (0..runs)
-        .map(|_| {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!("zstd -1 -T0 -q -c {} > /dev/null", raw.display()));
-            timed("zstd -1 -T0", c)
-        })
-        .collect();
+    let zstd = times("zstd -1 -T0", &|| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("zstd -1 -T0 -q -c {} > /dev/null", raw.display()));
+        c
+    });
     // The floor under any chunk store that names chunks by SHA-256 and
     // verifies uploads: each byte hashed twice, on these same cores.
-    let sha: Vec<f64> = (0..runs)
-        .map(|_| {
-            let mut c = Command::new("openssl");
-            c.args(["dgst", "-sha256"]).arg(&raw);
-            timed("openssl dgst -sha256", c)
-        })
-        .collect();
-    // `--full-only 1` skips the slow baseline and the incrementals, for
+    let sha = times("openssl dgst -sha256", &|| {
+        let mut c = Command::new("openssl");
+        c.args(["dgst", "-sha256"]).arg(&raw);
+        c
+    });
+    // Writing the same bytes into a new image: what a restore must approach.
+    let convert = times("qemu-img convert -O qcow2", &|| {
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&out);
+        c
+    });
+    // `--full-only 1` skips the slow baselines and the incrementals, for
     // quick comparisons while working on the data path.
-    let qemu: Vec<f64> = (0..if full_only { 0 } else { runs })
-        .map(|_| {
-            let _ = std::fs::remove_file(&out);
+    let compressed = (!full_only).then(|| {
+        times("qemu-img convert -c", &|| {
             let mut c = Command::new("qemu-img");
             c.args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&out);
-            timed("qemu-img convert -c", c)
+            c
         })
-        .collect();
+    });
     let _ = std::fs::remove_file(&out);
 
     let libvirt = Libvirt::ensure();
@@ -173,6 +250,32 @@ pub fn run(flags: &[String]) {
     vm.start();
     wait_idle(&libvirt, &vm);
 
+    // The peer first: its full runs drop only its own checkpoints.
+    let peer_dir = |r: usize| work.path().join(format!("virtnbd{r}"));
+    let peer_full = median(
+        (0..runs)
+            .map(|r| virtnbdbackup(&libvirt, &vm, "full", &peer_dir(r)))
+            .collect(),
+    );
+    let peer_chain = peer_dir(runs - 1);
+    let peer_restore = median(
+        (0..runs)
+            .map(|r| {
+                let target = work.path().join(format!("virtnbdrestore{r}"));
+                let mut c = Command::new("virtnbdrestore");
+                c.args(["-U", libvirt.uri(), "--noprogress", "-i"])
+                    .arg(&peer_chain)
+                    .arg("-L")
+                    .arg(target.with_extension("log"))
+                    .arg("-o")
+                    .arg(&target);
+                let secs = timed("virtnbdrestore", c);
+                let _ = std::fs::remove_dir_all(&target);
+                secs
+            })
+            .collect(),
+    );
+
     let mut full = Vec::new();
     let mut last = None;
     for r in 0..runs {
@@ -184,19 +287,51 @@ pub fn run(flags: &[String]) {
         let (secs, b) = backup_once(&api, &vm, "full");
         eprintln!("full run {r}: {secs:.2} s, read {} bytes", b["bytes_read"]);
         full.push(secs);
-        last = Some((controller, agent));
+        last = Some((controller, agent, b));
     }
-    let (controller, _agent) = last.expect("at least one run");
-    let h = median(sha);
-    if full_only {
-        let (z, f) = (median(zstd), median(full));
+    let (controller, _agent, backup) = last.expect("at least one run");
+    let api = controller.api();
+    let backup_id = backup["id"].as_str().unwrap_or_default().to_string();
+    let restore: Vec<f64> = (0..runs)
+        .map(|r| {
+            let secs = restore_once(&api, &libvirt, &vm, &backup_id, r);
+            eprintln!("restore run {r}: {secs:.2} s");
+            secs
+        })
+        .collect();
+    let (z, h, c, f, rs) = (zstd, sha, convert, median(full), median(restore));
+    let mb = |secs: f64| size as f64 / MIB as f64 / secs;
+    println!("image: {size_mib} MiB (¼ zeros, ¼ text, ½ random), {runs} runs each, medians");
+    println!();
+    println!("| what | seconds | MiB/s | Lifeboat against it (time ratio) |");
+    println!("|---|---|---|---|");
+    let row = |what: &str, secs: f64, ours: f64| {
         println!(
-            "full backup {f:.2} s, zstd -1 -T0 {z:.2} s: {:.2}×; SHA-256 {h:.2} s",
-            z / f
+            "| {what} | {secs:.2} | {:.0} | {:.2}× |",
+            mb(secs),
+            secs / ours
         );
+    };
+    row("`virtnbdbackup -l full -z`, running VM", peer_full, f);
+    row("`zstd -1 -T0` of the raw image", z, f);
+    if let Some(q) = compressed {
+        row("`qemu-img convert -c -O qcow2`", q, f);
+    }
+    row("`openssl dgst -sha256` of the raw image (one core)", h, f);
+    println!(
+        "| **Lifeboat full backup, running VM** | {f:.2} | {:.0} | — |",
+        mb(f)
+    );
+    row("`virtnbdrestore` of that backup", peer_restore, rs);
+    row("`qemu-img convert -O qcow2` of the raw image", c, rs);
+    println!(
+        "| **Lifeboat restore (as a new VM)** | {rs:.2} | {:.0} | — |",
+        mb(rs)
+    );
+    if full_only {
         return;
     }
-    let api = controller.api();
+
     let mut incremental = Vec::new();
     let cases = [
         (0.01, true, 0xa1u8),
@@ -207,48 +342,28 @@ pub fn run(flags: &[String]) {
         change(&vm, size, fraction, pattern, clustered);
         let (secs, b) = backup_once(&api, &vm, "auto");
         assert_eq!(b["mode"], "incremental", "{b}");
+        let before = dir_bytes(&peer_chain);
+        let peer = virtnbdbackup(&libvirt, &vm, "inc", &peer_chain);
+        let peer_bytes = dir_bytes(&peer_chain) - before;
         let how = if clustered {
             "clustered"
         } else {
             "scattered (256 KiB pieces)"
         };
-        incremental.push((fraction, how, secs, b["bytes_read"].as_u64().unwrap_or(0)));
+        let read = b["bytes_read"].as_u64().unwrap_or(0);
+        incremental.push((fraction, how, secs, read, peer, peer_bytes));
     }
-
-    let (z, q, f) = (median(zstd), median(qemu), median(full));
-    let mb = |secs: f64| size as f64 / MIB as f64 / secs;
-    println!("image: {size_mib} MiB (¼ zeros, ¼ text, ½ random), {runs} runs each, medians");
     println!();
-    println!("| what | seconds | MiB/s | Lifeboat's throughput against it |");
-    println!("|---|---|---|---|");
     println!(
-        "| `zstd -1 -T0` of the raw image | {z:.2} | {:.0} | {:.2}× |",
-        mb(z),
-        z / f
+        "| changed | Lifeboat seconds | bytes read | % of disk read | `virtnbdbackup -l inc -z` seconds | its bytes stored | time ratio |"
     );
-    println!(
-        "| `qemu-img convert -c -O qcow2` | {q:.2} | {:.0} | {:.2}× |",
-        mb(q),
-        q / f
-    );
-    println!(
-        "| `openssl dgst -sha256` of the raw image (one core) | {h:.2} | {:.0} | {:.2}× |",
-        mb(h),
-        h / f
-    );
-    println!(
-        "| Lifeboat full backup, running VM | {f:.2} | {:.0} | — |",
-        mb(f)
-    );
-    println!();
-    println!("| changed | incremental seconds | bytes read | % of disk read | vs full time |");
-    println!("|---|---|---|---|---|");
-    for (fraction, how, secs, read) in incremental {
+    println!("|---|---|---|---|---|---|---|");
+    for (fraction, how, secs, read, peer, peer_bytes) in incremental {
         println!(
-            "| {:.0} % {how} | {secs:.2} | {read} | {:.1} % | {:.2}× |",
+            "| {:.0} % {how} | {secs:.2} | {read} | {:.1} % | {peer:.2} | {peer_bytes} | {:.2}× |",
             fraction * 100.0,
             read as f64 * 100.0 / size as f64,
-            secs / f
+            peer / secs
         );
     }
 }
