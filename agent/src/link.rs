@@ -357,6 +357,12 @@ async fn run_command(
             blocking(move || driver.undefine_keeping_disks(&uuid)).await??;
             Ok(None)
         }
+        Command::BootCheck(request) => {
+            tracing::info!(vm = request.uuid, signal = %request.signal, "boot check");
+            let report = blocking(move || driver.boot_check(&request)).await??;
+            tracing::info!(booted = report.booted, "boot check: {}", report.detail);
+            Ok(Some(Outcome::BootCheck(report)))
+        }
     }
 }
 

@@ -4,6 +4,11 @@
 //! agent on its virtio-serial channel. Built once per machine from the
 //! Debian packages (`apt-get download`) and kept in a cache directory the
 //! `libvirt-qemu` user can read.
+//!
+//! [`LinuxGuest::disk_booting`] is the same system booted from its disk:
+//! the initramfs only mounts the VM's ext4 disk and hands over to the
+//! `/sbin/init` on it, which starts the guest agent. Damage the disk and
+//! the guest no longer comes up, as a real one would not.
 
 use std::path::{Path, PathBuf};
 
@@ -48,11 +53,58 @@ mkdir -p /run /var/run
 exec sleep 2147483647
 "#;
 
-/// A kernel and initramfs for a VM with a guest agent.
+/// The initramfs of the disk-booting guest: mount the disk, run its init.
+/// Without either it powers the VM off, as a firmware finding nothing
+/// to boot would stop.
+const DISK_BOOT_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console; do
+    insmod /lib/modules/$m.ko
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+if ! mount -t ext4 /dev/vda /mnt; then
+    echo "lifeboat-guest: no root filesystem on the disk"; poweroff -f
+fi
+if [ ! -x /mnt/sbin/init ]; then
+    echo "lifeboat-guest: no init on the disk"; poweroff -f
+fi
+umount /proc /sys /dev
+exec switch_root /mnt /sbin/init
+"#;
+
+/// `/sbin/init` on the disk-booting guest's disk.
+const DISK_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+port=
+for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p)
+done
+echo "lifeboat-guest: booted from disk, agent on $port"
+mkdir -p /run /var/run
+/usr/sbin/qemu-ga -m virtio-serial -p $port &
+exec sleep 2147483647
+"#;
+
+/// What [`LinuxGuest::disk_booting`] prints on its serial console once its
+/// disk's init runs.
+pub const DISK_BOOTED_LINE: &str = "lifeboat-guest: booted from disk";
+
+/// A kernel and initramfs for a VM with a guest agent; for a disk-booting
+/// guest, also the raw ext4 image its disk starts as.
 #[derive(Clone, Debug)]
 pub struct LinuxGuest {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    pub root_image: Option<PathBuf>,
 }
 
 impl LinuxGuest {
@@ -62,17 +114,35 @@ impl LinuxGuest {
         let guest = LinuxGuest {
             kernel: dir.join("vmlinuz"),
             initrd: dir.join("initrd.gz"),
+            root_image: None,
         };
-        if guest.initrd.is_file() && guest.kernel.is_file() {
+        let built = || BUILT.iter().all(|f| dir.join(f).is_file());
+        if built() {
             return guest;
         }
         let _lock = HostLock::acquire("linux-guest");
-        if !(guest.initrd.is_file() && guest.kernel.is_file()) {
+        if !built() {
             build(&dir);
         }
         guest
     }
+
+    /// The guest booted from its disk: a VM defined with it gets a copy of
+    /// the root image as its disk (see the module's documentation).
+    pub fn disk_booting(&self) -> LinuxGuest {
+        let dir = self.initrd.parent().expect("the guest cache dir");
+        LinuxGuest {
+            kernel: self.kernel.clone(),
+            initrd: dir.join(DISK_INITRD),
+            root_image: Some(dir.join(ROOT_IMAGE)),
+        }
+    }
 }
+
+const DISK_INITRD: &str = "initrd-disk.gz";
+const ROOT_IMAGE: &str = "root.ext4";
+/// Every file of a complete build, the last one made last.
+const BUILT: [&str; 4] = ["vmlinuz", DISK_INITRD, ROOT_IMAGE, "initrd.gz"];
 
 fn build(dir: &Path) {
     let work = ScratchDir::new("guest-build");
@@ -141,17 +211,43 @@ fn build(dir: &Path) {
         let name = Path::new(m).file_name().expect("module name");
         copy(&modules.join(m), &root.join("lib/modules").join(name));
     }
-    std::fs::write(root.join("init"), INIT).expect("write init");
-    output("chmod", &["755", &root.join("init").to_string_lossy()], w);
-
     std::fs::create_dir_all(dir).expect("make the guest cache dir");
-    let initrd = dir.join("initrd.gz.tmp");
-    let script = format!(
-        "find . | {} cpio -o -H newc 2>/dev/null | gzip -1 > {}",
-        root.join("bin/busybox").display(),
-        initrd.display()
+    // The disk-booting guest's disk: the same tree with its own init.
+    std::fs::create_dir_all(root.join("sbin")).expect("make sbin");
+    write_executable(&root.join("sbin/init"), DISK_INIT);
+    let image = dir.join(ROOT_IMAGE);
+    output(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            &root.to_string_lossy(),
+            &image.to_string_lossy(),
+            "48M",
+        ],
+        w,
     );
-    output("sh", &["-c", &script], &root);
+    std::fs::remove_dir_all(root.join("sbin")).expect("remove sbin");
+    // Its initramfs: busybox and the modules, nothing of the system.
+    let boot = w.join("boot-root");
+    for d in ["bin", "lib/modules", "proc", "sys", "dev", "mnt"] {
+        std::fs::create_dir_all(boot.join(d)).expect("make the initramfs tree");
+    }
+    copy(&root.join("bin/busybox"), &boot.join("bin/busybox"));
+    for m in MODULES {
+        let name = Path::new(m).file_name().expect("module name");
+        let module = Path::new("lib/modules").join(name);
+        copy(&root.join(&module), &boot.join(&module));
+    }
+    write_executable(&boot.join("init"), DISK_BOOT_INIT);
+    cpio(&boot, &dir.join(DISK_INITRD));
+
+    write_executable(&root.join("init"), INIT);
+    let initrd = dir.join("initrd.gz.tmp");
+    cpio(&root, &initrd);
     let vmlinuz = std::fs::read_dir(x.join("boot"))
         .expect("kernel boot dir")
         .flatten()
@@ -160,6 +256,22 @@ fn build(dir: &Path) {
         .path();
     copy(&vmlinuz, &dir.join("vmlinuz"));
     std::fs::rename(&initrd, dir.join("initrd.gz")).expect("put the initramfs in place");
+}
+
+fn write_executable(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).expect("write a script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+}
+
+/// `tree` as a gzipped newc cpio archive at `to` (an initramfs).
+fn cpio(tree: &Path, to: &Path) {
+    let script = format!(
+        "find . | {} cpio -o -H newc 2>/dev/null | gzip -1 > {}",
+        tree.join("bin/busybox").display(),
+        to.display()
+    );
+    output("sh", &["-c", &script], tree);
 }
 
 fn copy(from: &Path, to: &Path) {

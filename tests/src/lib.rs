@@ -83,7 +83,7 @@ pub use cluster::{
 };
 pub use console_client::{csrf_of, ConsoleClient};
 pub use controller::{Controller, ControllerOptions, ADMIN_USER, DEFAULT_ADMIN_PASSWORD};
-pub use guest::LinuxGuest;
+pub use guest::{LinuxGuest, DISK_BOOTED_LINE};
 pub use ha_cluster::{failover_steps, HaCluster, FAILOVER_DEADLINE};
 pub use host_lock::HostLock;
 pub use hostile_agent::{json_frame, reported_vm, stranger_tls, web_tls, HostileAgent, TlsStream};

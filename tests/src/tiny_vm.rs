@@ -94,10 +94,20 @@ impl TinyVm {
             name,
             guest,
         };
-        let output = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&vm.disk)
-            .arg(DISK_SIZE)
+        // A disk-booting guest's disk starts as its root image; any other
+        // is blank.
+        let mut qemu_img = Command::new("qemu-img");
+        match vm.guest.as_ref().and_then(|g| g.root_image.as_ref()) {
+            Some(root) => qemu_img
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(root)
+                .arg(&vm.disk),
+            None => qemu_img
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&vm.disk)
+                .arg(DISK_SIZE),
+        };
+        let output = qemu_img
             .output()
             .unwrap_or_else(|e| panic!("cannot run qemu-img (is qemu-utils installed?): {e}"));
         assert!(
@@ -211,17 +221,25 @@ impl TinyVm {
     fn domain_xml(&self) -> String {
         let (memory, os, guest_devices) = match &self.guest {
             None => (MEMORY_MIB, "<boot dev='hd'/>".to_string(), String::new()),
-            Some(g) => (
-                256,
-                format!(
-                    "<kernel>{}</kernel><initrd>{}</initrd><cmdline>console=ttyS0 panic=-1</cmdline>",
-                    g.kernel.display(),
-                    g.initrd.display()
-                ),
-                "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-    <serial type='pty'/>"
-                    .to_string(),
-            ),
+            Some(g) => {
+                // A disk-booting guest has a display too, for screenshots.
+                let (console, video) = match g.root_image {
+                    Some(_) => ("console=tty0 ", "<video><model type='vga'/></video>"),
+                    None => ("", ""),
+                };
+                (
+                    256,
+                    format!(
+                        "<kernel>{}</kernel><initrd>{}</initrd><cmdline>{console}console=ttyS0 panic=-1</cmdline>",
+                        g.kernel.display(),
+                        g.initrd.display()
+                    ),
+                    format!(
+                        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <serial type='pty'/>{video}"
+                    ),
+                )
+            }
         };
         // A real kernel runs under TCG: nested KVM on some build machines
         // fails to emulate its `lock cmpxchg16b` ("KVM internal error").

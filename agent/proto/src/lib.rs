@@ -180,6 +180,59 @@ pub enum Command {
     Undefine {
         uuid: String,
     },
+    /// Boot a sandbox VM (restored from a backup just before) and report
+    /// whether it came up, then remove it and its files.
+    BootCheck(BootCheckRequest),
+}
+
+/// Names of boot-verification sandboxes start with this; an agent boots
+/// and removes no other VM for a [`Command::BootCheck`].
+pub const SANDBOX_PREFIX: &str = "lifeboat-verify-";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootCheckRequest {
+    pub uuid: String,
+    pub signal: BootSignal,
+    /// How long the guest has to show its sign of life.
+    pub timeout_secs: u64,
+}
+
+/// The sign of life a boot verification waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BootSignal {
+    /// The QEMU guest agent answers a ping.
+    GuestAgent,
+    /// This text appears on the first serial console.
+    SerialLine { text: String },
+}
+
+impl std::fmt::Display for BootSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootSignal::GuestAgent => f.write_str("guest agent answer"),
+            BootSignal::SerialLine { text } => write!(f, "serial console line {text:?}"),
+        }
+    }
+}
+
+/// What a boot check saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootCheckReport {
+    pub booted: bool,
+    /// Milliseconds from the start to the sign of life (or to the end of
+    /// waiting).
+    pub boot_ms: u64,
+    pub detail: String,
+    /// The VM's display at the end of waiting, where it has one.
+    pub screenshot: Option<Screenshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screenshot {
+    /// `image/png`, or `image/x-portable-pixmap` from older QEMU.
+    pub media_type: String,
+    pub base64: String,
 }
 
 /// Start a VM on this host from configuration the controller cached.
@@ -307,6 +360,7 @@ pub struct BackedUpDisk {
 pub enum Outcome {
     Backup(BackupReport),
     Restore(RestoreReport),
+    BootCheck(BootCheckReport),
 }
 
 /// Messages an agent sends on a job's data channel (opened with

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use crate::metrics::counters::VmCounters;
 
 use lifeboat_proto::{
-    BackupMode, BackupRequest, HostFacts, PowerAction, RestoreRequest, StartVmRequest, VmInfo,
+    BackupMode, BackupRequest, BootCheckReport, BootCheckRequest, HostFacts, PowerAction,
+    RestoreRequest, StartVmRequest, VmInfo,
 };
 
 pub mod libvirt;
@@ -76,6 +77,15 @@ pub trait Hypervisor: Send + Sync + Restorer {
     /// Forgets a stopped VM's definition; its disks stay where they are.
     fn undefine_keeping_disks(&self, uuid: &str) -> Result<(), HypervisorError> {
         Err(self.no_failover(uuid))
+    }
+    /// Boots a boot-verification sandbox, waits for its sign of life,
+    /// then removes it with its files (see [`lifeboat_proto::SANDBOX_PREFIX`]).
+    fn boot_check(&self, request: &BootCheckRequest) -> Result<BootCheckReport, HypervisorError> {
+        Err(HypervisorError::Refused(format!(
+            "the {} driver cannot boot-verify backups (VM {})",
+            self.driver(),
+            request.uuid
+        )))
     }
     #[doc(hidden)]
     fn no_failover(&self, uuid: &str) -> HypervisorError {

@@ -16,7 +16,7 @@ pub use crate::alerts::{
 pub use crate::backup::archive::{ExportStats, Progress};
 pub use crate::backup::as_new::AsNew;
 pub use crate::backup::datastores::{DatastoreInput, Location};
-pub use crate::backup::policy::BackupPolicy;
+pub use crate::backup::policy::{BackupPolicy, PolicyBootVerify};
 pub use crate::backup::prune::PruneOptions;
 pub use crate::backup::{BackupId, VmUuid};
 pub use crate::clock::rfc3339;

@@ -10,7 +10,7 @@ use super::views::{backup_json, datastore_json};
 use super::{bad_request, deleted, parse_body, parse_optional_body};
 use crate::http::json;
 use lifeboat_core::model::DatastoreInput;
-use lifeboat_core::ops::{PolicyInput, RestoreOptions};
+use lifeboat_core::ops::{BootVerifyOptions, PolicyInput, RestoreOptions};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +112,17 @@ pub async fn delete_backup(c: Call<'_>) -> Reply {
 pub async fn verify(c: Call<'_>) -> Reply {
     let job = c.ops.verify(c.who(), c.arg("ref")).await?;
     job_accepted(job.id)
+}
+
+pub async fn boot_verify(c: Call<'_>) -> Reply {
+    let options: BootVerifyOptions = parse_optional_body(c.req)?;
+    let job = c.ops.boot_verify(c.who(), c.arg("ref"), options).await?;
+    job_accepted(job.id)
+}
+
+pub async fn boot_screenshot(c: Call<'_>) -> Reply {
+    let (media_type, bytes) = c.ops.boot_screenshot(c.who(), c.arg("ref")).await?;
+    Ok(crate::http::screenshot(&media_type, bytes))
 }
 
 pub async fn restore(c: Call<'_>) -> Reply {

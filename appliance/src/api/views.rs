@@ -95,6 +95,15 @@ pub fn backup_json(b: &BackupSummary, with_manifest: bool) -> Value {
             "missing_chunks": v.missing_count,
             "error": v.error,
         })),
+        "boot_verify": b.boot_verify.as_ref().map(|v| json!({
+            "time": rfc3339(v.time),
+            "ok": v.ok,
+            "host": v.host,
+            "signal": v.signal,
+            "boot_secs": v.boot_secs,
+            "detail": v.detail,
+            "screenshot": v.screenshot.is_some(),
+        })),
         "disks": m.disks.iter().map(|d| json!({
             "target": d.target, "format": d.format, "size_bytes": d.size_bytes, "chunks": d.chunk_count,
         })).collect::<Vec<_>>(),

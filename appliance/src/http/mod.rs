@@ -88,6 +88,15 @@ pub fn response(
     r
 }
 
+/// A boot verification's screenshot (PNG, or PPM from an older QEMU).
+pub fn screenshot(media_type: &str, bytes: Vec<u8>) -> Response<Body> {
+    let media_type = match media_type {
+        "image/png" => "image/png",
+        _ => "image/x-portable-pixmap",
+    };
+    response(StatusCode::OK, media_type, bytes)
+}
+
 /// The HTTP status an operation's refusal answers with, in the API and the
 /// console alike.
 pub fn status_of(e: &lifeboat_core::ops::OpsError) -> StatusCode {

@@ -30,7 +30,7 @@ pub fn vm_backups(
             table {
                 thead { tr {
                     th { "Time" } th { "Mode" } th { "Datastore" } th { "Disk size" } th { "Read" } th { "New data" }
-                    th { "Consistency" } th { "Verified" } th { "Restore" }
+                    th { "Consistency" } th { "Verified" } th { "Boots" } th { "Restore" }
                     @if ctx.who.can(Privilege::DeleteBackup) { th { "Delete" } }
                 } }
                 tbody {
@@ -45,6 +45,7 @@ pub fn vm_backups(
                             td { (bytes(m.backup.bytes_new)) }
                             td { @if m.backup.guest_frozen { "filesystems frozen" } @else { "crash-consistent" } }
                             td { (verify_cell(ctx, b)) }
+                            td { (boot_cell(ctx, b, hosts)) }
                             td { (restore_form(ctx, &b.reference.to_string(), &m.vm.origin_host_id, hosts)) }
                             @if ctx.who.can(Privilege::DeleteBackup) && !b.protected {
                                 td {
@@ -72,6 +73,38 @@ fn verify_cell(ctx: &PageCtx, b: &BackupSummary) -> Markup {
         form.inline method="post" action={"/backups/" (b.reference) "/verify"} {
             input type="hidden" name="csrf" value=(ctx.csrf);
             button type="submit" { "Verify" }
+        }
+    }
+}
+
+/// The last boot verification, and the form that starts one.
+fn boot_cell(ctx: &PageCtx, b: &BackupSummary, hosts: &[HostView]) -> Markup {
+    html! {
+        (boot_status(b))
+        @if ctx.who.can(Privilege::Restore) && ctx.who.can(Privilege::Backup) {
+            form.inline method="post" action={"/backups/" (b.reference) "/boot-verify"} {
+                input type="hidden" name="csrf" value=(ctx.csrf);
+                select name="host" {
+                    @for h in hosts {
+                        option value=(h.host.id) selected[h.host.id == b.manifest.vm.origin_host_id] { (h.host.name) }
+                    }
+                }
+                input type="text" name="serial_line" placeholder="serial line (else guest agent)" size="18";
+                button type="submit" { "Boot-verify" }
+            }
+        }
+    }
+}
+
+fn boot_status(b: &BackupSummary) -> Markup {
+    html! {
+        @match &b.boot_verify {
+            Some(v) if v.ok => {
+                span class="badge state-succeeded" { "boots" } " "
+                (v.boot_secs.map(|s| format!("in {s:.1} s, ")).unwrap_or_default()) (rfc3339(v.time))
+            }
+            Some(v) => { span class="badge state-failed" { "does not boot" } " " (v.detail) }
+            None => { span.muted { "not boot-verified" } }
         }
     }
 }
@@ -111,6 +144,14 @@ pub fn backup_detail(b: &BackupSummary) -> Markup {
             dt { "New to the datastore" } dd { (bytes(m.backup.bytes_new)) }
             dt { "Checkpoint" } dd { (m.backup.checkpoint.clone().unwrap_or_else(|| "none".into())) }
             dt { "vCPUs / memory" } dd { (m.vm.vcpus) " / " (m.vm.memory_mib) " MiB" }
+            dt { "Boot verification" } dd { (boot_status(b))
+                @if let Some(v) = &b.boot_verify { " on " (v.host) ", waiting for " (v.signal.to_string()) } }
+        }
+        @if b.boot_verify.as_ref().is_some_and(|v| v.screenshot.is_some()) {
+            figure {
+                img src={"/backups/" (b.reference) "/boot-screen"} alt="The sandbox's screen at the end of its boot verification";
+                figcaption { "The sandbox's screen when its boot verification ended" }
+            }
         }
         h2 { "Disks" }
         table {
@@ -264,6 +305,10 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
                     .help("Empty everywhere: keep every backup.")))
                 (f.row(Field::text("verify_schedule", "Verify", "").placeholder("sun 03:00")
                     .help("Optional: when to re-read and check this policy's backups.")))
+                (f.row(Field::checkbox("boot_verify", "Boot-verify", false)
+                    .help("After each run, boot each VM's new backup in a sandbox without network.")))
+                (f.row(Field::text("boot_serial_line", "…until the serial line", "").placeholder("login:")
+                    .help("Empty: until the guest agent answers.")))
             }
             button type="submit" { "Create policy" }
         }

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use hyper::{Response, StatusCode};
 use lifeboat_core::model::{
     AsNew, ClusterHa, DatastoreInput, HostHa, HostProbe, MetricsSettings, PhysicalMachine,
-    PhysicalState, Principal, Privilege, PruneOptions, SqlTargetInput, SqlTls, VmHa,
+    PhysicalState, PolicyBootVerify, Principal, Privilege, PruneOptions, SqlTargetInput, SqlTls,
+    VmHa,
 };
-use lifeboat_core::ops::{Ops, OpsError, PolicyInput, RestoreOptions};
+use lifeboat_core::ops::{BootVerifyOptions, Ops, OpsError, PolicyInput, RestoreOptions};
+use lifeboat_proto::BootSignal;
 use lifeboat_proto::{BackupMode, PowerAction};
 use Privilege::*;
 
@@ -132,6 +134,7 @@ pub static FORMS: &[FormEntry] = &[
     form!("/policies/{id}/delete", Backup => delete_policy),
     form!("/backups/{ref}/verify", Backup => verify),
     form!("/backups/{ref}/restore", Restore => restore),
+    form!("/backups/{ref}/boot-verify", Restore => boot_verify),
     form!("/backups/{ref}/delete", DeleteBackup => delete_backup),
     form!("/datastores", ManageDatastores => add_datastore, on "/datastores"),
     form!("/vms/{id}/ha", ManageHa => set_vm_ha, on "/vms/{id}"),
@@ -215,6 +218,10 @@ async fn create_policy(s: Submission<'_>) -> FormReply {
             ..Default::default()
         },
         verify_schedule: s.non_empty("verify_schedule"),
+        boot_verify: s.checked("boot_verify").then(|| PolicyBootVerify {
+            serial_line: s.non_empty("boot_serial_line"),
+            timeout_secs: None,
+        }),
         enabled: true,
     };
     s.ops.create_policy(s.who, input).await?;
@@ -233,6 +240,24 @@ async fn delete_policy(s: Submission<'_>) -> FormReply {
 
 async fn verify(s: Submission<'_>) -> FormReply {
     let job = s.ops.verify(s.who, s.arg("ref")).await?;
+    Ok(redirect(&format!("/jobs/{}", job.id)))
+}
+
+async fn boot_verify(s: Submission<'_>) -> FormReply {
+    let timeout_secs = match s.non_empty("timeout_secs") {
+        None => None,
+        Some(t) => Some(t.trim().parse().map_err(|_| {
+            OpsError::BadRequest(format!("timeout {t:?} is not a number of seconds"))
+        })?),
+    };
+    let options = BootVerifyOptions {
+        host: s.field("host"),
+        signal: s
+            .non_empty("serial_line")
+            .map(|text| BootSignal::SerialLine { text }),
+        timeout_secs,
+    };
+    let job = s.ops.boot_verify(s.who, s.arg("ref"), options).await?;
     Ok(redirect(&format!("/jobs/{}", job.id)))
 }
 

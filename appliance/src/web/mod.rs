@@ -181,6 +181,16 @@ pub async fn handle(ops: &Arc<Ops>, req: Req) -> Response<Body> {
             Err(e) => error_page(&ctx, &e),
         };
     }
+    if let Some(reference) = req
+        .path
+        .strip_prefix("/backups/")
+        .and_then(|p| p.strip_suffix("/boot-screen"))
+    {
+        return match ops.boot_screenshot(&who, reference).await {
+            Ok((media_type, bytes)) => crate::http::screenshot(&media_type, bytes),
+            Err(e) => error_page(&ctx, &e),
+        };
+    }
     match get(ops, &req, &ctx).await {
         Ok(m) => html(StatusCode::OK, m),
         Err(e) => error_page(&ctx, &e),

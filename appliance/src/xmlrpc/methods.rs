@@ -175,6 +175,19 @@ pub static METHODS: &[Method] = &[
         help: "Starts a verification job of a backup. Answers {job: its id} (job.get follows it).",
     },
     Method {
+        name: "backup.bootVerify",
+        target: Target::Rest("POST", "/backups/{ref}/boot-verify"),
+        params: &[
+            required("backup_id", Arg::Path("ref")),
+            optional("options", Arg::Body),
+        ],
+        returns: "struct",
+        help: "Starts a boot verification: the backup restored into a sandbox VM without \
+               network, booted, and judged by its sign of life; options as POST \
+               /api/v1/backups/{ref}/boot-verify's body (host, signal, timeout_secs). \
+               Answers {job: its id}; the outcome is the backup's boot_verify.",
+    },
+    Method {
         name: "job.get",
         target: Target::Rest("GET", "/jobs/{id}"),
         params: &[required("id", Arg::Path("id"))],

@@ -5,6 +5,7 @@
 //! `shutdown` always ends with the domain off (ACPI first, then destroy).
 
 mod backup;
+mod boot_check;
 mod failover;
 mod parse;
 mod restore;
@@ -334,6 +335,13 @@ impl Hypervisor for LibvirtDriver {
 
     fn undefine_keeping_disks(&self, uuid: &str) -> Result<(), HypervisorError> {
         self.undefine_keeping_disks_impl(uuid)
+    }
+
+    fn boot_check(
+        &self,
+        request: &lifeboat_proto::BootCheckRequest,
+    ) -> Result<lifeboat_proto::BootCheckReport, HypervisorError> {
+        self.boot_check_impl(request)
     }
 
     fn host_facts(&self) -> Result<HostFacts, HypervisorError> {

@@ -48,6 +48,9 @@ pub enum EventKind {
     RestoreFailed,
     VerifySucceeded,
     VerifyFailed,
+    /// A backup's sandbox booted (or did not) in a boot verification.
+    BootVerifySucceeded,
+    BootVerifyFailed,
     /// A datastore above a rule's fill level.
     DatastoreFill,
     /// A host's or VM's CPU or memory above a rule's threshold for its duration.
@@ -59,7 +62,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::HostSuspect,
         EventKind::HostFailed,
         EventKind::HostRecovered,
@@ -73,6 +76,8 @@ impl EventKind {
         EventKind::RestoreFailed,
         EventKind::VerifySucceeded,
         EventKind::VerifyFailed,
+        EventKind::BootVerifySucceeded,
+        EventKind::BootVerifyFailed,
         EventKind::DatastoreFill,
         EventKind::MetricThreshold,
         EventKind::JobTooLong,
@@ -94,6 +99,8 @@ impl EventKind {
             EventKind::RestoreFailed => "restore-failed",
             EventKind::VerifySucceeded => "verify-succeeded",
             EventKind::VerifyFailed => "verify-failed",
+            EventKind::BootVerifySucceeded => "boot-verify-succeeded",
+            EventKind::BootVerifyFailed => "boot-verify-failed",
             EventKind::DatastoreFill => "datastore-fill",
             EventKind::MetricThreshold => "metric-threshold",
             EventKind::JobTooLong => "job-too-long",
@@ -112,7 +119,8 @@ impl EventKind {
             EventKind::FailoverStarted
             | EventKind::BackupFailed
             | EventKind::RestoreFailed
-            | EventKind::VerifyFailed => Severity::Major,
+            | EventKind::VerifyFailed
+            | EventKind::BootVerifyFailed => Severity::Major,
             EventKind::HostSuspect
             | EventKind::AgentDisconnected
             | EventKind::DatastoreFill
@@ -123,6 +131,7 @@ impl EventKind {
             | EventKind::BackupSucceeded
             | EventKind::RestoreSucceeded
             | EventKind::VerifySucceeded
+            | EventKind::BootVerifySucceeded
             | EventKind::Test => Severity::Info,
         }
     }

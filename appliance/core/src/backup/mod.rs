@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod as_new;
 pub mod backup_id;
+pub mod boot_verify;
 pub mod calendar;
 pub mod chunk_store;
 pub mod datastore;

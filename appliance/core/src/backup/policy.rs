@@ -49,6 +49,21 @@ pub struct BackupPolicy {
     /// UNIX seconds of the last scheduled verification (or of creation).
     #[serde(default)]
     pub last_verify: u64,
+    /// Boot-verify each VM's new backup after each run, if set.
+    #[serde(default)]
+    pub boot_verify: Option<PolicyBootVerify>,
+}
+
+/// How a policy boot-verifies its new backups (see `backup::boot_verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBootVerify {
+    /// Wait for this serial console line; unset: for the guest agent.
+    #[serde(default)]
+    pub serial_line: Option<String>,
+    /// Seconds each guest has; unset: the default (300).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// `*`-glob match, case-insensitive.
@@ -108,6 +123,7 @@ mod tests {
             owner: None,
             verify_schedule: Some(CalendarEvent::parse("sun 03:00").unwrap()),
             last_verify: last_run,
+            boot_verify: None,
         }
     }
 

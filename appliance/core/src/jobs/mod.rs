@@ -108,6 +108,8 @@ fn outcome_event(job: &Job, result: &Result<(), String>) -> Option<Event> {
         ("restore", false) => RestoreFailed,
         ("verify", true) => VerifySucceeded,
         ("verify", false) => VerifyFailed,
+        ("boot-verify", true) => BootVerifySucceeded,
+        ("boot-verify", false) => BootVerifyFailed,
         _ => return None,
     };
     let subject = match &job.vm {

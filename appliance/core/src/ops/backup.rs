@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use lifeboat_proto::{BackupMode, PowerState};
+use lifeboat_proto::{BackupMode, BootSignal, PowerState};
 
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
-use crate::backup::as_new::{as_new_request, AsNew};
+use crate::backup::as_new::{as_new_request, has_guest_agent, AsNew};
+use crate::backup::boot_verify::{self, last_boot_verify, BootVerifyState};
 use crate::backup::datastores::{
     DatastoreEntry, DatastoreInput, DatastoresError, Health, Location, DEFAULT_DATASTORE,
 };
@@ -115,6 +116,23 @@ pub struct BackupSummary {
     pub verify: Option<VerifyState>,
     /// Kept by retention whatever its age.
     pub protected: bool,
+    /// The last boot verification, if any.
+    pub boot_verify: Option<BootVerifyState>,
+}
+
+/// How to boot-verify a backup.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootVerifyOptions {
+    /// The host's id or name; default: the VM's origin host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// What shows the guest is up; default: its guest agent answering.
+    #[serde(default)]
+    pub signal: Option<BootSignal>,
+    /// Seconds the guest has (10 to 3600; default 300).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// How to restore a backup.
@@ -258,21 +276,7 @@ impl Ops {
         let result = async {
             require(who, Privilege::Restore, "restores")?;
             let m = &backup.manifest;
-            let wanted = host.unwrap_or(&m.vm.origin_host_id);
-            let dest = self
-                .inventory
-                .hosts()
-                .into_iter()
-                .find(|h| h.host.id == wanted || h.host.name == wanted)
-                .ok_or_else(|| {
-                    OpsError::BadRequest(format!("no host {wanted:?} to restore onto"))
-                })?;
-            if !self.hub.is_connected(&dest.host.id) {
-                return Err(OpsError::Conflict(format!(
-                    "host {} is offline",
-                    dest.host.name
-                )));
-            }
+            let dest = self.restore_host(host.unwrap_or(&m.vm.origin_host_id))?;
             if as_new.is_none() {
                 self.refuse_second_copy(m.vm.uuid.as_str(), &dest.host.id)?;
             }
@@ -348,6 +352,118 @@ impl Ops {
         }
         .await;
         self.audited(who, "restore", &object, result).await
+    }
+
+    /// The connected host `wanted` (an id or a name) names, to restore onto.
+    fn restore_host(&self, wanted: &str) -> Result<crate::inventory::HostView, OpsError> {
+        let dest = self
+            .inventory
+            .hosts()
+            .into_iter()
+            .find(|h| h.host.id == wanted || h.host.name == wanted)
+            .ok_or_else(|| OpsError::BadRequest(format!("no host {wanted:?} to restore onto")))?;
+        if !self.hub.is_connected(&dest.host.id) {
+            return Err(OpsError::Conflict(format!(
+                "host {} is offline",
+                dest.host.name
+            )));
+        }
+        Ok(dest)
+    }
+
+    /// Boot-verifies a backup: restores it as an isolated sandbox VM (a
+    /// new identity, no network) onto a host (default: the VM's origin
+    /// host), boots it there, waits for the sign of life (default: the
+    /// guest agent, where the VM has its channel), records the outcome
+    /// beside the backup and has the host remove the sandbox.
+    pub async fn boot_verify(
+        self: &Arc<Self>,
+        who: &Principal,
+        reference: &str,
+        options: BootVerifyOptions,
+    ) -> Result<Job, OpsError> {
+        let opened = self.open_backup(who, reference).await?;
+        let object = format!("backup {reference}");
+        let result = async {
+            // A restore and a verification. The sandbox is no VM of the
+            // caller's: Lifeboat names it, keeps it off every network and
+            // removes it, so `create-vm` is not asked for.
+            require(who, Privilege::Restore, "boot-verifying backups")?;
+            require(who, Privilege::Backup, "boot-verifying backups")?;
+            let m = &opened.summary.manifest;
+            let dest =
+                self.restore_host(options.host.as_deref().unwrap_or(&m.vm.origin_host_id))?;
+            let has_agent = has_guest_agent(&m.vm.hypervisor_config);
+            let signal = match options.signal {
+                Some(BootSignal::GuestAgent) | None if !has_agent => {
+                    return Err(OpsError::BadRequest(
+                        "the VM has no guest agent channel: give a serial console line to wait \
+                         for ({\"signal\": {\"kind\": \"serial_line\", \"text\": \"...\"}})"
+                            .into(),
+                    ))
+                }
+                Some(signal) => signal,
+                None => BootSignal::GuestAgent,
+            };
+            let exact = restore::exact_request(m, &opened.indexes, false, false)
+                .map_err(|e| OpsError::BadRequest(e.to_string()))?;
+            let timeout = options
+                .timeout_secs
+                .unwrap_or(boot_verify::DEFAULT_TIMEOUT_SECS);
+            let plan = boot_verify::plan(exact, signal, timeout).map_err(OpsError::BadRequest)?;
+            // The manifest is untrusted: the sandbox's definition is checked
+            // like any restore's.
+            self.check_restore_for(&dest.host.id, &plan.restore, false)?;
+            let job = self
+                .jobs
+                .create(NewJob {
+                    kind: "boot-verify",
+                    description: format!(
+                        "boot-verify backup {} of {} on {} as sandbox {}",
+                        opened.summary.reference.id.as_str(),
+                        m.vm.name,
+                        dest.host.name,
+                        plan.restore.name
+                    ),
+                    vm: Some(m.vm.uuid.as_str().to_string()),
+                    host: Some(dest.host.id.clone()),
+                    user: who.user.clone(),
+                })
+                .await?;
+            let (hub, jobs, job_id) = (self.hub.clone(), self.jobs.clone(), job.id);
+            let host = (dest.host.id.clone(), dest.host.name.clone());
+            let r = opened.summary.reference.clone();
+            let store = opened.store.clone();
+            tokio::spawn(async move {
+                let _ = jobs.start(job_id).await;
+                let result =
+                    boot_verify::run(hub, jobs.clone(), job_id, host, store, (r.vm, r.id), plan)
+                        .await;
+                match &result {
+                    Ok(()) => tracing::info!(job_id, "boot verification passed"),
+                    Err(e) => tracing::warn!(job_id, "boot verification failed: {e}"),
+                }
+                let _ = jobs.finish(job_id, result).await;
+            });
+            Ok(job)
+        }
+        .await;
+        self.audited(who, "boot verify", &object, result).await
+    }
+
+    /// The last boot verification's screenshot of a backup: media type
+    /// and bytes.
+    pub async fn boot_screenshot(
+        &self,
+        who: &Principal,
+        reference: &str,
+    ) -> Result<(String, Vec<u8>), OpsError> {
+        let opened = self.open_backup(who, reference).await?;
+        let r = opened.summary.reference;
+        tokio::task::spawn_blocking(move || boot_verify::screenshot(&opened.store, &r.vm, &r.id))
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?
+            .ok_or_else(|| OpsError::NotFound(format!("no boot screenshot of backup {reference}")))
     }
 
     /// An exact restore must not redefine another VM: the backup's UUID, if
@@ -621,13 +737,14 @@ impl Ops {
             .get(&r.datastore)
             .ok_or_else(|| not_found(reference))?;
         let (vm, id, s) = (r.vm.clone(), r.id.clone(), store.clone());
-        let (manifest, indexes, verify, protected) = tokio::task::spawn_blocking(move || {
+        let (manifest, indexes, verify, protected, boot) = tokio::task::spawn_blocking(move || {
             s.open_backup(&vm, &id).map(|(m, indexes)| {
                 (
                     m,
                     indexes,
                     last_verify(&s, &vm, &id),
                     s.is_protected(&vm, &id),
+                    last_boot_verify(&s, &vm, &id),
                 )
             })
         })
@@ -643,6 +760,7 @@ impl Ops {
                 manifest,
                 verify,
                 protected,
+                boot_verify: boot,
             },
             store,
             indexes,
@@ -665,6 +783,7 @@ fn summarize(
             Some(BackupSummary {
                 verify: last_verify(store, &vm, &id),
                 protected: store.is_protected(&vm, &id),
+                boot_verify: last_boot_verify(store, &vm, &id),
                 reference: BackupRef { datastore, vm, id },
                 manifest,
             })

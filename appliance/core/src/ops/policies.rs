@@ -7,15 +7,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::{Ops, OpsError};
+use super::{BootVerifyOptions, Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
+use crate::backup::boot_verify;
 use crate::backup::calendar::CalendarEvent;
 use crate::backup::datastores::DEFAULT_DATASTORE;
-use crate::backup::policy::{BackupPolicy, PolicyMode};
+use crate::backup::policy::{BackupPolicy, PolicyBootVerify, PolicyMode};
 use crate::backup::prune::PruneOptions;
 use crate::backup::VmUuid;
 use crate::clock::unix_now;
 use crate::jobs::{Job, JobState, NewJob};
+use lifeboat_proto::BootSignal;
 
 /// What a client sends to create or replace a policy.
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,9 @@ pub struct PolicyInput {
     /// Calendar expression for re-verifying the covered VMs' backups.
     #[serde(default)]
     pub verify_schedule: Option<String>,
+    /// Boot-verify each VM's new backup after each run.
+    #[serde(default)]
+    pub boot_verify: Option<PolicyBootVerify>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -53,15 +58,32 @@ fn scheduler() -> Principal {
 }
 
 /// Retention removes backups: whoever sets or runs it needs `delete-backup`.
-fn require_retention_right(who: &Principal, retention: &PruneOptions) -> Result<(), OpsError> {
-    if retention.prunes() {
+/// Boot verification restores: whoever sets it needs `restore`.
+fn require_policy_rights(who: &Principal, input: &PolicyInput) -> Result<(), OpsError> {
+    if input.retention.prunes() {
         require(
             who,
             Privilege::DeleteBackup,
             "a policy with retention rules",
         )?;
     }
+    if input.boot_verify.is_some() {
+        require(who, Privilege::Restore, "a policy that boot-verifies")?;
+    }
     Ok(())
+}
+
+impl PolicyBootVerify {
+    fn options(&self) -> BootVerifyOptions {
+        BootVerifyOptions {
+            host: None,
+            signal: self
+                .serial_line
+                .clone()
+                .map(|text| BootSignal::SerialLine { text }),
+            timeout_secs: self.timeout_secs,
+        }
+    }
 }
 
 impl Ops {
@@ -129,6 +151,16 @@ impl Ops {
                     .map_err(|e| OpsError::BadRequest(format!("verify_schedule: {text:?}: {e}")))
             })
             .transpose()?;
+        if let Some(b) = &input.boot_verify {
+            let options = b.options();
+            boot_verify::check_options(
+                &options.signal.unwrap_or(BootSignal::GuestAgent),
+                options
+                    .timeout_secs
+                    .unwrap_or(boot_verify::DEFAULT_TIMEOUT_SECS),
+            )
+            .map_err(|e| OpsError::BadRequest(format!("boot_verify: {e}")))?;
+        }
         Ok(BackupPolicy {
             id,
             name,
@@ -144,6 +176,7 @@ impl Ops {
             owner: None,
             verify_schedule,
             last_verify: last_run,
+            boot_verify: input.boot_verify,
         })
     }
 
@@ -154,7 +187,7 @@ impl Ops {
     ) -> Result<BackupPolicy, OpsError> {
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
-            require_retention_right(who, &input.retention)?;
+            require_policy_rights(who, &input)?;
             let mut policy =
                 self.validate_policy(uuid::Uuid::new_v4().to_string(), input, unix_now())?;
             policy.owner = Some(who.user.clone());
@@ -175,7 +208,7 @@ impl Ops {
         let old = self.policy(who, id)?;
         let result = async {
             require(who, Privilege::Backup, "managing backup policies")?;
-            require_retention_right(who, &input.retention)?;
+            require_policy_rights(who, &input)?;
             let mut policy = self.validate_policy(old.id.clone(), input, old.last_run)?;
             policy.owner = Some(who.user.clone());
             // VMs the caller cannot see stay in the policy: they could not
@@ -264,15 +297,21 @@ impl Ops {
         let mut started = Vec::new();
         for (uuid, name) in &covered {
             match self.backup(who, uuid, Some(&policy.datastore), mode).await {
-                Ok(job) => started.push((name.clone(), job.id)),
+                Ok(job) => started.push((uuid.clone(), name.clone(), job.id)),
                 Err(e) => failures.push(format!("{name}: {e}")),
             }
         }
-        for (name, job_id) in started {
+        let mut backed_up = Vec::new();
+        for (uuid, name, job_id) in started {
             let job = self.wait_job(job_id).await;
-            if job.map(|j| j.state) != Some(JobState::Succeeded) {
+            if job.map(|j| j.state) == Some(JobState::Succeeded) {
+                backed_up.push((uuid, name));
+            } else {
                 failures.push(format!("{name}: backup job {job_id} failed"));
             }
+        }
+        if let Some(b) = &policy.boot_verify {
+            failures.extend(self.boot_verify_newest(who, policy, b, &backed_up).await);
         }
         let mut retention = policy.retention;
         if retention.prunes() && !who.can(Privilege::DeleteBackup) {
@@ -297,6 +336,42 @@ impl Ops {
         } else {
             Err(failures.join("; "))
         }
+    }
+
+    /// Boot-verifies the newest backup (in the policy's datastore) of each
+    /// VM, one at a time so a host boots one sandbox at once. Returns the
+    /// failures.
+    async fn boot_verify_newest(
+        self: &Arc<Self>,
+        who: &Principal,
+        policy: &BackupPolicy,
+        how: &PolicyBootVerify,
+        vms: &[(String, String)],
+    ) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (uuid, name) in vms {
+            let newest = self.vm_backups(who, uuid).await.ok().and_then(|list| {
+                list.into_iter()
+                    .rev()
+                    .find(|b| b.reference.datastore == policy.datastore)
+            });
+            let Some(newest) = newest else {
+                failures.push(format!("{name}: no backup to boot-verify"));
+                continue;
+            };
+            let reference = newest.reference.to_string();
+            match self.boot_verify(who, &reference, how.options()).await {
+                Err(e) => failures.push(format!("{name}: boot verification not started: {e}")),
+                Ok(job) => {
+                    let job = self.wait_job(job.id).await;
+                    if job.as_ref().map(|j| j.state) != Some(JobState::Succeeded) {
+                        let why = job.and_then(|j| j.error).unwrap_or_default();
+                        failures.push(format!("{name}: boot verification failed: {why}"));
+                    }
+                }
+            }
+        }
+        failures
     }
 
     /// The VMs a policy covers now, as (UUID, name).

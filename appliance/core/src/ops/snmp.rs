@@ -151,7 +151,7 @@ impl SnmpAlarm {
             HostSuspect | HostFailed | HostRecovered | AgentDisconnected => 1,
             FailoverStarted | FailoverFinished | FailoverFailed => 2,
             BackupSucceeded | BackupFailed | RestoreSucceeded | RestoreFailed | VerifySucceeded
-            | VerifyFailed | JobTooLong => 3,
+            | VerifyFailed | BootVerifySucceeded | BootVerifyFailed | JobTooLong => 3,
             DatastoreFill | MetricThreshold => 4,
             Test => 5,
         };

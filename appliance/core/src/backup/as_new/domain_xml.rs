@@ -274,6 +274,50 @@ pub fn rewrite_domain(
     edit.finish()
 }
 
+/// The guest agent's virtio channel, which a boot verification can wait on.
+const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// Whether the definition gives the guest a QEMU guest agent channel.
+pub fn has_guest_agent(config: &str) -> bool {
+    let Ok(doc) = Document::parse(config) else {
+        return false;
+    };
+    doc.descendants()
+        .filter(|n| n.has_tag_name("channel"))
+        .filter_map(|c| child(c, "target"))
+        .any(|t| t.attribute("name") == Some(GUEST_AGENT_CHANNEL))
+}
+
+/// A restored definition made into a boot-verification sandbox: no network
+/// interface at all (the copy must not reach the original's networks), and
+/// the first serial console logged to `serial_log` (one is added if there
+/// is none), so its output can be watched.
+pub fn sandbox_domain(config: &str, serial_log: &str) -> Result<String, String> {
+    if !serial_log.starts_with('/') || serial_log.chars().any(char::is_control) {
+        return Err(format!("{serial_log:?} is not an absolute path"));
+    }
+    let doc = Document::parse(config)
+        .map_err(|e| format!("the restored domain XML does not parse: {e}"))?;
+    let devices =
+        child(doc.root_element(), "devices").ok_or("the restored definition has no <devices>")?;
+    let mut edit = Splice {
+        input: config,
+        edits: Vec::new(),
+    };
+    for iface in devices.children().filter(|n| n.has_tag_name("interface")) {
+        edit.replace(iface.range(), String::new());
+    }
+    let log = format!("<log file='{}' append='off'/>", escape(serial_log));
+    match child(devices, "serial") {
+        Some(serial) => match child(serial, "log") {
+            Some(old) => edit.replace(old.range(), log),
+            None => edit.insert_child(serial, &log, true),
+        },
+        None => edit.insert_child(devices, &format!("<serial type='pty'>{log}</serial>"), true),
+    }
+    edit.finish()
+}
+
 /// Where a CD-ROM goes on `machine`: (bus, target prefix, slots, slot index →
 /// (controller, bus, unit) as libvirt derives a drive address from a target
 /// name). q35 has an AHCI controller built in; i440fx has IDE only (libvirt

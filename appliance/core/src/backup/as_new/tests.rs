@@ -384,3 +384,53 @@ fn as_new_request_renames_everything() {
     };
     assert!(as_new_request(no_disks, &as_new("x", None, None, None)).is_err());
 }
+
+#[test]
+fn a_sandbox_has_no_network_and_a_logged_serial_console() {
+    const LOG: &str = "/var/log/libvirt/qemu/lifeboat-verify-1-serial.log";
+    let sandbox = sandbox_domain(Q35, LOG).unwrap();
+    let doc = roxmltree::Document::parse(&sandbox).unwrap();
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("interface"))
+            .count(),
+        0
+    );
+    let serial = doc
+        .descendants()
+        .find(|n| n.has_tag_name("serial"))
+        .unwrap();
+    assert_eq!(serial.attribute("type"), Some("pty"));
+    assert_eq!(
+        child(serial, "log").and_then(|l| l.attribute("file")),
+        Some(LOG)
+    );
+    // Everything else stays: the disks, the display.
+    assert!(sandbox.contains("<graphics type='spice' autoport='yes'/>"));
+    assert!(sandbox.contains("/var/lib/libvirt/images/web.qcow2"));
+
+    // A serial console that logs elsewhere is pointed at the sandbox's log.
+    let logged = PC.replace(
+        "</devices>",
+        "<serial type='pty'><log file='/var/log/old.log'/></serial></devices>",
+    );
+    let sandbox = sandbox_domain(&logged, LOG).unwrap();
+    assert!(
+        !sandbox.contains("/var/log/old.log") && sandbox.contains(LOG),
+        "{sandbox}"
+    );
+    assert!(!sandbox.contains("<interface"));
+    assert!(sandbox_domain(PC, "relative.log").is_err());
+    assert!(sandbox_domain("<domain/>", LOG).is_err());
+}
+
+#[test]
+fn finds_the_guest_agent_channel() {
+    assert!(!has_guest_agent(Q35));
+    let with = Q35.replace(
+        "</devices>",
+        "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>",
+    );
+    assert!(has_guest_agent(&with));
+    assert!(!has_guest_agent("<not xml"));
+}
