@@ -98,6 +98,33 @@ fn a_backup_that_boots_is_verified_and_one_whose_disk_is_broken_is_not() {
     assert_eq!(outcome(&api, &good)["signal"]["kind"], "serial_line");
     assert_gone(&libvirt, &sandbox, &disk_dir);
 
+    // A policy boot-verifies each covered VM's new backup after its run.
+    let (status, policy) = api.post(
+        "/api/v1/backup-policies",
+        &json!({"name": "nightly", "schedule": "daily 02:00", "vms": [vm.uuid()],
+            "boot_verify": {"timeout_secs": 300}}),
+    );
+    assert_eq!(status, 201, "{policy}");
+    let run = api.post_job(
+        &format!(
+            "/api/v1/backup-policies/{}/run",
+            policy["id"].as_str().unwrap_or_default()
+        ),
+        &json!({}),
+        JOB,
+    );
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let backups = api.backups(vm.uuid());
+    let newest = backups.last().expect("the policy's backup");
+    assert_ne!(newest["id"], good.as_str());
+    assert_eq!(newest["boot_verify"]["ok"], true, "{newest}");
+    let (status, body) = api.post(
+        "/api/v1/backup-policies",
+        &json!({"name": "bad", "schedule": "daily", "vms": [vm.uuid()],
+            "boot_verify": {"timeout_secs": 99999}}),
+    );
+    assert_eq!(status, 400, "{body}");
+
     // Overwrite the filesystem's start: the image is still a valid qcow2
     // and every chunk of its backup checks out, but nothing boots from it.
     vm.write_offline(0, 0, "4M");
