@@ -3,7 +3,9 @@
 //! `virtnbdbackup -l full -z` and `virtnbdrestore`, `qemu-img convert` of the
 //! same bytes (compressed, as a backup; plain, as a restore writes them),
 //! `zstd -1 -T0` and one core's SHA-256; then incremental backups after
-//! changing 1 % and 10 % of it, with `virtnbdbackup -l inc` beside each.
+//! changing 1 % and 10 % of it, with `virtnbdbackup -l inc` beside each (of
+//! a twin VM with the same disk and the same changes: it refuses a VM
+//! with another tool's checkpoints).
 
 use std::io::Write;
 use std::path::Path;
@@ -239,22 +241,29 @@ pub fn run(flags: &[String]) {
     });
     let _ = std::fs::remove_file(&out);
 
+    // Two VMs with the same disk, changed alike: virtnbdbackup refuses to
+    // build incrementals on a VM that has another tool's checkpoints, so
+    // it backs up its twin.
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("bench");
-    let mut c = Command::new("qemu-img");
-    c.args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(vm.disk());
-    timed("prepare the VM disk", c);
+    let twin = libvirt.define_tiny_vm("bench-peer");
+    for disk in [vm.disk(), twin.disk()] {
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(disk);
+        timed("prepare the VM disks", c);
+    }
     let _ = std::fs::remove_file(&raw);
-    vm.start();
-    wait_idle(&libvirt, &vm);
+    for v in [&vm, &twin] {
+        v.start();
+        wait_idle(&libvirt, v);
+    }
 
-    // The peer first: its full runs drop only its own checkpoints.
     let peer_dir = |r: usize| work.path().join(format!("virtnbd{r}"));
     let peer_full = median(
         (0..runs)
-            .map(|r| virtnbdbackup(&libvirt, &vm, "full", &peer_dir(r)))
+            .map(|r| virtnbdbackup(&libvirt, &twin, "full", &peer_dir(r)))
             .collect(),
     );
     let peer_chain = peer_dir(runs - 1);
@@ -340,10 +349,11 @@ pub fn run(flags: &[String]) {
     ];
     for (fraction, clustered, pattern) in cases {
         change(&vm, size, fraction, pattern, clustered);
+        change(&twin, size, fraction, pattern, clustered);
         let (secs, b) = backup_once(&api, &vm, "auto");
         assert_eq!(b["mode"], "incremental", "{b}");
         let before = dir_bytes(&peer_chain);
-        let peer = virtnbdbackup(&libvirt, &vm, "inc", &peer_chain);
+        let peer = virtnbdbackup(&libvirt, &twin, "inc", &peer_chain);
         let peer_bytes = dir_bytes(&peer_chain) - before;
         let how = if clustered {
             "clustered"
