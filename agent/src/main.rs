@@ -114,6 +114,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::new(hypervisor::sim::SimDriver::new(&name, args.sim_vms))
         }
     };
+    let d = driver.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || d.sweep_sandboxes()).await? {
+        tracing::warn!("cannot look for boot-verification sandboxes left over: {e}");
+    }
     link::run(args.controller, &args.state_dir, driver).await
 }
 

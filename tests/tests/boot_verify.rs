@@ -200,7 +200,7 @@ fn a_vm_without_a_guest_agent_needs_a_serial_line() {
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("noagent");
     let controller = Controller::start();
-    let _agent = Agent::start(&controller, "plain-host", Some(libvirt.uri()));
+    let mut agent = Agent::start(&controller, "plain-host", Some(libvirt.uri()));
     let api = controller.api();
     api.wait_vm(vm.name(), READY_TIMEOUT);
     let backup = api.full_backup(vm.uuid());
@@ -222,5 +222,51 @@ fn a_vm_without_a_guest_agent_needs_a_serial_line() {
             .contains("within 10 s"),
         "{v}"
     );
-    assert_gone(&libvirt, &sandbox, vm.disk().parent().expect("image dir"));
+    let disk_dir = vm.disk().parent().expect("image dir").to_path_buf();
+    assert_gone(&libvirt, &sandbox, &disk_dir);
+
+    // The agent dies in the middle of a check: the job fails, and the
+    // agent's next start removes the sandbox it left.
+    let (status, answer) = api.post(
+        &format!("/api/v1/backups/{backup}/boot-verify"),
+        &json!({"signal": {"kind": "serial_line", "text": "login:"}, "timeout_secs": 600}),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let (_, job) = api.get(&format!("/api/v1/jobs/{}", answer["job"]));
+    let sandbox = job["description"]
+        .as_str()
+        .and_then(|d| d.split(" as sandbox ").nth(1))
+        .expect("the sandbox's name")
+        .to_string();
+    poll_until("the sandbox to run", JOB, || {
+        match libvirt.try_virsh(&["domstate", &sandbox]) {
+            Ok(state) if state.trim() == "running" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // While it runs it is no VM of the host's.
+    let (_, vms) = api.get("/api/v1/vms");
+    assert!(!vms.to_string().contains(&sandbox), "{vms}");
+    agent.kill_9();
+    let job = api.wait_job(&answer["job"], JOB);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(outcome(&api, &backup)["ok"], false);
+    assert!(
+        libvirt.domain_names().contains(&sandbox),
+        "left by the killed agent"
+    );
+    agent.restart_without_token();
+    poll_until(
+        "the restarted agent to remove the sandbox",
+        READY_TIMEOUT,
+        || {
+            let names = libvirt.domain_names();
+            if names.contains(&sandbox) {
+                Err(format!("{names:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    assert_gone(&libvirt, &sandbox, &disk_dir);
 }

@@ -140,6 +140,7 @@ fn python_drives_every_method_with_good_and_bad_credentials_and_arguments() {
         "backup.list",
         "backup.restore",
         "backup.verify",
+        "backup.bootVerify",
         "job.get",
         "job.list",
         "event.list",
@@ -219,6 +220,9 @@ fn python_drives_every_method_with_good_and_bad_credentials_and_arguments() {
         rest_backups[0]["id"],
         "{rest_backups}"
     );
+    let (code, message) = fault(&out, "backup.bootVerify_no_agent");
+    assert_eq!(code, 400, "{message}");
+    assert!(message.contains("serial"), "{message}");
     for job in ["backup.verify_done", "backup.restore_done", "vm.power_done"] {
         assert_eq!(ok(&out, job)["state"], "succeeded", "{job}: {}", out[job]);
     }

@@ -87,6 +87,10 @@ pub trait Hypervisor: Send + Sync + Restorer {
             request.uuid
         )))
     }
+    /// Removes sandboxes an earlier run left mid-check; called at start.
+    fn sweep_sandboxes(&self) -> Result<(), HypervisorError> {
+        Ok(())
+    }
     #[doc(hidden)]
     fn no_failover(&self, uuid: &str) -> HypervisorError {
         HypervisorError::Refused(format!(

@@ -13,6 +13,7 @@ use lifeboat_proto::{
 };
 use roxmltree::Document;
 
+use super::parse::parse_domain_list;
 use super::{is_uuid, LibvirtDriver};
 use crate::hypervisor::HypervisorError;
 
@@ -23,6 +24,12 @@ const MAX_SCREENSHOT: u64 = 8 * 1024 * 1024;
 const SERIAL_TAIL: u64 = 1024 * 1024;
 /// Where libvirt's log daemon writes the serial consoles a sandbox logs.
 pub const SERIAL_LOG_DIR: &str = "/var/log/libvirt/qemu";
+
+/// Whether a domain is a boot-verification sandbox (Lifeboat's own: never
+/// reported as a VM of the host, removed when found left over).
+pub(super) fn is_sandbox(name: &str) -> bool {
+    name.starts_with(SANDBOX_PREFIX)
+}
 
 /// The files a sandbox owns: its disk images (in the image directories)
 /// and its serial log (in libvirt's log directory).
@@ -94,7 +101,7 @@ impl LibvirtDriver {
         let (name, files) = sandbox_files(&xml)?;
         // A guard against a mistaken order: only sandboxes are booted and
         // removed here, never a VM someone runs.
-        if !name.starts_with(SANDBOX_PREFIX) {
+        if !is_sandbox(&name) {
             return Err(HypervisorError::Refused(format!(
                 "VM {name:?} is not a boot-verification sandbox"
             )));
@@ -104,6 +111,28 @@ impl LibvirtDriver {
         let report = watched?;
         removed?;
         Ok(report)
+    }
+
+    /// Removes the sandboxes an earlier run left behind (it stopped in the
+    /// middle of a boot check). Called once at start, before the agent
+    /// connects, so no check of this run is under way.
+    pub(super) fn sweep_sandboxes_impl(&self) -> Result<(), HypervisorError> {
+        let listed = parse_domain_list(&self.virsh(&["list", "--all", "--uuid", "--name"])?);
+        for (uuid, name) in listed.into_iter().filter(|(_, name)| is_sandbox(name)) {
+            tracing::warn!(
+                vm = uuid,
+                name,
+                "removing a boot-verification sandbox an earlier run left"
+            );
+            let removed = self
+                .virsh_on(&uuid, "dumpxml", &["--inactive"])
+                .and_then(|xml| sandbox_files(&xml))
+                .and_then(|(_, files)| self.remove_sandbox(&uuid, &files));
+            if let Err(e) = removed {
+                tracing::warn!(vm = uuid, name, "cannot remove the sandbox: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Starts the sandbox and waits for its sign of life, its end, or the

@@ -344,6 +344,10 @@ impl Hypervisor for LibvirtDriver {
         self.boot_check_impl(request)
     }
 
+    fn sweep_sandboxes(&self) -> Result<(), HypervisorError> {
+        self.sweep_sandboxes_impl()
+    }
+
     fn host_facts(&self) -> Result<HostFacts, HypervisorError> {
         let nodeinfo = parse_colon_fields(&self.virsh(&["nodeinfo"])?);
         let cpus = nodeinfo
@@ -373,7 +377,9 @@ impl Hypervisor for LibvirtDriver {
     /// only for domains that are new, changed state or are older than
     /// [`XML_REFRESH`].
     fn inventory(&self) -> Result<Vec<VmInfo>, HypervisorError> {
-        let domains = parse_domain_list(&self.virsh(&["list", "--all", "--uuid", "--name"])?);
+        // A boot-verification sandbox is Lifeboat's own, not a VM of the estate.
+        let mut domains = parse_domain_list(&self.virsh(&["list", "--all", "--uuid", "--name"])?);
+        domains.retain(|(_, name)| !boot_check::is_sandbox(name));
         let states = parse_domstats_states(&self.virsh(&["domstats", "--state"])?);
         let mut cache = self.lock_cache();
         cache.retain(|uuid, _| domains.iter().any(|(listed, _)| listed == uuid));
