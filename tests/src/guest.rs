@@ -31,43 +31,66 @@ const MODULES: [&str; 7] = [
     "char/virtio_console.ko",
 ];
 
-const INIT: &str = r#"#!/bin/busybox sh
+/// The start of every init here: busybox's applets, the kernel's
+/// filesystems.
+macro_rules! init_start {
+    () => {
+        "#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console; do
+"
+    };
+}
+
+/// The virtio drivers loaded, then up to 10 s for the disk to appear.
+macro_rules! load_drivers {
+    () => {
+        "for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console; do
     insmod /lib/modules/$m.ko
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-mke2fs -q /dev/vda && mount -t ext4 /dev/vda /mnt && echo guest-data > /mnt/hello
-port=
+"
+    };
+}
+
+/// The guest agent started on its virtio-serial port, after `echo`ing
+/// what the line before says (`$port` is the port).
+macro_rules! start_guest_agent {
+    ($said:literal) => {
+        concat!(
+            "port=
 for p in /sys/class/virtio-ports/*; do
-    [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p)
+    [ \"$(cat $p/name 2>/dev/null)\" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p)
 done
-echo "lifeboat-guest: disk $(grep -c vda /proc/mounts) mounted, agent on $port"
+echo \"",
+            $said,
+            "\"
 mkdir -p /run /var/run
 /usr/sbin/qemu-ga -m virtio-serial -p $port &
 exec sleep 2147483647
-"#;
+"
+        )
+    };
+}
+
+const INIT: &str = concat!(
+    init_start!(),
+    load_drivers!(),
+    "mke2fs -q /dev/vda && mount -t ext4 /dev/vda /mnt && echo guest-data > /mnt/hello\n",
+    start_guest_agent!("lifeboat-guest: disk $(grep -c vda /proc/mounts) mounted, agent on $port"),
+);
 
 /// The initramfs of the disk-booting guest: mount the disk, run its init.
 /// Without either it powers the VM off, as a firmware finding nothing
 /// to boot would stop.
-const DISK_BOOT_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console; do
-    insmod /lib/modules/$m.ko
-done
-i=0
-while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-if ! mount -t ext4 /dev/vda /mnt; then
+const DISK_BOOT_INIT: &str = concat!(
+    init_start!(),
+    load_drivers!(),
+    r#"if ! mount -t ext4 /dev/vda /mnt; then
     echo "lifeboat-guest: no root filesystem on the disk"; poweroff -f
 fi
 if [ ! -x /mnt/sbin/init ]; then
@@ -75,24 +98,14 @@ if [ ! -x /mnt/sbin/init ]; then
 fi
 umount /proc /sys /dev
 exec switch_root /mnt /sbin/init
-"#;
+"#
+);
 
 /// `/sbin/init` on the disk-booting guest's disk.
-const DISK_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-port=
-for p in /sys/class/virtio-ports/*; do
-    [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/$(basename $p)
-done
-echo "lifeboat-guest: booted from disk, agent on $port"
-mkdir -p /run /var/run
-/usr/sbin/qemu-ga -m virtio-serial -p $port &
-exec sleep 2147483647
-"#;
+const DISK_INIT: &str = concat!(
+    init_start!(),
+    start_guest_agent!("lifeboat-guest: booted from disk, agent on $port"),
+);
 
 /// What [`LinuxGuest::disk_booting`] prints on its serial console once its
 /// disk's init runs.

@@ -166,6 +166,17 @@ fn a_backup_that_boots_is_verified_and_one_whose_disk_is_broken_is_not() {
         page.contains("does not boot") && page.contains("boots"),
         "{page}"
     );
+    let page = console.get(&format!("/backups/{good}")).text();
+    assert!(
+        page.contains(&format!("/backups/{good}/boot-screen")),
+        "{page}"
+    );
+    let shot = console.get(&format!("/backups/{good}/boot-screen"));
+    assert_eq!(shot.status, 200);
+    assert!(
+        shot.body.starts_with(b"\x89PNG"),
+        "the console serves the PNG"
+    );
 
     // Refused: an auditor (no restore), a bad timeout, a bad signal, and
     // a VM the caller may not see is not found.

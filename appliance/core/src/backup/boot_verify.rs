@@ -32,6 +32,8 @@ const SCREENSHOT_FILES: [(&str, &str); 2] = [
     ("image/x-portable-pixmap", "boot-screen.ppm"),
 ];
 const MAX_STATE_FILE: u64 = 64 * 1024;
+/// How much of a host's description of a boot check is kept.
+const MAX_DETAIL_CHARS: usize = 1000;
 /// Largest screenshot kept (an agent's report is bounded as well).
 const MAX_SCREENSHOT: u64 = 8 * 1024 * 1024;
 /// Where the sandbox's serial console is logged on the host: libvirt's own
@@ -198,10 +200,12 @@ fn outcome(
     };
     state.ok = report.booted;
     state.boot_secs = Some(report.boot_ms as f64 / 1000.0);
+    // The host's words, bounded: the record must stay small enough to read.
+    let said: String = report.detail.chars().take(MAX_DETAIL_CHARS).collect();
     state.detail = if report.booted {
-        format!("booted: {}", report.detail)
+        format!("booted: {said}")
     } else {
-        format!("did not boot: {}", report.detail)
+        format!("did not boot: {said}")
     };
     let shot = report.screenshot.as_ref().and_then(|s| {
         let known = SCREENSHOT_FILES.iter().any(|(t, _)| *t == s.media_type);
@@ -357,6 +361,14 @@ mod tests {
         let (state, shot) = outcome("kvm1", BootSignal::GuestAgent, &report(false, Some(odd)));
         assert!(!state.ok && state.detail.starts_with("did not boot"));
         assert_eq!((state.screenshot, shot), (None, None));
+        let long = Ok(BootCheckReport {
+            booted: false,
+            boot_ms: 1,
+            detail: "x".repeat(1 << 20),
+            screenshot: None,
+        });
+        let (state, _) = outcome("kvm1", BootSignal::GuestAgent, &long);
+        assert!(state.detail.len() < 2000, "a hostile host's detail is cut");
         let (state, _) = outcome("kvm1", BootSignal::GuestAgent, &Err("host offline".into()));
         assert!(!state.ok && state.boot_secs.is_none() && state.detail == "host offline");
     }
