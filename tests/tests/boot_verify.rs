@@ -13,6 +13,15 @@ use lifeboat_e2e::*;
 const JOB: Duration = Duration::from_secs(420);
 const SANDBOX: &str = "lifeboat-verify-";
 
+/// The tests take turns: each has its own agent on the machine's one
+/// libvirtd, and an agent starting removes every sandbox on its host, as
+/// the only agent of a host should.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs a boot verification to its end; the job, and its sandbox's name.
 fn boot_verify(api: &Api, backup: &str, body: Value) -> (Value, String) {
     let job = api.post_job(&format!("/api/v1/backups/{backup}/boot-verify"), &body, JOB);
@@ -51,6 +60,7 @@ fn assert_gone(libvirt: &Libvirt, sandbox: &str, disk_dir: &std::path::Path) {
 
 #[test]
 fn a_backup_that_boots_is_verified_and_one_whose_disk_is_broken_is_not() {
+    let _turn = one_at_a_time();
     let guest = LinuxGuest::ensure().disk_booting();
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_vm_with_guest_agent("bootv", &guest);
@@ -208,6 +218,7 @@ fn a_backup_that_boots_is_verified_and_one_whose_disk_is_broken_is_not() {
 
 #[test]
 fn a_vm_without_a_guest_agent_needs_a_serial_line() {
+    let _turn = one_at_a_time();
     let libvirt = Libvirt::ensure();
     let vm = libvirt.define_tiny_vm("noagent");
     let controller = Controller::start();
