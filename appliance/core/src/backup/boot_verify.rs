@@ -87,6 +87,20 @@ pub fn check_options(signal: &BootSignal, timeout_secs: u64) -> Result<(), Strin
     Ok(())
 }
 
+/// Refuses to boot a sandbox of `memory_mib` on a host with less memory
+/// free than that (`free_bytes` 0: the host did not say), so checking a
+/// backup never starves the host's running VMs.
+pub fn check_room(host: &str, memory_mib: u64, free_bytes: u64) -> Result<(), String> {
+    let needed = memory_mib.saturating_mul(1 << 20);
+    if free_bytes > 0 && needed > free_bytes {
+        return Err(format!(
+            "host {host} has {} MiB free, and the sandbox needs the VM's {memory_mib} MiB: choose another host",
+            free_bytes >> 20
+        ));
+    }
+    Ok(())
+}
+
 /// Plans the sandbox for a backup: restored as a new VM named
 /// `lifeboat-verify-…`, stopped, with no network and a logged serial
 /// console. `exact` is the backup's exact-restore request.
@@ -124,7 +138,6 @@ pub fn plan(
 /// Restores the sandbox on `host_id` (reporting progress to the job), has
 /// the host boot, judge and remove it, and records the outcome beside the
 /// backup. The job succeeds only when the guest showed its sign of life.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     hub: Arc<Hub>,
     jobs: Arc<Jobs>,
@@ -320,6 +333,17 @@ mod tests {
         // Two plans never share a name.
         let q = plan(exact(), BootSignal::GuestAgent, 60).unwrap();
         assert_ne!(p.restore.name, q.restore.name);
+    }
+
+    #[test]
+    fn a_sandbox_needs_room_on_its_host() {
+        assert!(check_room("kvm1", 2048, 4 << 30).is_ok());
+        assert!(check_room("kvm1", 2048, 0).is_ok(), "free memory unknown");
+        let refused = check_room("kvm1", 2048, 1 << 30).unwrap_err();
+        assert!(
+            refused.contains("1024 MiB free") && refused.contains("2048"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -393,6 +393,12 @@ impl Ops {
             let m = &opened.summary.manifest;
             let dest =
                 self.restore_host(options.host.as_deref().unwrap_or(&m.vm.origin_host_id))?;
+            boot_verify::check_room(
+                &dest.host.name,
+                m.vm.memory_mib,
+                dest.host.facts.memory_free_bytes,
+            )
+            .map_err(OpsError::Conflict)?;
             let has_agent = has_guest_agent(&m.vm.hypervisor_config);
             let signal = match options.signal {
                 Some(BootSignal::GuestAgent) | None if !has_agent => {
