@@ -254,7 +254,7 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
     html! {
         @if list.is_empty() { p.muted { "No backup policies yet." } } @else {
             table {
-                thead { tr { th { "Policy" } th { "Schedule (UTC)" } th { "VMs" } th { "Datastore" } th { "Retention" } th { "Last run" } th { "" } } }
+                thead { tr { th { "Policy" } th { "Schedule (UTC)" } th { "VMs" } th { "Datastore" } th { "Retention" } th { "Checks" } th { "Last run" } th { "" } } }
                 tbody { @for p in list { tr {
                     td { (p.name) @if !p.enabled { " " span.muted { "(disabled)" } } }
                     td { code { (p.schedule) } }
@@ -265,6 +265,13 @@ pub fn policies(ctx: &PageCtx, list: &[BackupPolicy]) -> Markup {
                     }
                     td { (p.datastore) }
                     td { (retention_text(p)) }
+                    td {
+                        @if let Some(v) = &p.verify_schedule { "verify " code { (v) } " " }
+                        @if let Some(b) = &p.boot_verify {
+                            "boot-verify each new backup"
+                            @if let Some(line) = &b.serial_line { " (until " code { (line) } ")" }
+                        }
+                    }
                     td { (rfc3339(p.last_run)) }
                     td {
                         form.inline method="post" action={"/policies/" (p.id) "/run"} {
