@@ -188,6 +188,10 @@ pub enum Command {
 /// Names of boot-verification sandboxes start with this; an agent boots
 /// and removes no other VM for a [`Command::BootCheck`].
 pub const SANDBOX_PREFIX: &str = "lifeboat-verify-";
+/// Where a sandbox's serial console is logged (libvirt's own log
+/// directory): the controller names its log there, and the agent removes
+/// a sandbox's log only from there.
+pub const SANDBOX_SERIAL_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootCheckRequest {

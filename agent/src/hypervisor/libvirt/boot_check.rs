@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use lifeboat_proto::{
     BootCheckReport, BootCheckRequest, BootSignal, PowerState, Screenshot, SANDBOX_PREFIX,
+    SANDBOX_SERIAL_LOG_DIR,
 };
 use roxmltree::Document;
 
@@ -22,8 +23,6 @@ const POLL: Duration = Duration::from_millis(250);
 const MAX_SCREENSHOT: u64 = 8 * 1024 * 1024;
 /// How much of the end of a serial log is searched for the awaited line.
 const SERIAL_TAIL: u64 = 1024 * 1024;
-/// Where libvirt's log daemon writes the serial consoles a sandbox logs.
-pub const SERIAL_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
 /// Whether a domain is a boot-verification sandbox (Lifeboat's own: never
 /// reported as a VM of the host, removed when found left over).
@@ -63,7 +62,7 @@ fn sandbox_files(xml: &str) -> Result<(String, SandboxFiles), HypervisorError> {
         let serial_log =
             node.has_tag_name("log") && node.parent().is_some_and(|p| p.has_tag_name("serial"));
         if let Some(file) = node.attribute("file").filter(|_| serial_log) {
-            if lifeboat_os::paths::path_within(file, &[SERIAL_LOG_DIR]) {
+            if lifeboat_os::paths::path_within(file, &[SANDBOX_SERIAL_LOG_DIR]) {
                 files.serial_log = Some(file.to_string());
             }
         }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use lifeboat_proto::{
-    BootCheckReport, BootCheckRequest, BootSignal, Command, Outcome, RestoreRequest, SANDBOX_PREFIX,
+    BootCheckReport, BootCheckRequest, BootSignal, Command, Outcome, RestoreRequest,
+    SANDBOX_PREFIX, SANDBOX_SERIAL_LOG_DIR,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,9 +37,6 @@ const MAX_STATE_FILE: u64 = 64 * 1024;
 const MAX_DETAIL_CHARS: usize = 1000;
 /// Largest screenshot kept (an agent's report is bounded as well).
 const MAX_SCREENSHOT: u64 = 8 * 1024 * 1024;
-/// Where the sandbox's serial console is logged on the host: libvirt's own
-/// log directory, which a definition may name.
-const SERIAL_LOG_DIR: &str = "/var/log/libvirt/qemu";
 /// Time allowed beyond the boot timeout for starting, the screenshot and
 /// the removal of the sandbox.
 const CHECK_MARGIN: Duration = Duration::from_secs(120);
@@ -123,7 +121,7 @@ pub fn plan(
     let mut restore = as_new_request(exact, &as_new)?;
     restore.config = sandbox_domain(
         &restore.config,
-        &format!("{SERIAL_LOG_DIR}/{name}-serial.log"),
+        &format!("{SANDBOX_SERIAL_LOG_DIR}/{name}-serial.log"),
     )?;
     restore.start = false;
     restore.replace = false;
@@ -325,10 +323,10 @@ mod tests {
         assert_eq!(p.check.uuid, p.restore.uuid);
         assert!(!p.restore.start && !p.restore.replace);
         assert!(!p.restore.config.contains("<interface"));
-        assert!(p
-            .restore
-            .config
-            .contains(&format!("{SERIAL_LOG_DIR}/{}-serial.log", p.restore.name)));
+        assert!(p.restore.config.contains(&format!(
+            "{SANDBOX_SERIAL_LOG_DIR}/{}-serial.log",
+            p.restore.name
+        )));
         assert_ne!(p.restore.disks[0].path, "/img/web.qcow2");
         // Two plans never share a name.
         let q = plan(exact(), BootSignal::GuestAgent, 60).unwrap();
