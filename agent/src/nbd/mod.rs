@@ -11,6 +11,7 @@
 
 mod handshake;
 mod reply;
+pub mod server;
 mod wire;
 
 #[cfg(test)]
