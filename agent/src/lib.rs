@@ -8,6 +8,7 @@ mod fence;
 pub mod host_dirs;
 pub mod hypervisor;
 pub mod identity;
+mod instant;
 pub mod link;
 pub mod metrics;
 pub mod nbd;

@@ -340,7 +340,11 @@ async fn run_command(
             tracing::info!(vm = request.uuid, name = request.name, "restore");
             let channel = open_data_channel(dialer, &request.job_token).await?;
             let progress = throttled_progress(id, outbox.clone());
-            let report = crate::restore::run(driver, request, channel, progress).await;
+            let report = if request.instant_config.is_some() {
+                crate::instant::run(driver, request, channel, progress).await
+            } else {
+                crate::restore::run(driver, request, channel, progress).await
+            };
             match &report {
                 Ok(r) => tracing::info!(bytes = r.bytes_written, name = r.name, "restore complete"),
                 Err(e) => tracing::warn!("restore failed: {e:#}"),

@@ -156,7 +156,7 @@ fn write_chunk(
 }
 
 /// Receives the chunk the controller sends for position `i`.
-async fn receive_chunk<S: AsyncRead + Unpin>(
+pub(crate) async fn receive_chunk<S: AsyncRead + Unpin>(
     chan: &mut S,
     i: u64,
     want: &ChunkDigest,
@@ -171,13 +171,30 @@ async fn receive_chunk<S: AsyncRead + Unpin>(
     }
 }
 
-async fn send_fetch<S: AsyncWrite + Unpin>(
+pub(crate) async fn send_fetch<S: AsyncWrite + Unpin>(
     chan: &mut S,
     batch: &[(u64, ChunkDigest)],
 ) -> anyhow::Result<()> {
     let digests = batch.iter().map(|(_, d)| d.to_hex()).collect();
     write_frame(chan, &DataMessage::Fetch { digests }).await?;
     Ok(())
+}
+
+/// A disk's chunk digests, one for each chunk of its size.
+pub(crate) fn parse_digests(disk: &RestoreDisk) -> anyhow::Result<Vec<ChunkDigest>> {
+    let expected = disk.size_bytes.div_ceil(CHUNK_SIZE);
+    if disk.digests.len() as u64 != expected {
+        bail!(
+            "disk {}: {} digests for {expected} chunks",
+            disk.target,
+            disk.digests.len()
+        );
+    }
+    disk.digests
+        .iter()
+        .map(|h| h.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Writes one disk image from its chunks. Returns the bytes written.
@@ -192,20 +209,7 @@ async fn write_disk<S: AsyncRead + AsyncWrite + Unpin>(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> anyhow::Result<u64> {
     let size = disk.size_bytes;
-    let expected = size.div_ceil(CHUNK_SIZE);
-    if disk.digests.len() as u64 != expected {
-        bail!(
-            "disk {}: {} digests for {expected} chunks",
-            disk.target,
-            disk.digests.len()
-        );
-    }
-    let digests: Vec<ChunkDigest> = disk
-        .digests
-        .iter()
-        .map(|h| h.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let digests = parse_digests(disk)?;
     // A new image reads as zeros: zero chunks need no transfer at all.
     let wanted: Vec<(u64, ChunkDigest)> = (0u64..)
         .zip(digests)
@@ -271,13 +275,13 @@ async fn write_disk<S: AsyncRead + AsyncWrite + Unpin>(
 type WriteTask =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(u64, u64)>> + Send>>;
 
-fn zero_digest(size: u64, i: u64) -> ChunkDigest {
+pub(crate) fn zero_digest(size: u64, i: u64) -> ChunkDigest {
     ChunkDigest::of_zeros(CHUNK_SIZE.min(size - i * CHUNK_SIZE) as usize)
 }
 
 /// Removes what a failed restore wrote: temp images and the config drive
 /// (whose path was checked to be free before the restore began).
-fn remove_temps(request: &RestoreRequest) {
+pub(crate) fn remove_temps(request: &RestoreRequest) {
     for d in &request.disks {
         let _ = std::fs::remove_file(temp_path(&d.path));
     }

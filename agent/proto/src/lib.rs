@@ -266,6 +266,25 @@ pub struct RestoreRequest {
     /// Files to attach as a config drive (a NoCloud `cidata` ISO).
     #[serde(default)]
     pub config_drive: Option<ConfigDrive>,
+    /// An instant restore: the definition the VM runs from while its data
+    /// is still being copied. Each disk is a new qcow2 image whose backing
+    /// is the agent's NBD export of the backup ([`instant_socket`]); once
+    /// every disk is copied, `config` (the same VM on its own disks)
+    /// replaces it.
+    #[serde(default)]
+    pub instant_config: Option<String>,
+    /// MiB/s the background copy of an instant restore may use; 0 or
+    /// none: as fast as the host and the controller go.
+    #[serde(default)]
+    pub instant_bandwidth_mib: Option<u64>,
+}
+
+/// Where the agent serves a disk of a backup during an instant restore.
+pub const INSTANT_SOCKET_DIR: &str = "/run/lifeboat-instant";
+
+/// The Unix socket of disk `target` of VM `uuid` during an instant restore.
+pub fn instant_socket(uuid: &str, target: &str) -> String {
+    format!("{INSTANT_SOCKET_DIR}/{uuid}-{target}.sock")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

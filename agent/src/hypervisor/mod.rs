@@ -113,6 +113,40 @@ pub trait Restorer {
         request: &RestoreRequest,
         images: &[(PathBuf, String)],
     ) -> Result<(), HypervisorError>;
+
+    /// Defines and starts the VM of an instant restore from its
+    /// `instant_config`, on images backed by the backup's exports. On error
+    /// the VM is not defined.
+    fn start_instant(&self, request: &RestoreRequest) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Refused(format!(
+            "this host cannot run {} from its backup",
+            request.name
+        )))
+    }
+
+    /// Copies what disk `target` of the running VM `uuid` still reads from
+    /// its backup into its own image (at most `bandwidth_mib` MiB/s), then
+    /// drops the backing. `progress` gets (bytes copied, bytes to copy).
+    fn copy_instant_disk(
+        &self,
+        uuid: &str,
+        target: &str,
+        _bandwidth_mib: Option<u64>,
+        _progress: &dyn Fn(u64, u64),
+    ) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Refused(format!(
+            "this host cannot copy disk {target} of {uuid}"
+        )))
+    }
+
+    /// Replaces the instant definition with `config`, the VM on its own
+    /// disks, once every image stands alone.
+    fn finish_instant(&self, request: &RestoreRequest) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Refused(format!(
+            "this host cannot finish the instant restore of {}",
+            request.name
+        )))
+    }
 }
 
 /// One disk exported for a backup.

@@ -7,6 +7,7 @@
 mod backup;
 mod boot_check;
 mod failover;
+mod instant;
 mod parse;
 mod restore;
 

@@ -147,6 +147,24 @@ impl Restorer for LibvirtDriver {
         }
         Ok(())
     }
+
+    fn start_instant(&self, r: &RestoreRequest) -> Result<(), HypervisorError> {
+        self.start_instant_vm(r)
+    }
+
+    fn copy_instant_disk(
+        &self,
+        uuid: &str,
+        target: &str,
+        bandwidth_mib: Option<u64>,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<(), HypervisorError> {
+        self.copy_disk(uuid, target, bandwidth_mib, progress)
+    }
+
+    fn finish_instant(&self, r: &RestoreRequest) -> Result<(), HypervisorError> {
+        self.finish_instant_vm(r)
+    }
 }
 
 #[cfg(test)]

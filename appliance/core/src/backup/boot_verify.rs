@@ -308,6 +308,8 @@ mod tests {
             replace: true,
             start: true,
             config_drive: None,
+            instant_config: None,
+            instant_bandwidth_mib: None,
         }
     }
 

@@ -86,6 +86,8 @@ pub fn exact_request(
         replace,
         start,
         config_drive: None,
+        instant_config: None,
+        instant_bandwidth_mib: None,
     })
 }
 
