@@ -124,6 +124,10 @@ fn restore_form(ctx: &PageCtx, reference: &str, origin: &str, hosts: &[HostView]
             input type="text" name="computer_name" placeholder="Windows name" size="10";
             input type="text" name="domain" placeholder="domain" size="12";
             label { input type="checkbox" name="start" value="1"; " start" }
+            label title="The VM starts at once from the backup; its disks are copied in the background" {
+                input type="checkbox" name="instant" value="1"; " instant"
+            }
+            input type="number" name="bandwidth_mib" min="0" placeholder="copy MiB/s" size="8";
             button type="submit" { "Restore" }
         }
     }

@@ -275,12 +275,21 @@ async fn restore(s: Submission<'_>) -> FormReply {
         domain: s.non_empty("domain"),
         hostname: s.non_empty("hostname"),
     });
+    let instant = s.checked("instant");
+    let bandwidth_mib = match s.non_empty("bandwidth_mib") {
+        None => None,
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+            OpsError::BadRequest("the copy's bandwidth must be a number of MiB/s".into())
+        })?),
+    };
     let options = RestoreOptions {
         replace: s.checked("replace") && as_new.is_none(),
         host: s.field("host"),
-        start: s.checked("start"),
+        start: s.checked("start") || instant,
         as_new,
         allow_passthrough: false,
+        instant,
+        bandwidth_mib,
     };
     let job = s.ops.restore(s.who, s.arg("ref"), options).await?;
     Ok(redirect(&format!("/jobs/{}", job.id)))

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use lifeboat_proto::{BackupMode, BootSignal, PowerState};
+use lifeboat_proto::{BackupMode, BootSignal, PowerState, RestoreRequest};
 
 use super::{Ops, OpsError};
 use crate::access::{require, Principal, Privilege};
-use crate::backup::as_new::{as_new_request, has_guest_agent, AsNew};
+use crate::backup::as_new::{as_new_request, has_guest_agent, instant_domains, AsNew};
 use crate::backup::boot_verify::{self, last_boot_verify, BootVerifyState};
 use crate::backup::datastores::{
     DatastoreEntry, DatastoreInput, DatastoresError, Health, Location, DEFAULT_DATASTORE,
@@ -155,6 +155,40 @@ pub struct RestoreOptions {
     /// directories) to the guest; needs `administer`.
     #[serde(default)]
     pub allow_passthrough: bool,
+    /// Instant restore: the VM starts at once, running from the backup
+    /// while its disks are copied onto the host in the background; the
+    /// disks end as qcow2 images. Not with `replace`.
+    #[serde(default)]
+    pub instant: bool,
+    /// MiB/s the background copy of an instant restore may use (default:
+    /// unlimited).
+    #[serde(default)]
+    pub bandwidth_mib: Option<u64>,
+}
+
+/// Turns a checked restore into an instant one: every disk becomes a
+/// qcow2 image first backed by the agent's export of the backup, the VM
+/// starts from those, and `config` (the same images standing alone) is
+/// what it keeps once they are copied.
+fn make_instant(request: &mut RestoreRequest, bandwidth_mib: Option<u64>) -> Result<(), OpsError> {
+    let sockets: Vec<(String, String)> = request
+        .disks
+        .iter()
+        .map(|d| {
+            let socket = lifeboat_proto::instant_socket(&request.uuid, &d.target);
+            (d.target.clone(), socket)
+        })
+        .collect();
+    let (running, after) =
+        instant_domains(&request.config, &sockets).map_err(OpsError::BadRequest)?;
+    for disk in &mut request.disks {
+        disk.format = "qcow2".into();
+    }
+    request.config = after;
+    request.instant_config = Some(running);
+    request.instant_bandwidth_mib = bandwidth_mib.filter(|b| *b > 0);
+    request.start = true;
+    Ok(())
 }
 
 fn not_found(what: &str) -> OpsError {
@@ -268,6 +302,8 @@ impl Ops {
             start,
             as_new,
             allow_passthrough,
+            instant,
+            bandwidth_mib,
         } = options;
         let host = host.as_deref();
         let opened = self.open_backup(who, reference).await?;
@@ -279,6 +315,17 @@ impl Ops {
             let dest = self.restore_host(host.unwrap_or(&m.vm.origin_host_id))?;
             if as_new.is_none() {
                 self.refuse_second_copy(m.vm.uuid.as_str(), &dest.host.id)?;
+            }
+            if instant && replace {
+                return Err(OpsError::BadRequest(
+                    "an instant restore cannot replace a VM; remove it first or restore as new"
+                        .into(),
+                ));
+            }
+            if bandwidth_mib.is_some() && !instant {
+                return Err(OpsError::BadRequest(
+                    "bandwidth_mib is for instant restores".into(),
+                ));
             }
             let store = opened.store.clone();
             let exact = restore::exact_request(m, &opened.indexes, replace, start)
@@ -308,6 +355,10 @@ impl Ops {
                 require(who, Privilege::Administer, "restoring with host devices")?;
             }
             self.check_restore_for(&dest.host.id, &request, allow_passthrough)?;
+            let mut request = request;
+            if instant {
+                make_instant(&mut request, bandwidth_mib)?;
+            }
             if as_new.is_none() {
                 self.refuse_other_domain(&request.uuid, &request.name)?;
                 if self.inventory.vm(&request.uuid).map(|v| v.host_id) != Some(dest.host.id.clone())
@@ -319,13 +370,16 @@ impl Ops {
                 .jobs
                 .create(NewJob {
                     kind: "restore",
-                    description: match &as_new {
-                        Some(new) => format!(
-                            "restore {} as new VM {} on {}",
-                            m.vm.name, new.name, dest.host.name
-                        ),
-                        None => format!("restore {} to {}", m.vm.name, dest.host.name),
-                    },
+                    description: format!(
+                        "{}restore {}{} on {}",
+                        if instant { "instant " } else { "" },
+                        m.vm.name,
+                        match &as_new {
+                            Some(new) => format!(" as new VM {}", new.name),
+                            None => String::new(),
+                        },
+                        dest.host.name
+                    ),
                     vm: Some(m.vm.uuid.as_str().to_string()),
                     host: Some(dest.host.id.clone()),
                     user: who.user.clone(),
@@ -344,9 +398,15 @@ impl Ops {
                     Ok(r) => tracing::info!(job_id, vm = r.name, "restore complete"),
                     Err(e) => tracing::warn!(job_id, "restore failed: {e}"),
                 }
-                let _ = jobs
-                    .finish(job_id, result.map(|_| ()).map_err(|e| e.to_string()))
-                    .await;
+                let outcome = result.map(|_| ()).map_err(|e| match instant {
+                    // Whatever broke, the VM may be running on its images.
+                    true => format!(
+                        "{e}; if the VM started, it keeps its images and every write of its \
+                         guest (see \"Instant restore\" in docs/backup.md to complete it)"
+                    ),
+                    false => e.to_string(),
+                });
+                let _ = jobs.finish(job_id, outcome).await;
             });
             Ok(job)
         }

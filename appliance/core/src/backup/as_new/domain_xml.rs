@@ -274,6 +274,86 @@ pub fn rewrite_domain(
     edit.finish()
 }
 
+/// The two definitions of an instant restore of `config` (the restored VM,
+/// its disks already at their new paths): the one it runs from while its
+/// data is copied, each file disk `(target, socket)` becoming a qcow2 image
+/// backed by the NBD export on `socket` and pausing the guest on an I/O
+/// error rather than failing its read; and the one it keeps afterwards,
+/// the same qcow2 images standing alone.
+pub fn instant_domains(
+    config: &str,
+    sockets: &[(String, String)],
+) -> Result<(String, String), String> {
+    let doc = Document::parse(config)
+        .map_err(|e| format!("the restored domain XML does not parse: {e}"))?;
+    let devices =
+        child(doc.root_element(), "devices").ok_or("the restored definition has no <devices>")?;
+    let (mut running, mut after) = (
+        Splice {
+            input: config,
+            edits: Vec::new(),
+        },
+        Splice {
+            input: config,
+            edits: Vec::new(),
+        },
+    );
+    let mut done = 0;
+    for disk in devices.children().filter(|n| n.has_tag_name("disk")) {
+        let dev = child(disk, "target").and_then(|t| t.attribute("dev"));
+        let Some((target, socket)) = sockets.iter().find(|(t, _)| Some(t.as_str()) == dev) else {
+            continue;
+        };
+        let (Some(source), Some("file")) = (child(disk, "source"), disk.attribute("type")) else {
+            return Err(format!(
+                "disk {target} is not a file; it cannot run from its backup"
+            ));
+        };
+        done += 1;
+        let driver = child(disk, "driver");
+        let kept: String = driver
+            .map(|d| {
+                d.attributes()
+                    .filter(|a| !matches!(a.name(), "type" | "error_policy" | "rerror_policy"))
+                    .map(|a| format!(" {}='{}'", a.name(), escape(a.value())))
+                    .collect()
+            })
+            .unwrap_or_else(|| " name='qemu'".into());
+        let plain = format!("<driver{kept} type='qcow2'/>");
+        let stopping =
+            format!("<driver{kept} type='qcow2' error_policy='stop' rerror_policy='stop'/>");
+        match driver {
+            Some(d) => {
+                running.replace(d.range(), stopping);
+                after.replace(d.range(), plain);
+            }
+            None => {
+                running.insert_child(disk, &stopping, false);
+                after.insert_child(disk, &plain, false);
+            }
+        }
+        let end = source.range().end;
+        running.replace(
+            end..end,
+            format!(
+                "<backingStore type='network'><format type='raw'/><source protocol='nbd' name='{}'>\
+                 <host transport='unix' socket='{}'/></source><backingStore/></backingStore>",
+                escape(target),
+                escape(socket)
+            ),
+        );
+        // After the insertion above, which may touch a removed one's start.
+        for backing in disk.children().filter(|n| n.has_tag_name("backingStore")) {
+            running.replace(backing.range(), String::new());
+            after.replace(backing.range(), String::new());
+        }
+    }
+    if done != sockets.len() {
+        return Err("the definition lacks a disk of the backup".into());
+    }
+    Ok((running.finish()?, after.finish()?))
+}
+
 /// The guest agent's virtio channel, which a boot verification can wait on.
 const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 

@@ -15,7 +15,9 @@ use lifeboat_proto::{ConfigDrive, RestoreRequest};
 use roxmltree::Document;
 use serde::Deserialize;
 
-pub use domain_xml::{has_guest_agent, is_windows, rewrite_domain, sandbox_domain};
+pub use domain_xml::{
+    has_guest_agent, instant_domains, is_windows, rewrite_domain, sandbox_domain,
+};
 
 /// What the operator asks for. Unset names are derived from `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -360,6 +360,8 @@ fn as_new_request_renames_everything() {
         replace: true,
         start: true,
         config_drive: None,
+        instant_config: None,
+        instant_bandwidth_mib: None,
     };
     let r = as_new_request(exact.clone(), &as_new("web-copy", None, None, None)).unwrap();
     assert!(r.uuid.parse::<VmUuid>().is_ok() && r.uuid != OLD_UUID);
@@ -433,4 +435,52 @@ fn finds_the_guest_agent_channel() {
     );
     assert!(has_guest_agent(&with));
     assert!(!has_guest_agent("<not xml"));
+}
+
+#[test]
+fn an_instant_restore_runs_from_nbd_and_ends_on_its_own_images() {
+    let sockets = pairs(&[("vda", "/run/x/vda.sock"), ("vdb", "/run/x/vdb.sock")]);
+    let (running, after) = instant_domains(Q35, &sockets).unwrap();
+    let doc = roxmltree::Document::parse(&running).unwrap();
+    let disks: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk") && n.attribute("device") == Some("disk"))
+        .collect();
+    assert_eq!(disks.len(), 2);
+    for (disk, (target, socket)) in disks.iter().zip(&sockets) {
+        let driver = child(*disk, "driver").unwrap();
+        assert_eq!(driver.attribute("type"), Some("qcow2"));
+        assert_eq!(driver.attribute("error_policy"), Some("stop"));
+        assert_eq!(driver.attribute("rerror_policy"), Some("stop"));
+        let backings: Vec<_> = disk
+            .children()
+            .filter(|n| n.has_tag_name("backingStore"))
+            .collect();
+        assert_eq!(backings.len(), 1, "the old backing file is gone");
+        let source = child(backings[0], "source").unwrap();
+        assert_eq!(source.attribute("protocol"), Some("nbd"));
+        assert_eq!(source.attribute("name"), Some(target.as_str()));
+        let host = child(source, "host").unwrap();
+        assert_eq!(host.attribute("socket"), Some(socket.as_str()));
+    }
+    assert_eq!(
+        child(disks[0], "driver").unwrap().attribute("discard"),
+        Some("unmap"),
+        "other driver settings are kept"
+    );
+    // Afterwards: the same disks, qcow2 and standing alone.
+    assert!(!after.contains("backingStore") && !after.contains("nbd"));
+    assert!(!after.contains("error_policy"));
+    assert_eq!(after.matches("type='qcow2'").count(), 2);
+    assert!(!after.contains("type=\"raw\""));
+    assert!(after.contains("<source file=\"/srv/vm/web-data.img\"/>"));
+    // Both keep everything else, the cdroms included.
+    for xml in [&running, &after] {
+        assert!(xml.contains("<source file='/iso/debian.iso'/>"));
+        assert!(xml.contains("<mac address='52:54:00:aa:bb:cc'/>"));
+    }
+    assert!(instant_domains(Q35, &pairs(&[("vdz", "/s")])).is_err());
+    let block = "<domain><devices><disk type='block' device='disk'><source dev='/dev/sdb'/>\
+        <target dev='vda'/></disk></devices></domain>";
+    assert!(instant_domains(block, &pairs(&[("vda", "/s")])).is_err());
 }
