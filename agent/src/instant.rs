@@ -331,11 +331,7 @@ where
         let (p, bandwidth) = (progress.clone(), request.instant_bandwidth_mib);
         let copied = blocking(move || {
             let report = |cur: u64, end: u64| {
-                let done = if end == 0 {
-                    0
-                } else {
-                    size * cur.min(end) / end
-                };
+                let done = (size * cur.min(end)).checked_div(end).unwrap_or(0);
                 p(base + done, total)
             };
             d.copy_instant_disk(&uuid, &target, bandwidth, &report)

@@ -245,7 +245,7 @@ fn an_agent_that_dies_mid_copy_leaves_every_guest_write_on_the_host() {
         "{failed}"
     );
     assert!(
-        libvirt.domain_names().iter().any(|n| *n == new),
+        libvirt.domain_names().contains(&new),
         "the VM stays defined"
     );
     // The image alone (its backing is gone with the agent) is sound.
